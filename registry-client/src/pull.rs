@@ -90,6 +90,16 @@ pub struct Layer {
 }
 
 impl Image {
+    /// Applies every filesystem layer in order onto `dest` (whiteouts delete), giving
+    /// the image's root filesystem as one directory tree.
+    pub fn flatten(&self, dest: &Path, options: &UnpackOptions) -> Result<()> {
+        let options = UnpackOptions { whiteouts: unpack::Whiteouts::Flatten, ..options.clone() };
+        for layer in self.layers.iter().filter(|l| is_tar_layer(&l.descriptor.media_type)) {
+            unpack::unpack_blob(&layer.blob, dest, &layer.descriptor.digest, layer.diff_id.as_ref(), &options)?;
+        }
+        Ok(())
+    }
+
     /// Total compressed size of config and layers.
     pub fn size(&self) -> u64 {
         self.manifest.config.size + self.manifest.layers.iter().map(|l| l.size).sum::<u64>()
@@ -165,16 +175,16 @@ impl Client {
         let (index_digest, (manifest, digest), platform) = self.resolve_manifest(&session, source, opts).await?;
         let source = source.with_digest(digest.clone());
         let ctx = Ctx::of(&source);
-        let config_bytes = self.fetch_config(&session, &source, &manifest).await?;
-        let config = ImageConfig::parse(&config_bytes).map_err(|reason| manifest_error(&ctx, &manifest.config.digest, reason))?;
-        let kind = ImageKind::classify(&manifest, &config);
-        check_platform(&ctx, &digest, &config, &kind, &self.wanted(opts))?;
-        let diff_ids = layer_diff_ids(&ctx, &digest, &manifest, &config)?;
         if let Some(p) = &opts.progress {
             let mut blobs = vec![(manifest.config.digest.clone(), manifest.config.size)];
             blobs.extend(manifest.layers.iter().map(|l| (l.digest.clone(), l.size)));
             p(Progress::Resolved { reference: asked.to_string(), digest: digest.clone(), blobs });
         }
+        let config_bytes = self.fetch_config(&session, &source, &manifest, opts.progress.as_ref()).await?;
+        let config = ImageConfig::parse(&config_bytes).map_err(|reason| manifest_error(&ctx, &manifest.config.digest, reason))?;
+        let kind = ImageKind::classify(&manifest, &config);
+        check_platform(&ctx, &digest, &config, &kind, &self.wanted(opts))?;
+        let diff_ids = layer_diff_ids(&ctx, &digest, &manifest, &config)?;
         let layers = self.fetch_layers(&session, &source, &manifest, diff_ids, opts).await?;
         Ok(Image {
             reference: asked.clone(),
@@ -231,7 +241,7 @@ impl Client {
         Ok((doc, raw.digest))
     }
 
-    async fn fetch_config(&self, session: &Session, r: &Reference, manifest: &Manifest) -> Result<Vec<u8>> {
+    async fn fetch_config(&self, session: &Session, r: &Reference, manifest: &Manifest, progress: Option<&ProgressFn>) -> Result<Vec<u8>> {
         let desc = &manifest.config;
         let limit = self.config().max_config_bytes;
         if desc.size > limit {
@@ -242,7 +252,7 @@ impl Client {
                 limit,
             });
         }
-        self.fetch_blob(session, r, desc, None).await?;
+        self.fetch_blob(session, r, desc, progress).await?;
         self.store().read(&desc.digest, limit)
     }
 

@@ -317,6 +317,9 @@ fn http_error(status: u16, ctx: &Ctx, what: &str, detail: String) -> Error {
 }
 
 pub(crate) fn from_reqwest(e: reqwest::Error, ctx: &Ctx, what: &str, timeout: Duration) -> Error {
+    if let Some(status) = e.status() {
+        return status_error(status.as_u16(), ctx, what, b"");
+    }
     if e.is_timeout() {
         return Error::Stalled {
             reference: ctx.reference.clone(),
