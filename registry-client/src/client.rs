@@ -12,13 +12,16 @@ use crate::reference::Reference;
 use crate::session::{Op, Session};
 use crate::store::Store;
 
+/// Sessions by (registry host, credential fingerprint).
+type Sessions = HashMap<(String, Option<String>), Arc<Session>>;
+
 /// Pulls and pushes images; shares connections, tokens and the blob store between calls.
 #[derive(Debug)]
 pub struct Client {
     config: Config,
     keychain: Keychain,
     store: Arc<Store>,
-    sessions: Mutex<HashMap<(String, Option<String>), Arc<Session>>>,
+    sessions: Mutex<Sessions>,
 }
 
 impl Client {

@@ -89,7 +89,9 @@ pub struct Index {
     pub annotations: Option<BTreeMap<String, String>>,
 }
 
-/// What a manifest endpoint returned.
+/// What a manifest endpoint returned. Parsed once per pull, so the size difference
+/// between the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Document {
     Manifest(Manifest),
@@ -121,10 +123,10 @@ impl Document {
             return Err("ambiguous document: has both manifests and config/layers (CVE-2021-41190)".into());
         }
         let header = content_type.map(|c| c.split(';').next().unwrap_or(c).trim()).filter(|c| is_manifest_type(c));
-        if let (Some(body_type), Some(header)) = (probe.media_type.as_deref(), header) {
-            if body_type != header {
-                return Err(format!("mediaType {body_type} in the body differs from Content-Type {header}"));
-            }
+        if let (Some(body_type), Some(header)) = (probe.media_type.as_deref(), header)
+            && body_type != header
+        {
+            return Err(format!("mediaType {body_type} in the body differs from Content-Type {header}"));
         }
         let media_type = probe.media_type.as_deref().or(header);
         let is_index = match media_type {
@@ -254,15 +256,18 @@ impl ImageKind {
             return ImageKind::Wasm { form: WasmForm::RunwasiComponent, layer };
         }
         let cfg = manifest.config.media_type.as_str();
-        if let Some(layer) = find(&[WASM_LAYER]).filter(|_| cfg == WASM_CONFIG_V0 || cfg == WASM_CONFIG_V1 || !has_tar_layers(manifest)) {
+        if let Some(layer) =
+            find(&[WASM_LAYER]).filter(|_| cfg == WASM_CONFIG_V0 || cfg == WASM_CONFIG_V1 || !has_tar_layers(manifest))
+        {
             return ImageKind::Wasm { form: WasmForm::Cncf, layer };
         }
         if let Some(layer) = find(&[WASM_LAYER_V1]) {
             return ImageKind::Wasm { form: WasmForm::WasmToOci, layer };
         }
-        let entry = config.config.as_ref().and_then(|c| {
-            c.entrypoint.as_ref().filter(|e| !e.is_empty()).or(c.cmd.as_ref())?.first().cloned()
-        });
+        let entry = config
+            .config
+            .as_ref()
+            .and_then(|c| c.entrypoint.as_ref().filter(|e| !e.is_empty()).or(c.cmd.as_ref())?.first().cloned());
         match entry {
             Some(path) if path.ends_with(".wasm") => ImageKind::WasmInRootfs { path },
             _ => ImageKind::Linux,
@@ -303,7 +308,9 @@ mod tests {
 
     #[test]
     fn rejects_ambiguous_documents() {
-        let body = format!(r#"{{"schemaVersion":2,"manifests":[],"layers":[],"config":{{"mediaType":"x","digest":"{D1}","size":0}}}}"#);
+        let body = format!(
+            r#"{{"schemaVersion":2,"manifests":[],"layers":[],"config":{{"mediaType":"x","digest":"{D1}","size":0}}}}"#
+        );
         let err = Document::parse(body.as_bytes(), None).unwrap_err();
         assert!(err.contains("ambiguous"), "{err}");
     }

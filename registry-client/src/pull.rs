@@ -170,7 +170,13 @@ impl Client {
         Ok(manifest.1)
     }
 
-    async fn pull_from(&self, asked: &Reference, source: &Reference, cred: Option<&Credential>, opts: &PullOptions) -> Result<Image> {
+    async fn pull_from(
+        &self,
+        asked: &Reference,
+        source: &Reference,
+        cred: Option<&Credential>,
+        opts: &PullOptions,
+    ) -> Result<Image> {
         let session = self.session(source.registry(), cred)?;
         let (index_digest, (manifest, digest), platform) = self.resolve_manifest(&session, source, opts).await?;
         let source = source.with_digest(digest.clone());
@@ -181,22 +187,13 @@ impl Client {
             p(Progress::Resolved { reference: asked.to_string(), digest: digest.clone(), blobs });
         }
         let config_bytes = self.fetch_config(&session, &source, &manifest, opts.progress.as_ref()).await?;
-        let config = ImageConfig::parse(&config_bytes).map_err(|reason| manifest_error(&ctx, &manifest.config.digest, reason))?;
+        let config = ImageConfig::parse(&config_bytes)
+            .map_err(|reason| manifest_error(&ctx, &manifest.config.digest, reason))?;
         let kind = ImageKind::classify(&manifest, &config);
         check_platform(&ctx, &digest, &config, &kind, &self.wanted(opts))?;
         let diff_ids = layer_diff_ids(&ctx, &digest, &manifest, &config)?;
         let layers = self.fetch_layers(&session, &source, &manifest, diff_ids, opts).await?;
-        Ok(Image {
-            reference: asked.clone(),
-            source,
-            digest,
-            index_digest,
-            platform,
-            manifest,
-            config,
-            kind,
-            layers,
-        })
+        Ok(Image { reference: asked.clone(), source, digest, index_digest, platform, manifest, config, kind, layers })
     }
 
     fn wanted(&self, opts: &PullOptions) -> Vec<Platform> {
@@ -225,23 +222,33 @@ impl Client {
                 let child = r.with_digest(entry.digest.clone());
                 match self.fetch_document(session, &child).await? {
                     (Document::Manifest(m), d) => Ok((Some(digest), (m, d), entry.platform.clone())),
-                    (Document::Index(_), d) => {
-                        Err(manifest_error(&Ctx::of(r), &d, "index entry points to another index (not supported)".into()))
-                    }
+                    (Document::Index(_), d) => Err(manifest_error(
+                        &Ctx::of(r),
+                        &d,
+                        "index entry points to another index (not supported)".into(),
+                    )),
                 }
             }
         }
     }
 
     async fn fetch_document(&self, session: &Session, r: &Reference) -> Result<(Document, Digest)> {
-        let raw = self.call(session, r, Op::Pull, |auth| async move { session.get_manifest(r, auth.as_deref()).await }).await?;
+        let raw = self
+            .call(session, r, Op::Pull, |auth| async move { session.get_manifest(r, auth.as_deref()).await })
+            .await?;
         let doc = Document::parse(&raw.body, raw.content_type.as_deref())
             .map_err(|reason| manifest_error(&Ctx::of(r), &raw.digest, reason))?;
         self.store().put(&raw.digest, &raw.body)?;
         Ok((doc, raw.digest))
     }
 
-    async fn fetch_config(&self, session: &Session, r: &Reference, manifest: &Manifest, progress: Option<&ProgressFn>) -> Result<Vec<u8>> {
+    async fn fetch_config(
+        &self,
+        session: &Session,
+        r: &Reference,
+        manifest: &Manifest,
+        progress: Option<&ProgressFn>,
+    ) -> Result<Vec<u8>> {
         let desc = &manifest.config;
         let limit = self.config().max_config_bytes;
         if desc.size > limit {
@@ -271,16 +278,20 @@ impl Client {
             async move {
                 let blob = self.fetch_blob(session, r, desc, opts.progress.as_ref()).await?;
                 let plan = match (&opts.unpack_to, &diff_id) {
-                    (Some(dir), Some(id)) if is_tar_layer(&desc.media_type) => {
-                        Some(UnpackJob { blob: blob.clone(), layer: desc.digest.clone(), diff_id: id.clone(), dir: dir.clone() })
-                    }
+                    (Some(dir), Some(id)) if is_tar_layer(&desc.media_type) => Some(UnpackJob {
+                        blob: blob.clone(),
+                        layer: desc.digest.clone(),
+                        diff_id: id.clone(),
+                        dir: dir.clone(),
+                    }),
                     _ => None,
                 };
                 let unpacked = plan.as_ref().map(|j| j.dir.join(j.diff_id.hex()));
                 Ok::<_, Error>((i, Layer { descriptor: desc.clone(), diff_id, blob, unpacked }, plan, unpacks_slots))
             }
         });
-        let mut results = futures_util::stream::iter(jobs).buffer_unordered(self.config().max_concurrent_downloads.max(1));
+        let mut results =
+            futures_util::stream::iter(jobs).buffer_unordered(self.config().max_concurrent_downloads.max(1));
         let mut layers = Vec::with_capacity(manifest.layers.len());
         while let Some(item) = results.next().await {
             let (i, layer, plan, slots) = match item {
@@ -434,7 +445,13 @@ impl UnpackJob {
 
 /// Unpacks a layer blob into `dir/<diff-id hex>` in overlay form, atomically: into a
 /// temporary directory first, renamed into place when complete and verified.
-pub fn unpack_layer_dir(blob: &Path, layer: &Digest, diff_id: &Digest, dir: &Path, options: &UnpackOptions) -> Result<PathBuf> {
+pub fn unpack_layer_dir(
+    blob: &Path,
+    layer: &Digest,
+    diff_id: &Digest,
+    dir: &Path,
+    options: &UnpackOptions,
+) -> Result<PathBuf> {
     let target = dir.join(diff_id.hex());
     if target.is_dir() {
         return Ok(target);
@@ -458,15 +475,27 @@ pub fn unpack_layer_dir(blob: &Path, layer: &Digest, diff_id: &Digest, dir: &Pat
 }
 
 fn manifest_error(ctx: &Ctx, digest: &Digest, reason: String) -> Error {
-    Error::Manifest { reference: ctx.reference.clone(), registry: ctx.registry.clone(), digest: digest.to_string(), reason }
+    Error::Manifest {
+        reference: ctx.reference.clone(),
+        registry: ctx.registry.clone(),
+        digest: digest.to_string(),
+        reason,
+    }
 }
 
 fn platforms_of(index: &Index) -> String {
-    let list: Vec<String> = index.manifests.iter().filter_map(|d| d.platform.as_ref().map(ToString::to_string)).collect();
+    let list: Vec<String> =
+        index.manifests.iter().filter_map(|d| d.platform.as_ref().map(ToString::to_string)).collect();
     if list.is_empty() { "none declared".into() } else { list.join(", ") }
 }
 
-fn check_platform(ctx: &Ctx, digest: &Digest, config: &ImageConfig, kind: &ImageKind, wanted: &[Platform]) -> Result<()> {
+fn check_platform(
+    ctx: &Ctx,
+    digest: &Digest,
+    config: &ImageConfig,
+    kind: &ImageKind,
+    wanted: &[Platform],
+) -> Result<()> {
     if kind.is_wasm() || config.os.is_empty() || config.architecture.is_empty() {
         return Ok(());
     }
@@ -483,7 +512,12 @@ fn check_platform(ctx: &Ctx, digest: &Digest, config: &ImageConfig, kind: &Image
 }
 
 /// Pairs each filesystem layer with its DiffID from the config.
-fn layer_diff_ids(ctx: &Ctx, digest: &Digest, manifest: &Manifest, config: &ImageConfig) -> Result<Vec<Option<Digest>>> {
+fn layer_diff_ids(
+    ctx: &Ctx,
+    digest: &Digest,
+    manifest: &Manifest,
+    config: &ImageConfig,
+) -> Result<Vec<Option<Digest>>> {
     let tar_layers = manifest.layers.iter().filter(|l| is_tar_layer(&l.media_type)).count();
     let ids = config.rootfs.as_ref().map(|r| r.diff_ids.clone()).unwrap_or_default();
     if tar_layers > 0 && ids.len() != tar_layers {

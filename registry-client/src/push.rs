@@ -79,7 +79,13 @@ impl Client {
 
     /// Pushes the image that `tag` names in an OCI layout (`org.opencontainers.image.ref.name`;
     /// if `None`, the layout must hold exactly one). Multi-platform indexes are pushed whole.
-    pub async fn push_layout(&self, layout: &Path, tag: Option<&str>, target: &Reference, credential: Option<&Credential>) -> Result<Pushed> {
+    pub async fn push_layout(
+        &self,
+        layout: &Path,
+        tag: Option<&str>,
+        target: &Reference,
+        credential: Option<&Credential>,
+    ) -> Result<Pushed> {
         let ctx = format!("push layout {}", layout.display());
         let invalid = |reason: String| Error::Invalid { context: ctx.clone(), reason };
         let index_path = layout.join("index.json");
@@ -87,7 +93,8 @@ impl Client {
         let Ok(Document::Index(index)) = Document::parse(&index, None) else {
             return Err(invalid("index.json is not an OCI image index".into()));
         };
-        let name_of = |d: &Descriptor| d.annotations.as_ref().and_then(|a| a.get("org.opencontainers.image.ref.name")).cloned();
+        let name_of =
+            |d: &Descriptor| d.annotations.as_ref().and_then(|a| a.get("org.opencontainers.image.ref.name")).cloned();
         let entry = match tag {
             Some(t) => index.manifests.iter().find(|d| name_of(d).as_deref() == Some(t)),
             None if index.manifests.len() == 1 => index.manifests.first(),
@@ -100,7 +107,14 @@ impl Client {
     }
 
     /// Pushes one manifest or index from the layout with everything it references.
-    async fn push_layout_document(&self, session: &Session, layout: &Path, target: &Reference, desc: &Descriptor, top: bool) -> Result<(Digest, u64)> {
+    async fn push_layout_document(
+        &self,
+        session: &Session,
+        layout: &Path,
+        target: &Reference,
+        desc: &Descriptor,
+        top: bool,
+    ) -> Result<(Digest, u64)> {
         let body = read_layout_blob(layout, &desc.digest, MAX_LAYOUT_DOCUMENT)?;
         let doc = Document::parse(&body, Some(&desc.media_type)).map_err(|reason| Error::Invalid {
             context: format!("push layout {}: {}", layout.display(), desc.digest),
@@ -120,7 +134,10 @@ impl Client {
                 }
             }
             Document::Index(_) => {
-                return Err(Error::Invalid { context: format!("push layout {}", layout.display()), reason: "nested index".into() });
+                return Err(Error::Invalid {
+                    context: format!("push layout {}", layout.display()),
+                    reason: "nested index".into(),
+                });
             }
         }
         let manifest_target = if top { target.clone() } else { target.with_digest(desc.digest.clone()) };
@@ -135,7 +152,9 @@ impl Client {
         let oci_ref = r.to_oci();
         let digest = desc.digest.to_string();
         let exists = self
-            .call(session, r, Op::Push, |_| async { session.oci.blob_exists(&oci_ref, &digest).await.map_err(|e| from_oci(e, &ctx, &what)) })
+            .call(session, r, Op::Push, |_| async {
+                session.oci.blob_exists(&oci_ref, &digest).await.map_err(|e| from_oci(e, &ctx, &what))
+            })
             .await?;
         if exists {
             return Ok(0);
@@ -166,7 +185,11 @@ impl Client {
         let oci_ref = r.to_oci();
         let body = Bytes::copy_from_slice(body);
         self.call(session, r, Op::Push, |_| async {
-            session.oci.push_manifest_raw(&oci_ref, body.clone(), content_type.clone()).await.map_err(|e| from_oci(e, &ctx, &what))
+            session
+                .oci
+                .push_manifest_raw(&oci_ref, body.clone(), content_type.clone())
+                .await
+                .map_err(|e| from_oci(e, &ctx, &what))
         })
         .await?;
         Ok(Digest::sha256_of(&body))
@@ -186,12 +209,17 @@ fn read_layout_blob(layout: &Path, digest: &Digest, limit: u64) -> Result<Vec<u8
     let mut h = digest.hasher();
     h.update(&data);
     if data.len() as u64 > limit || &h.finish() != digest {
-        return Err(Error::Invalid { context: format!("layout blob {}", path.display()), reason: format!("does not match {digest}") });
+        return Err(Error::Invalid {
+            context: format!("layout blob {}", path.display()),
+            reason: format!("does not match {digest}"),
+        });
     }
     Ok(data)
 }
 
-async fn file_stream(path: &Path) -> Result<impl futures_util::Stream<Item = oci_client::errors::Result<Bytes>> + Send + 'static> {
+async fn file_stream(
+    path: &Path,
+) -> Result<impl futures_util::Stream<Item = oci_client::errors::Result<Bytes>> + Send + 'static> {
     use tokio::io::AsyncReadExt;
     let file = tokio::fs::File::open(path).await.map_err(|e| Error::io("open blob", path, e))?;
     Ok(futures_util::stream::unfold(Some(file), |file| async move {

@@ -129,17 +129,12 @@ impl Session {
     pub async fn authorize(&self, r: &Reference, op: Op, renew: bool) -> Result<Option<String>> {
         let key = (r.repository().to_string(), op);
         let mut cache = self.auth.lock().await;
-        if !renew {
-            if let Some(h) = cache.get(&key) {
-                return Ok(h.clone());
-            }
+        if !renew && let Some(h) = cache.get(&key) {
+            return Ok(h.clone());
         }
         let ctx = Ctx::of(r);
         let (header, oci_auth) = self.negotiate(r, op, &ctx).await?;
-        self.oci
-            .auth(&r.to_oci(), &oci_auth, op.oci())
-            .await
-            .map_err(|e| from_oci(e, &ctx, "authentication"))?;
+        self.oci.auth(&r.to_oci(), &oci_auth, op.oci()).await.map_err(|e| from_oci(e, &ctx, "authentication"))?;
         cache.insert(key, header.clone());
         Ok(header)
     }
@@ -181,7 +176,8 @@ impl Session {
             reason,
         };
         let url = reqwest::Url::parse(realm).map_err(|e| refuse(format!("realm {realm:?} is not a URL: {e}")))?;
-        let realm_host = url.host_str().unwrap_or_default().to_string() + &url.port().map(|p| format!(":{p}")).unwrap_or_default();
+        let realm_host =
+            url.host_str().unwrap_or_default().to_string() + &url.port().map(|p| format!(":{p}")).unwrap_or_default();
         let same_host = realm_host == self.host;
         match url.scheme() {
             "https" => {}
@@ -328,7 +324,12 @@ pub(crate) fn from_reqwest(e: reqwest::Error, ctx: &Ctx, what: &str, timeout: Du
             seconds: timeout.as_secs(),
         };
     }
-    Error::Transport { reference: ctx.reference.clone(), registry: ctx.registry.clone(), what: what.into(), source: Box::new(e) }
+    Error::Transport {
+        reference: ctx.reference.clone(),
+        registry: ctx.registry.clone(),
+        what: what.into(),
+        source: Box::new(e),
+    }
 }
 
 /// An error from inside a blob stream (reqwest's, or oci-client's digest check).
@@ -346,7 +347,12 @@ pub(crate) fn from_stream_io(e: std::io::Error, ctx: &Ctx, what: &str, timeout: 
         let e = e.into_inner().expect("checked").downcast::<reqwest::Error>().expect("checked");
         return from_reqwest(*e, ctx, what, timeout);
     }
-    Error::Transport { reference: ctx.reference.clone(), registry: ctx.registry.clone(), what: what.into(), source: Box::new(e) }
+    Error::Transport {
+        reference: ctx.reference.clone(),
+        registry: ctx.registry.clone(),
+        what: what.into(),
+        source: Box::new(e),
+    }
 }
 
 pub(crate) fn from_oci(e: OciDistributionError, ctx: &Ctx, what: &str) -> Error {
@@ -361,7 +367,9 @@ pub(crate) fn from_oci(e: OciDistributionError, ctx: &Ctx, what: &str) -> Error 
             use oci_client::errors::OciErrorCode as C;
             let detail = envelope.to_string();
             match envelope.errors.first().map(|e| &e.code) {
-                Some(C::BlobUnknown | C::ManifestUnknown | C::NameUnknown) => status_error(404, ctx, what, detail.as_bytes()),
+                Some(C::BlobUnknown | C::ManifestUnknown | C::NameUnknown) => {
+                    status_error(404, ctx, what, detail.as_bytes())
+                }
                 Some(C::Unauthorized | C::Denied) => unauthorized(401, ctx, what, detail.as_bytes()),
                 Some(C::Toomanyrequests) => http_error(429, ctx, what, detail),
                 _ => http_error(400, ctx, what, detail),
@@ -373,6 +381,9 @@ pub(crate) fn from_oci(e: OciDistributionError, ctx: &Ctx, what: &str) -> Error 
             expected: what.into(),
             actual: d.to_string(),
         },
-        other => Error::Invalid { context: format!("{}: {what} at registry {}", ctx.reference, ctx.registry), reason: other.to_string() },
+        other => Error::Invalid {
+            context: format!("{}: {what} at registry {}", ctx.reference, ctx.registry),
+            reason: other.to_string(),
+        },
     }
 }

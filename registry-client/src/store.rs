@@ -138,7 +138,10 @@ impl Store {
         let mut data = Vec::new();
         file.take(limit + 1).read_to_end(&mut data).map_err(|e| Error::io("read blob", &path, e))?;
         if data.len() as u64 > limit {
-            return Err(Error::Invalid { context: format!("read blob {digest}"), reason: format!("larger than {limit} bytes") });
+            return Err(Error::Invalid {
+                context: format!("read blob {digest}"),
+                reason: format!("larger than {limit} bytes"),
+            });
         }
         Ok(data)
     }

@@ -103,7 +103,13 @@ pub struct Report {
 
 /// Unpacks a layer blob (gzip, zstd or plain tar, told apart by magic bytes) into `dest`.
 /// `layer` names it in errors; `diff_id`, if given, must match the uncompressed stream.
-pub fn unpack_blob(blob: &Path, dest: &Path, layer: &Digest, diff_id: Option<&Digest>, options: &UnpackOptions) -> Result<Report> {
+pub fn unpack_blob(
+    blob: &Path,
+    dest: &Path,
+    layer: &Digest,
+    diff_id: Option<&Digest>,
+    options: &UnpackOptions,
+) -> Result<Report> {
     let file = std::fs::File::open(blob).map_err(|e| Error::io("open layer blob", blob, e))?;
     let compressed = file.metadata().map(|m| m.len()).unwrap_or(0);
     unpack_reader(file, compressed, dest, &layer.to_string(), diff_id, options)
@@ -131,29 +137,43 @@ pub fn unpack_reader(
         Box::new(input)
     };
     let algorithm = diff_id.map_or(Algorithm::Sha256, Digest::algorithm);
-    let limit = options.limits.max_bytes.min(
-        options.limits.ratio_floor.max(compressed_size.saturating_mul(options.limits.max_ratio)),
-    );
+    let limit = options
+        .limits
+        .max_bytes
+        .min(options.limits.ratio_floor.max(compressed_size.saturating_mul(options.limits.max_ratio)));
     let counted = Counted { inner: decoded, hasher: Hasher::new(algorithm), bytes: 0, limit, exceeded: false };
     let root = open_root(dest)?;
-    let mut unpacker = Unpacker { root, label, options, report: Report::default(), written: HashSet::new(), opaque_done: HashSet::new() };
+    let mut unpacker = Unpacker {
+        root,
+        label,
+        options,
+        report: Report::default(),
+        written: HashSet::new(),
+        opaque_done: HashSet::new(),
+    };
     let mut archive = tar::Archive::new(counted);
     let result = unpacker.run(&mut archive);
     let mut counted = archive.into_inner();
     if counted.exceeded {
-        return Err(Error::LayerLimit { digest: label.into(), reason: format!("more than {limit} uncompressed bytes") });
+        return Err(Error::LayerLimit {
+            digest: label.into(),
+            reason: format!("more than {limit} uncompressed bytes"),
+        });
     }
     result?;
     // Hash what follows the end-of-archive blocks too: the DiffID covers the whole stream.
     io::copy(&mut counted, &mut io::sink()).map_err(|e| {
-        if counted.exceeded { Error::LayerLimit { digest: label.into(), reason: format!("more than {limit} uncompressed bytes") } }
-        else { layer_err(format!("read: {e}")) }
+        if counted.exceeded {
+            Error::LayerLimit { digest: label.into(), reason: format!("more than {limit} uncompressed bytes") }
+        } else {
+            layer_err(format!("read: {e}"))
+        }
     })?;
     let actual = counted.hasher.finish();
-    if let Some(expected) = diff_id {
-        if &actual != expected {
-            return Err(layer_err(format!("uncompressed content is {actual}, the config's diff_id is {expected}")));
-        }
+    if let Some(expected) = diff_id
+        && &actual != expected
+    {
+        return Err(layer_err(format!("uncompressed content is {actual}, the config's diff_id is {expected}")));
     }
     unpacker.report.bytes = counted.bytes;
     unpacker.report.diff_id = Some(actual);
@@ -245,13 +265,21 @@ impl Unpacker<'_> {
     fn parse<R: Read>(&self, entry: &mut tar::Entry<'_, R>) -> Result<Entry> {
         let raw_path = entry.path_bytes().into_owned();
         if raw_path.len() > self.options.limits.max_path {
-            return Err(Error::LayerLimit { digest: self.label.into(), reason: format!("path of {} bytes", raw_path.len()) });
+            return Err(Error::LayerLimit {
+                digest: self.label.into(),
+                reason: format!("path of {} bytes", raw_path.len()),
+            });
         }
-        let path = clean(Path::new(OsStr::from_bytes(&raw_path)))
-            .map_err(|reason| Error::UnsafeEntry { digest: self.label.into(), entry: String::from_utf8_lossy(&raw_path).into(), reason })?;
+        let path = clean(Path::new(OsStr::from_bytes(&raw_path))).map_err(|reason| Error::UnsafeEntry {
+            digest: self.label.into(),
+            entry: String::from_utf8_lossy(&raw_path).into(),
+            reason,
+        })?;
         let header = entry.header();
         let bad = |what: &str, e: io::Error| self.unsafe_entry(&path, format!("invalid {what}: {e}"));
-        let id = |v: u64, what: &str| u32::try_from(v).map_err(|_| self.unsafe_entry(&path, format!("{what} {v} out of range")));
+        let id = |v: u64, what: &str| {
+            u32::try_from(v).map_err(|_| self.unsafe_entry(&path, format!("{what} {v} out of range")))
+        };
         let uid = id(header.uid().map_err(|e| bad("uid", e))?, "uid")?;
         let gid = id(header.gid().map_err(|e| bad("gid", e))?, "gid")?;
         let mode = header.mode().map_err(|e| bad("mode", e))? & 0o7777;
@@ -293,7 +321,12 @@ impl Unpacker<'_> {
             T::GNUSparse => return Err(self.unsafe_entry(&e.path, "sparse entries are not supported")),
             T::Regular | T::Continuous => {
                 let fd = self.create(&parent, name, &e.path, |p, n| {
-                    rustix::fs::openat(p, n, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::from_raw_mode(0o600))
+                    rustix::fs::openat(
+                        p,
+                        n,
+                        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        Mode::from_raw_mode(0o600),
+                    )
                 })?;
                 let mut file = std::fs::File::from(fd);
                 copy(data, &mut file, buf).map_err(|err| self.layer(format!("{}: write: {err}", display(&e.path))))?;
@@ -305,15 +338,21 @@ impl Unpacker<'_> {
                     Err(Errno::EXIST) if is_dir_at(&parent, name) => {}
                     Err(Errno::EXIST) => {
                         remove_at(&parent, name).map_err(|err| io_err("replace", err))?;
-                        rustix::fs::mkdirat(&parent, name.as_os_str(), Mode::from_raw_mode(0o700)).map_err(|err| io_err("mkdir", err))?;
+                        rustix::fs::mkdirat(&parent, name.as_os_str(), Mode::from_raw_mode(0o700))
+                            .map_err(|err| io_err("mkdir", err))?;
                     }
                     Err(err) => return Err(io_err("mkdir", err)),
                 }
-                let fd = rustix::fs::openat(&parent, name.as_os_str(), dir_flags(), Mode::empty()).map_err(|err| io_err("open dir", err))?;
+                let fd = rustix::fs::openat(&parent, name.as_os_str(), dir_flags(), Mode::empty())
+                    .map_err(|err| io_err("open dir", err))?;
                 self.finish_fd(fd.as_fd(), &e).map_err(|err| io_err("metadata", err))?;
             }
             T::Symlink => {
-                let target = e.link.clone().filter(|t| !t.is_empty()).ok_or_else(|| self.unsafe_entry(&e.path, "symlink without a target"))?;
+                let target = e
+                    .link
+                    .clone()
+                    .filter(|t| !t.is_empty())
+                    .ok_or_else(|| self.unsafe_entry(&e.path, "symlink without a target"))?;
                 self.create(&parent, name, &e.path, |p, n| rustix::fs::symlinkat(OsStr::from_bytes(&target), p, n))?;
                 self.finish_at(&parent, name, &e).map_err(|err| io_err("metadata", err))?;
             }
@@ -324,12 +363,16 @@ impl Unpacker<'_> {
                 Devices::Create => {
                     let ft = if e.kind == T::Char { FileType::CharacterDevice } else { FileType::BlockDevice };
                     let dev = rustix::fs::makedev(e.device.0, e.device.1);
-                    self.create(&parent, name, &e.path, |p, n| rustix::fs::mknodat(p, n, ft, Mode::from_raw_mode(e.mode), dev))?;
+                    self.create(&parent, name, &e.path, |p, n| {
+                        rustix::fs::mknodat(p, n, ft, Mode::from_raw_mode(e.mode), dev)
+                    })?;
                     self.finish_at(&parent, name, &e).map_err(|err| io_err("metadata", err))?;
                 }
             },
             T::Fifo => {
-                self.create(&parent, name, &e.path, |p, n| rustix::fs::mknodat(p, n, FileType::Fifo, Mode::from_raw_mode(e.mode), 0))?;
+                self.create(&parent, name, &e.path, |p, n| {
+                    rustix::fs::mknodat(p, n, FileType::Fifo, Mode::from_raw_mode(e.mode), 0)
+                })?;
                 self.finish_at(&parent, name, &e).map_err(|err| io_err("metadata", err))?;
             }
             other => return Err(self.unsafe_entry(&e.path, format!("unsupported entry type {other:?}"))),
@@ -348,7 +391,9 @@ impl Unpacker<'_> {
                 Err(Errno::NOENT) if create => {
                     match rustix::fs::mkdirat(&dir, c.as_os_str(), Mode::from_raw_mode(0o755)) {
                         Ok(()) | Err(Errno::EXIST) => {}
-                        Err(e) => return Err(self.layer(format!("{}: mkdir parent: {}", display(entry), io::Error::from(e)))),
+                        Err(e) => {
+                            return Err(self.layer(format!("{}: mkdir parent: {}", display(entry), io::Error::from(e))));
+                        }
                     }
                     rustix::fs::openat(&dir, c.as_os_str(), dir_flags(), Mode::empty())
                 }
@@ -357,9 +402,16 @@ impl Unpacker<'_> {
             dir = match next {
                 Ok(fd) => fd,
                 Err(Errno::NOTDIR | Errno::LOOP) => {
-                    return Err(self.unsafe_entry(entry, format!("parent {:?} is a symlink or not a directory", display(&components[..=i]))));
+                    return Err(self.unsafe_entry(
+                        entry,
+                        format!("parent {:?} is a symlink or not a directory", display(&components[..=i])),
+                    ));
                 }
-                Err(Errno::NOENT) => return Err(self.unsafe_entry(entry, format!("parent {:?} does not exist", display(&components[..=i])))),
+                Err(Errno::NOENT) => {
+                    return Err(
+                        self.unsafe_entry(entry, format!("parent {:?} does not exist", display(&components[..=i])))
+                    );
+                }
                 Err(e) => return Err(self.layer(format!("{}: open parent: {}", display(entry), io::Error::from(e)))),
             };
         }
@@ -368,7 +420,13 @@ impl Unpacker<'_> {
 
     /// Runs `make`; if the name exists, removes what is there (a directory only when the
     /// new entry is not one) and tries once more.
-    fn create<T>(&self, parent: &OwnedFd, name: &OsStr, path: &[OsString], make: impl Fn(&OwnedFd, &OsStr) -> rustix::io::Result<T>) -> Result<T> {
+    fn create<T>(
+        &self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        path: &[OsString],
+        make: impl Fn(&OwnedFd, &OsStr) -> rustix::io::Result<T>,
+    ) -> Result<T> {
         let err = |what: &str, e: Errno| self.layer(format!("{}: {what}: {}", display(path), io::Error::from(e)));
         match make(parent, name) {
             Err(Errno::EXIST) => {
@@ -395,7 +453,12 @@ impl Unpacker<'_> {
                 return Err(self.unsafe_entry(&e.path, "hardlink to a directory"));
             }
             Ok(_) => {}
-            Err(_) => return Err(self.unsafe_entry(&e.path, format!("hardlink target {:?} does not exist in this layer", display(&target)))),
+            Err(_) => {
+                return Err(self.unsafe_entry(
+                    &e.path,
+                    format!("hardlink target {:?} does not exist in this layer", display(&target)),
+                ));
+            }
         }
         self.create(parent, name, &e.path, |p, n| rustix::fs::linkat(&tdir, tname.as_os_str(), p, n, AtFlags::empty()))
     }
@@ -410,19 +473,27 @@ impl Unpacker<'_> {
             }
             return match self.options.whiteouts {
                 Whiteouts::Overlay => {
-                    rustix::fs::fsetxattr(&parent, "trusted.overlay.opaque", b"y", XattrFlags::empty()).map_err(|e| err("mark opaque", e))
+                    rustix::fs::fsetxattr(&parent, "trusted.overlay.opaque", b"y", XattrFlags::empty())
+                        .map_err(|e| err("mark opaque", e))
                 }
                 Whiteouts::Flatten => self.clear_lower(&parent, parents).map_err(|e| err("opaque", e)),
             };
         }
         let hidden = &name[WHITEOUT.len()..];
-        if hidden.is_empty() || hidden == b"." || hidden == b".." || hidden.starts_with(WHITEOUT.as_bytes()) || hidden.contains(&b'/') {
+        if hidden.is_empty()
+            || hidden == b"."
+            || hidden == b".."
+            || hidden.starts_with(WHITEOUT.as_bytes())
+            || hidden.contains(&b'/')
+        {
             return Err(self.unsafe_entry(path, "invalid whiteout name"));
         }
         let hidden = OsStr::from_bytes(hidden);
         match self.options.whiteouts {
             Whiteouts::Overlay => {
-                self.create(&parent, hidden, path, |p, n| rustix::fs::mknodat(p, n, FileType::CharacterDevice, Mode::empty(), 0))?;
+                self.create(&parent, hidden, path, |p, n| {
+                    rustix::fs::mknodat(p, n, FileType::CharacterDevice, Mode::empty(), 0)
+                })?;
             }
             Whiteouts::Flatten => remove_at(&parent, hidden).map_err(|e| err("whiteout", e))?,
         }
@@ -468,11 +539,18 @@ impl Unpacker<'_> {
     /// Metadata for entries we cannot open (symlinks, devices, fifos): by name, no follow.
     fn finish_at(&mut self, parent: &OwnedFd, name: &OsStr, e: &Entry) -> rustix::io::Result<()> {
         if self.options.preserve_ownership {
-            rustix::fs::chownat(parent, name, Some(Uid::from_raw(e.uid)), Some(Gid::from_raw(e.gid)), AtFlags::SYMLINK_NOFOLLOW)?;
+            rustix::fs::chownat(
+                parent,
+                name,
+                Some(Uid::from_raw(e.uid)),
+                Some(Gid::from_raw(e.gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )?;
         }
         if e.kind != tar::EntryType::Symlink {
             // chmod of a non-symlink by name: it was just created by us and is not a link.
-            let fd = rustix::fs::openat(parent, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+            let fd =
+                rustix::fs::openat(parent, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
             let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
             rustix::fs::chmod(proc.as_str(), Mode::from_raw_mode(e.mode))?;
         }

@@ -76,13 +76,7 @@ impl Registry {
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config).unwrap();
         let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-        let child = Command::new(bin)
-            .arg("serve")
-            .arg(&config_path)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = Command::new(bin).arg("serve").arg(&config_path).stdout(Stdio::null()).stderr(log).spawn().unwrap();
         let host = format!("127.0.0.1:{port}");
         wait_until(Duration::from_secs(20), "docker-registry to listen", || {
             std::net::TcpStream::connect(&host).is_ok()

@@ -22,13 +22,24 @@ pub struct Request {
 }
 
 pub enum Reply {
-    Full { status: u16, headers: Vec<(String, String)>, body: Vec<u8> },
+    Full {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
     /// Announce the full length, send `body[..cut]`, close.
-    Truncate { body: Vec<u8>, cut: usize },
+    Truncate {
+        body: Vec<u8>,
+        cut: usize,
+    },
     /// Send headers and a little, then go quiet for `pause`.
-    Stall { pause: Duration },
+    Stall {
+        pause: Duration,
+    },
     /// Stream `chunk` forever (no Content-Length) until the client goes away.
-    Endless { chunk: Vec<u8> },
+    Endless {
+        chunk: Vec<u8>,
+    },
 }
 
 impl Reply {
@@ -36,7 +47,11 @@ impl Reply {
         Reply::Full { status: 200, headers: vec![("Content-Type".into(), content_type.into())], body }
     }
     pub fn status(status: u16) -> Reply {
-        Reply::Full { status, headers: vec![], body: format!("{{\"errors\":[{{\"code\":\"X\",\"message\":\"{status}\"}}]}}").into_bytes() }
+        Reply::Full {
+            status,
+            headers: vec![],
+            body: format!("{{\"errors\":[{{\"code\":\"X\",\"message\":\"{status}\"}}]}}").into_bytes(),
+        }
     }
     pub fn with_header(mut self, k: &str, v: &str) -> Reply {
         if let Reply::Full { headers, .. } = &mut self {
@@ -78,7 +93,12 @@ impl Evil {
     }
 }
 
-fn serve(stream: TcpStream, handler: &(dyn Fn(&Request, usize) -> Reply + Send + Sync), log: &Mutex<Vec<Request>>, counts: &Mutex<HashMap<String, usize>>) {
+fn serve(
+    stream: TcpStream,
+    handler: &(dyn Fn(&Request, usize) -> Reply + Send + Sync),
+    log: &Mutex<Vec<Request>>,
+    counts: &Mutex<HashMap<String, usize>>,
+) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut line = String::new();
     if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -114,11 +134,17 @@ fn write_reply(out: &mut TcpStream, reply: Reply, req: &Request) -> std::io::Res
     match reply {
         Reply::Full { status, headers, body } => {
             // Honour a Range request on 200 replies, like a real registry.
-            let range = req.headers.get("range").and_then(|r| r.strip_prefix("bytes=")).and_then(|r| r.trim_end_matches('-').parse::<usize>().ok());
+            let range = req
+                .headers
+                .get("range")
+                .and_then(|r| r.strip_prefix("bytes="))
+                .and_then(|r| r.trim_end_matches('-').parse::<usize>().ok());
             let (status, body, extra) = match range {
-                Some(off) if status == 200 && off <= body.len() => {
-                    (206, body[off..].to_vec(), format!("Content-Range: bytes {off}-{}/{}\r\n", body.len().saturating_sub(1), body.len()))
-                }
+                Some(off) if status == 200 && off <= body.len() => (
+                    206,
+                    body[off..].to_vec(),
+                    format!("Content-Range: bytes {off}-{}/{}\r\n", body.len().saturating_sub(1), body.len()),
+                ),
                 _ => (status, body, String::new()),
             };
             let mut extra = extra + &format!("Content-Length: {}\r\n", body.len());
@@ -277,7 +303,9 @@ fn always_truncated_blob_fails_after_retries_and_is_never_complete() {
 fn server_errors_are_retried_with_backoff_until_success() {
     let a = Arc::new(Artifact::new());
     let a2 = a.clone();
-    let evil = Evil::start(move |req, n| if req.path.contains("/manifests/") && n < 2 { Reply::status(503) } else { a2.serve(req) });
+    let evil = Evil::start(
+        move |req, n| if req.path.contains("/manifests/") && n < 2 { Reply::status(503) } else { a2.serve(req) },
+    );
     let t = client();
     rt().block_on(t.client.pull(&app(&evil.host), &PullOptions::default())).unwrap();
     assert_eq!(evil.requests("/manifests/").len(), 3);
@@ -285,7 +313,9 @@ fn server_errors_are_retried_with_backoff_until_success() {
 
 #[test]
 fn persistent_server_errors_give_a_retryable_error_naming_the_reference() {
-    let evil = Evil::start(|req, _| if req.path == "/v2/" { Reply::ok(b"{}".to_vec(), "application/json") } else { Reply::status(500) });
+    let evil = Evil::start(|req, _| {
+        if req.path == "/v2/" { Reply::ok(b"{}".to_vec(), "application/json") } else { Reply::status(500) }
+    });
     let t = client();
     let r = app(&evil.host);
     let err = rt().block_on(t.client.pull(&r, &PullOptions::default())).unwrap_err();
@@ -352,7 +382,8 @@ fn a_lying_digest_header_or_ambiguous_manifest_is_final() {
     let a = Arc::new(Artifact::new());
     let a2 = a.clone();
     let ambiguous = json!({"schemaVersion": 2, "manifests": [], "layers": [],
-        "config": {"mediaType": "x", "digest": Digest::sha256_of(b"").to_string(), "size": 0}}).to_string();
+        "config": {"mediaType": "x", "digest": Digest::sha256_of(b"").to_string(), "size": 0}})
+    .to_string();
     let evil = Evil::start(move |req, _| {
         if req.path.contains("/lying/") && req.path.contains("/manifests/") {
             return a2.serve(req).with_header("Docker-Content-Digest", &Digest::sha256_of(b"other").to_string());
@@ -429,7 +460,8 @@ fn an_expired_token_is_renewed_on_401() {
         }
         let current = format!("Bearer tok-{}", *issued2.lock().unwrap());
         // tok-1 "expires" as soon as the manifest has been read with it
-        let expired = req.headers.get("authorization").map(String::as_str) == Some("Bearer tok-1") && !req.path.contains("/manifests/");
+        let expired = req.headers.get("authorization").map(String::as_str) == Some("Bearer tok-1")
+            && !req.path.contains("/manifests/");
         if req.headers.get("authorization") != Some(&current) || expired {
             let challenge = format!(r#"Bearer realm="http://{}/token",service="evil""#, host2.lock().unwrap());
             return Reply::status(401).with_header("WWW-Authenticate", &challenge);

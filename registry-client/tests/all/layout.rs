@@ -17,7 +17,13 @@ pub enum Entry<'a> {
     Symlink(&'a str, &'a str),
     Hardlink(&'a str, &'a str),
     /// Raw bytes in the name and link fields, bypassing the tar crate's path checks.
-    Raw { name: &'a [u8], kind: tar::EntryType, link: &'a [u8], data: &'a [u8], mode: u32 },
+    Raw {
+        name: &'a [u8],
+        kind: tar::EntryType,
+        link: &'a [u8],
+        data: &'a [u8],
+        mode: u32,
+    },
 }
 
 /// Writes entries as an uncompressed tar.
@@ -80,10 +86,8 @@ impl Layout {
     /// An image of gzip layers made from uncompressed tars; returns the manifest descriptor.
     pub fn image(&self, tars: &[Vec<u8>], os: &str, arch: &str) -> Value {
         let diff_ids: Vec<String> = tars.iter().map(|t| Digest::sha256_of(t).to_string()).collect();
-        let layers: Vec<Value> = tars
-            .iter()
-            .map(|t| self.blob("application/vnd.oci.image.layer.v1.tar+gzip", &gzip(t)))
-            .collect();
+        let layers: Vec<Value> =
+            tars.iter().map(|t| self.blob("application/vnd.oci.image.layer.v1.tar+gzip", &gzip(t))).collect();
         let config = json!({
             "architecture": arch, "os": os,
             "config": {"Entrypoint": ["/bin/sh"], "Env": ["PATH=/bin"]},
@@ -102,7 +106,8 @@ impl Layout {
 
     /// An index over manifest descriptors; returns the index descriptor.
     pub fn index(&self, manifests: Vec<Value>) -> Value {
-        let index = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests});
+        let index =
+            json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests});
         self.blob("application/vnd.oci.image.index.v1+json", index.to_string().as_bytes())
     }
 
@@ -140,8 +145,17 @@ pub fn busybox_layout(dir: &Path) -> PathBuf {
     std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
     run(Command::new(&umoci).args(["repack", "--image", &image]).arg(&bundle));
     run(Command::new(&umoci).args([
-        "config", "--image", &image, "--os", "linux", "--architecture", "amd64",
-        "--config.entrypoint", "/bin/sh", "--config.cmd=-c", "--config.cmd=echo hello from busybox",
+        "config",
+        "--image",
+        &image,
+        "--os",
+        "linux",
+        "--architecture",
+        "amd64",
+        "--config.entrypoint",
+        "/bin/sh",
+        "--config.cmd=-c",
+        "--config.cmd=echo hello from busybox",
     ]));
     run(Command::new(&umoci).arg("gc").arg("--layout").arg(&layout));
     layout

@@ -51,7 +51,13 @@ fn skopeo_reads_back_what_we_push() {
     assert_eq!(m["config"]["mediaType"], "application/vnd.wasm.config.v0+json");
     assert_eq!(m["layers"][0]["mediaType"], "application/wasm");
     assert_eq!(m["layers"][0]["annotations"]["org.opencontainers.image.title"], "hello.wasm");
-    let cfg = run(Command::new(&skopeo).args(["inspect", "--tls-verify=false", "--raw", "--config", &format!("docker://{r}")]));
+    let cfg = run(Command::new(&skopeo).args([
+        "inspect",
+        "--tls-verify=false",
+        "--raw",
+        "--config",
+        &format!("docker://{r}"),
+    ]));
     let cfg: serde_json::Value = serde_json::from_str(&cfg).unwrap();
     assert_eq!(cfg["os"], "wasip1");
     assert_eq!(cfg["layerDigests"][0], m["layers"][0]["digest"]);
@@ -65,7 +71,13 @@ fn busybox_pushed_by_skopeo_unpacks_to_the_same_tree_as_umoci() {
     let layout = busybox_layout(t.dir.path());
     let image = format!("{}:latest", layout.display());
     let r = reg.reference("regtest/busybox:latest");
-    run(Command::new(&skopeo).args(["copy", "-q", "--dest-tls-verify=false", &format!("oci:{image}"), &format!("docker://{r}")]));
+    run(Command::new(&skopeo).args([
+        "copy",
+        "-q",
+        "--dest-tls-verify=false",
+        &format!("oci:{image}"),
+        &format!("docker://{r}"),
+    ]));
 
     let pulled = rt().block_on(t.client.pull(&r, &PullOptions::default())).unwrap();
     assert_eq!(pulled.kind, ImageKind::Linux);
@@ -116,7 +128,10 @@ fn layout_push_preserves_digests_and_whiteouts_apply() {
         std::fs::create_dir(&flat).unwrap();
         image.flatten(&flat, &UnpackOptions::default()).unwrap();
         let names = |p: &str| {
-            let mut v: Vec<String> = std::fs::read_dir(flat.join(p)).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+            let mut v: Vec<String> = std::fs::read_dir(flat.join(p))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
             v.sort();
             v
         };
@@ -131,7 +146,7 @@ fn layout_push_preserves_digests_and_whiteouts_apply() {
         use std::os::unix::fs::FileTypeExt;
         let wh = std::fs::symlink_metadata(upper_dir.join("a/gone")).unwrap();
         assert!(wh.file_type().is_char_device(), "whiteout is a char device");
-        let opaque = rustix::fs::getxattr(&upper_dir.join("d"), "trusted.overlay.opaque", &mut [0u8; 4]).unwrap();
+        let opaque = rustix::fs::getxattr(upper_dir.join("d"), "trusted.overlay.opaque", &mut [0u8; 4]).unwrap();
         assert_eq!(opaque, 1);
         assert!(!upper_dir.join("d/.wh..wh..opq").exists());
     });
@@ -180,8 +195,7 @@ fn pull_by_digest_is_checked_and_unknown_digest_is_not_found() {
         let by_digest: Reference = format!("{}/apps/pinned@{}", reg.host, pushed.digest).parse().unwrap();
         let image = t.client.pull(&by_digest, &PullOptions::default()).await.unwrap();
         assert_eq!(image.digest, pushed.digest);
-        let missing: Reference =
-            format!("{}/apps/pinned@sha256:{}", reg.host, "0".repeat(64)).parse().unwrap();
+        let missing: Reference = format!("{}/apps/pinned@sha256:{}", reg.host, "0".repeat(64)).parse().unwrap();
         let err = t.client.pull(&missing, &PullOptions::default()).await.unwrap_err();
         assert!(matches!(err, Error::NotFound { .. }), "{err}");
         assert!(!err.is_retryable());
@@ -204,7 +218,8 @@ fn basic_auth_from_docker_config_and_explicit_credentials() {
         let cred = Credential::new(USER, PASSWORD);
         anon.client.push_wasm(&wasm, &r, Some(&cred)).await.unwrap();
         let wrong = Credential::new(USER, "wrong");
-        let err = anon.client.pull(&r, &PullOptions { credential: Some(wrong), ..Default::default() }).await.unwrap_err();
+        let err =
+            anon.client.pull(&r, &PullOptions { credential: Some(wrong), ..Default::default() }).await.unwrap_err();
         assert!(matches!(err, Error::Unauthorized { .. }), "{err}");
 
         // docker config.json, keyed by host:port
@@ -251,7 +266,11 @@ fn concurrent_pulls_share_blobs_and_report_progress() {
     let events = Arc::new(Mutex::new(Vec::new()));
     let sink = events.clone();
     let progress: registry_client::ProgressFn = Arc::new(move |p| sink.lock().unwrap().push(p));
-    let opts = PullOptions { progress: Some(progress), platforms: vec![Platform::new("linux", "amd64", None)], ..Default::default() };
+    let opts = PullOptions {
+        progress: Some(progress),
+        platforms: vec![Platform::new("linux", "amd64", None)],
+        ..Default::default()
+    };
     rt().block_on(async {
         layout.tag(a, "a");
         t.client.push_layout(&layout.dir, Some("a"), &reg.reference("share/a:v1"), None).await.unwrap();
@@ -264,7 +283,13 @@ fn concurrent_pulls_share_blobs_and_report_progress() {
     });
     let events = events.lock().unwrap();
     let resolved = events.iter().filter(|e| matches!(e, Progress::Resolved { .. })).count();
-    let done: Vec<_> = events.iter().filter_map(|e| match e { Progress::BlobDone { digest, cached, .. } => Some((digest.clone(), *cached)), _ => None }).collect();
+    let done: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Progress::BlobDone { digest, cached, .. } => Some((digest.clone(), *cached)),
+            _ => None,
+        })
+        .collect();
     assert_eq!(resolved, 2);
     assert_eq!(done.len(), 6, "config + 2 layers for each image: {done:?}");
     let shared_downloads = done.iter().filter(|(_, cached)| !cached).count();

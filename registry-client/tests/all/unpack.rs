@@ -125,7 +125,10 @@ fn hardlinks_inside_work_but_not_to_directories() {
     let s = Sandbox::new();
     s.attempt(&[Entry::File("a", b"data", 0o644), Entry::Hardlink("b", "a")]).unwrap();
     use std::os::unix::fs::MetadataExt;
-    assert_eq!(std::fs::metadata(s.root().join("a")).unwrap().ino(), std::fs::metadata(s.root().join("b")).unwrap().ino());
+    assert_eq!(
+        std::fs::metadata(s.root().join("a")).unwrap().ino(),
+        std::fs::metadata(s.root().join("b")).unwrap().ino()
+    );
     let s = Sandbox::new();
     expect_unsafe(s.attempt(&[Entry::Dir("d", 0o755), Entry::Hardlink("hd", "d")]));
 }
@@ -145,8 +148,14 @@ fn chmod_and_chown_never_go_through_a_symlink() {
     assert!(std::fs::symlink_metadata(s.root().join("d")).unwrap().is_dir());
     // and a symlink's own mode entry never reaches the target
     let s = Sandbox::new();
-    s.attempt(&[Entry::Raw { name: b"link", kind: tar::EntryType::Symlink, link: secret.as_bytes(), data: b"", mode: 0o777 }])
-        .unwrap();
+    s.attempt(&[Entry::Raw {
+        name: b"link",
+        kind: tar::EntryType::Symlink,
+        link: secret.as_bytes(),
+        data: b"",
+        mode: 0o777,
+    }])
+    .unwrap();
 }
 
 #[test]
@@ -175,7 +184,8 @@ fn whiteouts_cannot_delete_through_a_symlinked_parent() {
 #[test]
 fn devices_are_created_only_when_asked_for() {
     let dev = |s: &Sandbox, devices| {
-        let layer = tar(&[Entry::Raw { name: b"dev/sda", kind: tar::EntryType::Block, link: b"", data: b"", mode: 0o660 }]);
+        let layer =
+            tar(&[Entry::Raw { name: b"dev/sda", kind: tar::EntryType::Block, link: b"", data: b"", mode: 0o660 }]);
         s.unpack(&layer, &UnpackOptions { devices, ..Default::default() })
     };
     let s = Sandbox::new();
@@ -234,7 +244,11 @@ fn out_of_range_owner_ids_are_refused() {
 #[test]
 fn only_allowlisted_xattrs_are_applied() {
     let mut b = tar::Builder::new(Vec::new());
-    b.append_pax_extensions([("SCHILY.xattr.user.note", &b"hi"[..]), ("SCHILY.xattr.trusted.overlay.opaque", &b"y"[..])]).unwrap();
+    b.append_pax_extensions([
+        ("SCHILY.xattr.user.note", &b"hi"[..]),
+        ("SCHILY.xattr.trusted.overlay.opaque", &b"y"[..]),
+    ])
+    .unwrap();
     let mut h = tar::Header::new_ustar();
     h.set_path("f").unwrap();
     h.set_size(1);
@@ -248,9 +262,9 @@ fn only_allowlisted_xattrs_are_applied() {
     let report = s.unpack(&b.into_inner().unwrap(), &UnpackOptions::default()).unwrap();
     assert_eq!(report.skipped_xattrs, 1);
     let mut buf = [0u8; 8];
-    let n = rustix::fs::getxattr(&s.root().join("f"), "user.note", &mut buf).unwrap();
+    let n = rustix::fs::getxattr(s.root().join("f"), "user.note", &mut buf).unwrap();
     assert_eq!(&buf[..n], b"hi");
-    assert!(rustix::fs::getxattr(&s.root().join("f"), "trusted.overlay.opaque", &mut buf).is_err());
+    assert!(rustix::fs::getxattr(s.root().join("f"), "trusted.overlay.opaque", &mut buf).is_err());
 }
 
 #[test]
@@ -259,11 +273,27 @@ fn diff_id_is_checked_over_the_uncompressed_stream() {
     let s = Sandbox::new();
     let right = Digest::sha256_of(&layer);
     let gz = gzip(&layer);
-    let r = unpack::unpack_reader(Cursor::new(&gz), gz.len() as u64, &s.root(), "l", Some(&right), &UnpackOptions::default()).unwrap();
+    let r = unpack::unpack_reader(
+        Cursor::new(&gz),
+        gz.len() as u64,
+        &s.root(),
+        "l",
+        Some(&right),
+        &UnpackOptions::default(),
+    )
+    .unwrap();
     assert_eq!(r.diff_id, Some(right));
     let wrong = Digest::sha256_of(b"not it");
     let s = Sandbox::new();
-    let err = unpack::unpack_reader(Cursor::new(&gz), gz.len() as u64, &s.root(), "l", Some(&wrong), &UnpackOptions::default()).unwrap_err();
+    let err = unpack::unpack_reader(
+        Cursor::new(&gz),
+        gz.len() as u64,
+        &s.root(),
+        "l",
+        Some(&wrong),
+        &UnpackOptions::default(),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("diff_id"), "{err}");
 }
 
