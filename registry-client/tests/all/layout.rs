@@ -196,3 +196,36 @@ pub fn tree(root: &Path) -> Vec<String> {
     out.sort();
     out
 }
+
+/// The benchmark image: busybox plus `big_mb` MiB of random data, four 10 MiB random
+/// files and a compressible text file, one layer each (7 layers; ~259 MB at 200 MiB),
+/// built with umoci like `shared/reference/oci-tools/build-images.sh`.
+pub fn big_layout(dir: &Path, big_mb: usize) -> PathBuf {
+    let umoci = require("umoci", "umoci");
+    let layout = busybox_layout(dir);
+    let image = format!("{}:latest", layout.display());
+    let bundle = dir.join("bundle-big");
+    run(Command::new(&umoci).args(["unpack", "--image", &image]).arg(&bundle));
+    let data = bundle.join("rootfs/data");
+    std::fs::create_dir_all(&data).unwrap();
+    let random = |path: PathBuf, mb: usize| {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+        let mut block = vec![0u8; 1 << 20];
+        for _ in 0..mb {
+            fastrand::fill(&mut block);
+            f.write_all(&block).unwrap();
+        }
+    };
+    let repack = || run(Command::new(&umoci).args(["repack", "--refresh-bundle", "--image", &image]).arg(&bundle));
+    random(data.join("random-big.bin"), big_mb);
+    repack();
+    for i in 1..=4 {
+        random(data.join(format!("random-10M-{i}.bin")), 10);
+        repack();
+    }
+    let numbers: String = (1..=3_000_000).map(|n| format!("{n}\n")).collect();
+    std::fs::write(data.join("numbers.txt"), numbers).unwrap();
+    repack();
+    run(Command::new(&umoci).arg("gc").arg("--layout").arg(&layout));
+    layout
+}
