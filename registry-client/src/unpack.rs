@@ -392,7 +392,11 @@ impl Unpacker<'_> {
                     match rustix::fs::mkdirat(&dir, c.as_os_str(), Mode::from_raw_mode(0o755)) {
                         Ok(()) | Err(Errno::EXIST) => {}
                         Err(e) => {
-                            return Err(self.layer(format!("{}: mkdir parent: {}", display(entry), io::Error::from(e))));
+                            return Err(self.layer(format!(
+                                "{}: mkdir parent: {}",
+                                display(entry),
+                                io::Error::from(e)
+                            )));
                         }
                     }
                     rustix::fs::openat(&dir, c.as_os_str(), dir_flags(), Mode::empty())

@@ -1,0 +1,96 @@
+//! The command line: global options and one module per subcommand.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+mod images;
+mod pull;
+mod push;
+
+#[derive(Debug, Parser)]
+#[command(name = "wasmlet", version, about = "A lightweight node agent for WebAssembly and Linux containers")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Where wasmlet keeps its state (content store, unpacked layers, image records).
+    #[arg(long, global = true, env = "WASMLET_STATE_DIR", default_value = "/var/lib/wasmlet")]
+    pub state_dir: PathBuf,
+    /// A registry spoken to over plain HTTP (loopback registries always are). Repeatable.
+    #[arg(long = "insecure-registry", global = true, value_name = "HOST[:PORT]")]
+    pub insecure_registries: Vec<String>,
+    /// Try MIRROR before REGISTRY, e.g. `docker.io=127.0.0.1:5000`. Repeatable.
+    #[arg(long = "registry-mirror", global = true, value_name = "REGISTRY=MIRROR")]
+    pub mirrors: Vec<String>,
+    /// Credentials file (docker config.json format); default: $REGISTRY_AUTH_FILE,
+    /// $DOCKER_CONFIG/config.json, ~/.docker/config.json.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub authfile: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Pull an image into the local store, with progress bars.
+    Pull(pull::PullArgs),
+    /// Push a .wasm module or component as an OCI artifact.
+    Push(push::PushArgs),
+    /// List pulled images.
+    Images(images::ImagesArgs),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    rt.block_on(async {
+        match cli.command {
+            Command::Pull(args) => pull::run(&cli.global, args).await,
+            Command::Push(args) => push::run(&cli.global, args).await,
+            Command::Images(args) => images::run(&cli.global, args),
+        }
+    })
+}
+
+impl Global {
+    /// Registry settings from the flags.
+    pub fn registry_config(&self) -> anyhow::Result<registry_client::Config> {
+        let mut config = registry_client::Config::default();
+        config.insecure_hosts = self.insecure_registries.clone();
+        for m in &self.mirrors {
+            let (registry, mirror) =
+                m.split_once('=').with_context(|| format!("--registry-mirror {m:?}: expected REGISTRY=MIRROR"))?;
+            config.mirrors.entry(registry.to_string()).or_default().push(mirror.to_string());
+        }
+        Ok(config)
+    }
+
+    pub fn keychain(&self) -> anyhow::Result<registry_client::Keychain> {
+        Ok(match &self.authfile {
+            Some(f) => registry_client::Keychain::from_file(f)?,
+            None => registry_client::Keychain::from_env()?,
+        })
+    }
+}
+
+/// `user:password` from a `--creds` flag.
+pub fn parse_creds(creds: &str) -> anyhow::Result<registry_client::Credential> {
+    let (user, pass) = creds.split_once(':').context("--creds: expected USER:PASSWORD")?;
+    Ok(registry_client::Credential::new(user, pass))
+}
+
+/// `12.3 MB` style sizes.
+pub fn human_size(bytes: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i + 1 < units.len() {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", units[i]) }
+}
