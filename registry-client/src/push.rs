@@ -39,6 +39,7 @@ enum Source {
 impl Client {
     /// Pushes a `.wasm` module (as `wasip1`) or component (as `wasip2`) in the CNCF form:
     /// config `application/vnd.wasm.config.v0+json`, one `application/wasm` layer.
+    /// Reproducible: the same file gives the same manifest digest.
     pub async fn push_wasm(&self, wasm: &Path, target: &Reference, credential: Option<&Credential>) -> Result<Pushed> {
         let data = std::fs::read(wasm).map_err(|e| Error::io("read wasm file", wasm, e))?;
         let binary = WasmBinary::detect(&data).ok_or_else(|| Error::Invalid {
@@ -51,7 +52,7 @@ impl Client {
         };
         let layer_digest = Digest::sha256_of(&data);
         let config = serde_json::json!({
-            "created": rfc3339(SystemTime::now()),
+            "created": rfc3339(created_time(wasm)),
             "architecture": "wasm",
             "os": os,
             "layerDigests": [layer_digest.to_string()],
@@ -239,6 +240,16 @@ async fn file_stream(
         buf.truncate(filled);
         Some((Ok(Bytes::from(buf)), Some(file)))
     }))
+}
+
+/// The artifact's `created` time: `$SOURCE_DATE_EPOCH` if set, else the file's mtime, so
+/// that pushing the same file twice gives the same digest.
+fn created_time(path: &Path) -> SystemTime {
+    let epoch = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.parse::<u64>().ok());
+    match epoch {
+        Some(secs) => SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+        None => std::fs::metadata(path).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH),
+    }
 }
 
 /// `2026-11-22T03:13:00Z` from a system time (UTC, no leap seconds).

@@ -134,7 +134,10 @@ impl Session {
         }
         let ctx = Ctx::of(r);
         let (header, oci_auth) = self.negotiate(r, op, &ctx).await?;
-        self.oci.auth(&r.to_oci(), &oci_auth, op.oci()).await.map_err(|e| from_oci(e, &ctx, "authentication"))?;
+        // Anonymous needs nothing handed over (and oci-client would ping /v2/ again).
+        if !matches!(oci_auth, RegistryAuth::Anonymous) {
+            self.oci.auth(&r.to_oci(), &oci_auth, op.oci()).await.map_err(|e| from_oci(e, &ctx, "authentication"))?;
+        }
         cache.insert(key, header.clone());
         Ok(header)
     }

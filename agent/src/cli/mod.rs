@@ -59,8 +59,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 impl Global {
     /// Registry settings from the flags.
     pub fn registry_config(&self) -> anyhow::Result<registry_client::Config> {
-        let mut config = registry_client::Config::default();
-        config.insecure_hosts = self.insecure_registries.clone();
+        let mut config =
+            registry_client::Config { insecure_hosts: self.insecure_registries.clone(), ..Default::default() };
         for m in &self.mirrors {
             let (registry, mirror) =
                 m.split_once('=').with_context(|| format!("--registry-mirror {m:?}: expected REGISTRY=MIRROR"))?;

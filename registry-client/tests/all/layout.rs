@@ -200,6 +200,7 @@ pub fn tree(root: &Path) -> Vec<String> {
 /// The benchmark image: busybox plus `big_mb` MiB of random data, four 10 MiB random
 /// files and a compressible text file, one layer each (7 layers; ~259 MB at 200 MiB),
 /// built with umoci like `shared/reference/oci-tools/build-images.sh`.
+#[allow(dead_code)] // used by benches/pull.rs
 pub fn big_layout(dir: &Path, big_mb: usize) -> PathBuf {
     let umoci = require("umoci", "umoci");
     let layout = busybox_layout(dir);

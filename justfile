@@ -1,0 +1,37 @@
+# The verbs people type. On a fresh machine, run them through ./dev (it installs first).
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# list the recipes
+default:
+    @just --list
+
+# install apt packages, rustup targets and tools the recipes need
+setup:
+    scripts/setup.sh
+
+# build the guest programs in wasm-apps/ for wasip1 (modules) and wasip2 (components)
+wasm-apps:
+    cd wasm-apps && cargo build --quiet --release --target wasm32-wasip1
+    cd wasm-apps && cargo build --quiet --release --target wasm32-wasip2
+
+# build the workspace
+build:
+    cargo build --workspace
+
+# every test: unit, integration against real docker-registry/skopeo/umoci, end-to-end
+test: wasm-apps
+    cargo nextest run --workspace --no-fail-fast
+    cargo test --workspace --doc --quiet
+
+# formatting and clippy, warnings are errors
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+# benchmarks with their peers measured in the same run (BIG_MB, RUNS tune the pull bench)
+bench:
+    cargo bench -p registry-client --bench pull
+
+# a local registry, the example apps pushed and pulled back by wasmlet
+demo: wasm-apps
+    scripts/demo.sh
