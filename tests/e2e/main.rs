@@ -54,3 +54,45 @@ fn errors_name_the_reference_and_fail_the_command() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid image reference \"Bad/Name\""));
 }
+
+#[test]
+fn credentials_come_from_a_docker_credential_helper() {
+    let reg = common::Registry::start_with_auth();
+    let state = tempfile::tempdir().unwrap();
+    let bin = state.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    // the docker-credential-helpers protocol: server URL on stdin, JSON on stdout
+    let helper = bin.join("docker-credential-wasmlettest");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\nread server\n[ \"$1\" = get ] && [ \"$server\" = {} ] || exit 1\necho '{{\"ServerURL\":\"'$server'\",\"Username\":\"{}\",\"Secret\":\"{}\"}}'\n",
+            reg.host,
+            common::USER,
+            common::PASSWORD
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let authfile = state.path().join("auth.json");
+    std::fs::write(&authfile, serde_json::json!({"credHelpers": {reg.host.clone(): "wasmlettest"}}).to_string())
+        .unwrap();
+    let wasm = wasm_app("hello", "wasm32-wasip1");
+    let r = format!("{}/private/hello:v1", reg.host);
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let push = |with_helper: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wasmlet"));
+        cmd.args(["--state-dir", state.path().to_str().unwrap(), "push", wasm.to_str().unwrap(), &r]);
+        if with_helper {
+            cmd.args(["--authfile", authfile.to_str().unwrap()]).env("PATH", &path);
+        } else {
+            cmd.env("DOCKER_CONFIG", state.path().join("none")).env_remove("REGISTRY_AUTH_FILE");
+        }
+        cmd.output().unwrap()
+    };
+    let denied = push(false);
+    assert!(!denied.status.success());
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("refused the credentials"), "{denied:?}");
+    ok(push(true));
+}

@@ -402,6 +402,12 @@ fn a_lying_digest_header_or_ambiguous_manifest_is_final() {
         let err = t.client.pull(&amb, &PullOptions::default()).await.unwrap_err();
         assert!(matches!(err, Error::Manifest { .. }) && err.to_string().contains("ambiguous"), "{err}");
     });
+    // a reference pinned to one digest gets a manifest with another: refused
+    rt().block_on(async {
+        let pinned: Reference = format!("{}/evil/app@{}", evil.host, Digest::sha256_of(b"pinned")).parse().unwrap();
+        let err = t.client.pull(&pinned, &PullOptions::default()).await.unwrap_err();
+        assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+    });
     assert_eq!(evil.requests("/lying/").len(), 1);
     assert_eq!(evil.requests("/ambiguous/").len(), 1);
 }
