@@ -219,6 +219,16 @@ impl Artifact {
     }
 }
 
+/// Serves `a` honestly, except that a request for its layer (the `n`th, from 0) gets what
+/// `layer` returns, when it returns something.
+fn layer_fault(a: &Arc<Artifact>, layer: impl Fn(&Artifact, usize) -> Option<Reply> + Send + Sync + 'static) -> Evil {
+    let a = a.clone();
+    Evil::start(move |req, n| {
+        let faulty = req.path.ends_with(&a.layer_digest().to_string()).then(|| layer(&a, n)).flatten();
+        faulty.unwrap_or_else(|| a.serve(req))
+    })
+}
+
 fn fast_config() -> Config {
     Config {
         retry: Retry { attempts: 3, initial: Duration::from_millis(10), max: Duration::from_millis(50) },
@@ -243,14 +253,10 @@ fn assert_layer_not_stored(t: &TestClient, a: &Artifact) {
 #[test]
 fn wrong_bytes_are_rejected_not_retried_and_not_kept() {
     let a = Arc::new(Artifact::new());
-    let a2 = a.clone();
-    let evil = Evil::start(move |req, _| {
-        if req.path.ends_with(&a2.layer_digest().to_string()) {
-            let mut bad = a2.layer.clone();
-            bad[100] ^= 0xff;
-            return Reply::ok(bad, "application/octet-stream");
-        }
-        a2.serve(req)
+    let evil = layer_fault(&a, |a, _| {
+        let mut bad = a.layer.clone();
+        bad[100] ^= 0xff;
+        Some(Reply::ok(bad, "application/octet-stream"))
     });
     let t = client();
     let err = rt().block_on(t.client.pull(&app(&evil.host), &PullOptions::default())).unwrap_err();
@@ -266,13 +272,7 @@ fn wrong_bytes_are_rejected_not_retried_and_not_kept() {
 #[test]
 fn truncated_blob_resumes_with_a_range_request() {
     let a = Arc::new(Artifact::new());
-    let a2 = a.clone();
-    let evil = Evil::start(move |req, n| {
-        if req.path.ends_with(&a2.layer_digest().to_string()) && n == 0 {
-            return Reply::Truncate { body: a2.layer.clone(), cut: 150_000 };
-        }
-        a2.serve(req)
-    });
+    let evil = layer_fault(&a, |a, n| (n == 0).then(|| Reply::Truncate { body: a.layer.clone(), cut: 150_000 }));
     let t = client();
     let image = rt().block_on(t.client.pull(&app(&evil.host), &PullOptions::default())).unwrap();
     assert_eq!(std::fs::read(&image.layers[0].blob).unwrap(), a.layer);
@@ -284,14 +284,8 @@ fn truncated_blob_resumes_with_a_range_request() {
 #[test]
 fn always_truncated_blob_fails_after_retries_and_is_never_complete() {
     let a = Arc::new(Artifact::new());
-    let a2 = a.clone();
-    let evil = Evil::start(move |req, _| {
-        if req.path.ends_with(&a2.layer_digest().to_string()) {
-            // ignore Range, always cut short
-            return Reply::Truncate { body: a2.layer.clone(), cut: 1000 };
-        }
-        a2.serve(req)
-    });
+    // ignore Range, always cut short
+    let evil = layer_fault(&a, |a, _| Some(Reply::Truncate { body: a.layer.clone(), cut: 1000 }));
     let t = client();
     let err = rt().block_on(t.client.pull(&app(&evil.host), &PullOptions::default())).unwrap_err();
     assert!(err.is_retryable(), "{err}");
@@ -328,13 +322,7 @@ fn persistent_server_errors_give_a_retryable_error_naming_the_reference() {
 #[test]
 fn a_stalled_blob_times_out_instead_of_hanging() {
     let a = Arc::new(Artifact::new());
-    let a2 = a.clone();
-    let evil = Evil::start(move |req, _| {
-        if req.path.ends_with(&a2.layer_digest().to_string()) {
-            return Reply::Stall { pause: Duration::from_secs(30) };
-        }
-        a2.serve(req)
-    });
+    let evil = layer_fault(&a, |_, _| Some(Reply::Stall { pause: Duration::from_secs(30) }));
     let t = client();
     let started = Instant::now();
     let err = rt().block_on(t.client.pull(&app(&evil.host), &PullOptions::default())).unwrap_err();
@@ -364,13 +352,7 @@ fn huge_manifests_are_refused_early() {
 #[test]
 fn an_endless_blob_is_cut_off_at_its_descriptor_size() {
     let a = Arc::new(Artifact::new());
-    let a2 = a.clone();
-    let evil = Evil::start(move |req, _| {
-        if req.path.ends_with(&a2.layer_digest().to_string()) {
-            return Reply::Endless { chunk: vec![0u8; 64 << 10] };
-        }
-        a2.serve(req)
-    });
+    let evil = layer_fault(&a, |_, _| Some(Reply::Endless { chunk: vec![0u8; 64 << 10] }));
     let t = client();
     let err = rt().block_on(t.client.pull(&app(&evil.host), &PullOptions::default())).unwrap_err();
     assert!(matches!(err, Error::SizeMismatch { .. }), "{err}");
