@@ -2,8 +2,13 @@
 
 use clap::Parser;
 
+mod api;
 mod cli;
 mod image;
+mod pod;
+mod runtime;
+mod spec;
+mod store;
 
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();

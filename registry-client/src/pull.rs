@@ -273,9 +273,13 @@ impl Client {
     ) -> Result<Vec<Layer>> {
         let unpack_slots = Arc::new(tokio::sync::Semaphore::new(self.config().max_concurrent_unpacks.max(1)));
         let mut unpacks = tokio::task::JoinSet::new();
-        let jobs = manifest.layers.iter().zip(diff_ids).enumerate().map(|(i, (desc, diff_id))| {
-            let unpacks_slots = unpack_slots.clone();
-            async move {
+        type Job<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<LayerDone>> + Send + 'a>>;
+        // Boxed as `Send` futures: a lazily mapped iterator of async closures here makes
+        // rustc lose the `Send` proof for every caller (rust-lang/rust#102211).
+        let mut jobs: Vec<Job<'_>> = Vec::with_capacity(manifest.layers.len());
+        for (i, (desc, diff_id)) in manifest.layers.iter().zip(diff_ids).enumerate() {
+            let slots = unpack_slots.clone();
+            jobs.push(Box::pin(async move {
                 let blob = self.fetch_blob(session, r, desc, opts.progress.as_ref()).await?;
                 let plan = match (&opts.unpack_to, &diff_id) {
                     (Some(dir), Some(id)) if is_tar_layer(&desc.media_type) => Some(UnpackJob {
@@ -287,9 +291,9 @@ impl Client {
                     _ => None,
                 };
                 let unpacked = plan.as_ref().map(|j| j.dir.join(j.diff_id.hex()));
-                Ok::<_, Error>((i, Layer { descriptor: desc.clone(), diff_id, blob, unpacked }, plan, unpacks_slots))
-            }
-        });
+                Ok((i, Layer { descriptor: desc.clone(), diff_id, blob, unpacked }, plan, slots))
+            }));
+        }
         let mut results =
             futures_util::stream::iter(jobs).buffer_unordered(self.config().max_concurrent_downloads.max(1));
         let mut layers = Vec::with_capacity(manifest.layers.len());
@@ -427,6 +431,9 @@ fn ingest_error(e: IngestError, ctx: &Ctx, desc: &Descriptor) -> Error {
         IngestError::Io(e) => e,
     }
 }
+
+/// A downloaded layer: its index, the layer, what to unpack and the unpack slots.
+type LayerDone = (usize, Layer, Option<UnpackJob>, Arc<tokio::sync::Semaphore>);
 
 /// One layer to unpack once its blob is stored.
 #[derive(Debug)]

@@ -1,9 +1,8 @@
-//! `wasmlet images`: what is in the local store.
+//! `wasmlet images`: what the agent has pulled.
 
 use clap::Args;
 
 use super::{Global, human_size};
-use crate::image::ImageService;
 
 #[derive(Debug, Args)]
 pub struct ImagesArgs {
@@ -12,17 +11,26 @@ pub struct ImagesArgs {
     pub output: String,
 }
 
-pub fn run(global: &Global, args: ImagesArgs) -> anyhow::Result<()> {
-    let service = ImageService::open(&global.state_dir, global.registry_config()?, global.keychain()?)?;
-    let images = service.list()?;
+pub async fn run(global: &Global, args: ImagesArgs) -> anyhow::Result<()> {
+    let images = global.client().get("/v1/images").await?;
     match args.output.as_str() {
         "json" => println!("{}", serde_json::to_string_pretty(&images)?),
         "table" => {
-            println!("{:<48} {:<10} {:<19} {:>10}", "IMAGE", "KIND", "DIGEST", "SIZE");
-            for i in images {
-                let digest = i.digest.to_string();
-                println!("{:<48} {:<10} {:<19} {:>10}", i.reference, i.kind_name(), &digest[..19], human_size(i.size));
+            let mut rows = vec![["IMAGE", "KIND", "DIGEST", "SIZE", "PULLED"].map(String::from).to_vec()];
+            for i in images.as_array().into_iter().flatten() {
+                let digest = i["digest"].as_str().unwrap_or_default();
+                let ts = crate::runtime::log::rfc3339_nano(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(i["pulledAt"].as_u64().unwrap_or(0)),
+                );
+                rows.push(vec![
+                    i["reference"].as_str().unwrap_or_default().to_string(),
+                    i["kind"].as_str().unwrap_or_default().to_string(),
+                    digest.get(..19).unwrap_or(digest).to_string(),
+                    human_size(i["size"].as_u64().unwrap_or(0)),
+                    super::get::age(&ts),
+                ]);
             }
+            super::get::print_table(&rows);
         }
         other => anyhow::bail!("-o {other}: expected table or json"),
     }

@@ -5,9 +5,16 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+mod apply;
+mod delete;
+mod describe;
+mod get;
 mod images;
+mod logs;
 mod pull;
 mod push;
+mod run;
+mod serve;
 
 #[derive(Debug, Parser)]
 #[command(name = "wasmlet", version, about = "A lightweight node agent for WebAssembly and Linux containers")]
@@ -18,11 +25,14 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct Global {
-    /// Where wasmlet keeps its state (content store, unpacked layers, image records).
+    /// Where wasmlet keeps its state (database, content store, layers, logs).
     #[arg(long, global = true, env = "WASMLET_STATE_DIR", default_value = "/var/lib/wasmlet")]
     pub state_dir: PathBuf,
+    /// The agent's API socket (default: STATE_DIR/wasmlet.sock).
+    #[arg(long, global = true, env = "WASMLET_SOCKET")]
+    pub socket: Option<PathBuf>,
     /// A registry spoken to over plain HTTP (loopback registries always are). Repeatable.
     #[arg(long = "insecure-registry", global = true, value_name = "HOST[:PORT]")]
     pub insecure_registries: Vec<String>,
@@ -37,26 +47,56 @@ pub struct Global {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Pull an image into the local store, with progress bars.
+    /// Run the agent: the local API, the pods, the image store.
+    Serve(serve::ServeArgs),
+    /// Create or update pods from a manifest (multi-document YAML).
+    Apply(apply::ApplyArgs),
+    /// List pods.
+    Get(get::GetArgs),
+    /// Show a pod in detail, with its events.
+    Describe(describe::DescribeArgs),
+    /// Print a container's logs.
+    Logs(logs::LogsArgs),
+    /// Delete pods.
+    Delete(delete::DeleteArgs),
+    /// Run a manifest in the foreground, like `podman kube play`; Ctrl-C cleans up.
+    Run(run::RunArgs),
+    /// Pull an image, with progress bars.
     Pull(pull::PullArgs),
-    /// Push a .wasm module or component as an OCI artifact.
-    Push(push::PushArgs),
     /// List pulled images.
     Images(images::ImagesArgs),
+    /// Push a .wasm module or component (or an OCI layout) to a registry.
+    Push(push::PushArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     rt.block_on(async {
+        let g = &cli.global;
         match cli.command {
-            Command::Pull(args) => pull::run(&cli.global, args).await,
-            Command::Push(args) => push::run(&cli.global, args).await,
-            Command::Images(args) => images::run(&cli.global, args),
+            Command::Serve(args) => serve::run(g, args).await,
+            Command::Apply(args) => apply::run(g, args).await,
+            Command::Get(args) => get::run(g, args).await,
+            Command::Describe(args) => describe::run(g, args).await,
+            Command::Logs(args) => logs::run(g, args).await,
+            Command::Delete(args) => delete::run(g, args).await,
+            Command::Run(args) => run::run(g, args).await,
+            Command::Pull(args) => pull::run(g, args).await,
+            Command::Images(args) => images::run(g, args).await,
+            Command::Push(args) => push::run(g, args).await,
         }
     })
 }
 
 impl Global {
+    pub fn socket(&self) -> PathBuf {
+        self.socket.clone().unwrap_or_else(|| self.state_dir.join("wasmlet.sock"))
+    }
+
+    pub fn client(&self) -> crate::api::client::Client {
+        crate::api::client::Client::new(&self.socket())
+    }
+
     /// Registry settings from the flags.
     pub fn registry_config(&self) -> anyhow::Result<registry_client::Config> {
         let mut config =

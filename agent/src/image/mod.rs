@@ -1,29 +1,21 @@
 //! The image service: pulls through registry-client into the node's content store,
-//! unpacks filesystem layers once (overlay form, one directory per DiffID) and keeps a
-//! record per image reference.
-//!
-//! Records are JSON files under `STATE/images/` for now, written atomically (temp file,
-//! fsync, rename). The agent core moves them into the sled store, the only module that
-//! will touch sled.
+//! unpacks filesystem layers once (overlay form, one directory per DiffID) and records
+//! every pulled reference in the state database.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use registry_client::{Client, Config, Digest, ImageKind, Keychain, PullOptions, Reference, Store};
+use registry_client::{Client, Config, Digest, ImageKind, Keychain, PullOptions, Reference};
 use serde::{Deserialize, Serialize};
 
-/// Errors of the image service.
+use crate::store::{Store, Table};
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Registry(#[from] registry_client::Error),
-    #[error("image record {path}: {source}", path = .path.display())]
-    Record {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -35,7 +27,7 @@ pub struct ImageRecord {
     pub digest: Digest,
     pub kind: ImageKind,
     pub size: u64,
-    /// Unix seconds.
+    /// Unix milliseconds.
     pub pulled_at: u64,
     pub image: registry_client::Image,
 }
@@ -47,21 +39,37 @@ impl ImageRecord {
             ImageKind::Wasm { .. } | ImageKind::WasmInRootfs { .. } => "wasm",
         }
     }
+
+    /// `repo@sha256:…`, what Kubernetes shows as `imageID`.
+    pub fn image_id(&self) -> String {
+        format!("{}@{}", self.image.source.registry().to_owned() + "/" + self.image.source.repository(), self.digest)
+    }
+
+    /// The blob holding the Wasm module or component, for Wasm artifacts.
+    pub fn wasm_blob(&self) -> Option<(PathBuf, Digest)> {
+        match &self.kind {
+            ImageKind::Wasm { layer, .. } => self
+                .image
+                .layers
+                .iter()
+                .find(|l| l.descriptor.digest == layer.digest)
+                .map(|l| (l.blob.clone(), l.descriptor.digest.clone())),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug)]
 pub struct ImageService {
     client: Client,
     layers: PathBuf,
-    records: PathBuf,
+    store: Store,
 }
 
 impl ImageService {
-    pub fn open(state_dir: &Path, config: Config, keychain: Keychain) -> Result<Self> {
-        let store = Arc::new(Store::open(state_dir.join("content"))?);
-        let records = state_dir.join("images");
-        std::fs::create_dir_all(&records).map_err(|source| Error::Record { path: records.clone(), source })?;
-        Ok(ImageService { client: Client::new(config, keychain, store), layers: state_dir.join("layers"), records })
+    pub fn open(state_dir: &Path, config: Config, keychain: Keychain, store: Store) -> Result<Self> {
+        let content = Arc::new(registry_client::Store::open(state_dir.join("content"))?);
+        Ok(ImageService { client: Client::new(config, keychain, content), layers: state_dir.join("layers"), store })
     }
 
     /// Pulls `reference`, unpacking filesystem layers, and records it.
@@ -73,42 +81,21 @@ impl ImageService {
             digest: image.digest.clone(),
             kind: image.kind.clone(),
             size: image.size(),
-            pulled_at: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            pulled_at: crate::runtime::now_ms(),
             image,
         };
-        self.save(&record)?;
+        self.store.put(Table::Images, &record.reference, &record)?;
+        self.store.flush().await?;
         Ok(record)
+    }
+
+    /// The record for a reference, if it was pulled.
+    pub fn get(&self, reference: &Reference) -> Result<Option<ImageRecord>> {
+        Ok(self.store.get(Table::Images, &reference.to_string())?)
     }
 
     /// All recorded images, by reference.
     pub fn list(&self) -> Result<Vec<ImageRecord>> {
-        let io = |source| Error::Record { path: self.records.clone(), source };
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir(&self.records).map_err(io)? {
-            let path = entry.map_err(io)?.path();
-            if path.extension().is_some_and(|e| e == "json") {
-                let data = std::fs::read(&path).map_err(|source| Error::Record { path: path.clone(), source })?;
-                match serde_json::from_slice::<ImageRecord>(&data) {
-                    Ok(r) => out.push(r),
-                    Err(e) => tracing::warn!(path = %path.display(), error = %e, "skipping unreadable image record"),
-                }
-            }
-        }
-        out.sort_by(|a, b| a.reference.cmp(&b.reference));
-        Ok(out)
-    }
-
-    fn save(&self, record: &ImageRecord) -> Result<()> {
-        use std::io::Write;
-        let name = Digest::sha256_of(record.reference.as_bytes());
-        let path = self.records.join(format!("{}.json", name.hex()));
-        let tmp = path.with_extension("tmp");
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec_pretty(record).expect("record serialises"))?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        };
-        write().map_err(|source| Error::Record { path, source })
+        Ok(self.store.scan(Table::Images, "")?.into_iter().map(|(_, r)| r).collect())
     }
 }

@@ -1,0 +1,269 @@
+//! The local API: HTTP/1.1 over a unix socket that only root may open. Handlers are
+//! thin; errors become statuses in one place ([`ApiError`]).
+//!
+//! | route | |
+//! |---|---|
+//! | `POST /v1/apply` | body: manifest YAML; all documents validated before any is applied |
+//! | `GET /v1/pods`, `GET /v1/pods/{ns}/{name}` | Kubernetes `v1/Pod` objects with status |
+//! | `DELETE /v1/pods/{ns}/{name}` | stops the pod within its grace period, then forgets it |
+//! | `GET /v1/pods/{ns}/{name}/events` | recorded events |
+//! | `GET /v1/pods/{ns}/{name}/log?container=&previous=&tail=&timestamps=&follow=` | CRI log, as text |
+//! | `POST /v1/images/pull?image=` | NDJSON progress, then the image |
+//! | `GET /v1/images` | pulled images |
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
+
+use crate::pod::Manager;
+
+pub mod client;
+mod logs;
+pub mod view;
+
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// An error with the HTTP status it maps to.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError { status, message: message.into() }
+    }
+}
+
+impl From<crate::pod::Error> for ApiError {
+    fn from(e: crate::pod::Error) -> Self {
+        let status = match e {
+            crate::pod::Error::NotFound(_) => StatusCode::NOT_FOUND,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<crate::image::Error> for ApiError {
+    fn from(e: crate::image::Error) -> Self {
+        ApiError::new(StatusCode::BAD_GATEWAY, e.to_string())
+    }
+}
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(full(serde_json::to_vec(value).expect("json")))
+        .expect("valid response")
+}
+
+fn error_response(e: ApiError) -> Response<Body> {
+    json_response(e.status, &json!({"error": e.message}))
+}
+
+/// Listens on `socket` (replacing a stale one, mode 0600) until the process ends.
+pub async fn serve(socket: &Path, manager: Arc<Manager>) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(socket);
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let listener = tokio::net::UnixListener::bind(socket)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let mgr = manager.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let mgr = mgr.clone();
+                async move { Ok::<_, Infallible>(handle(mgr, req).await.unwrap_or_else(error_response)) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
+                tracing::debug!(error = %e, "api connection ended");
+            }
+        });
+    }
+}
+
+async fn handle(mgr: Arc<Manager>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let path = req.uri().path().to_string();
+    let query = parse_query(req.uri().query().unwrap_or(""));
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (req.method().clone(), parts.as_slice()) {
+        (Method::GET, ["v1", "healthz"]) => Ok(json_response(StatusCode::OK, &json!({"ok": true}))),
+        (Method::POST, ["v1", "apply"]) => {
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?
+                .to_bytes();
+            let text = String::from_utf8(body.to_vec())
+                .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "manifest is not UTF-8"))?;
+            let pods = crate::spec::parse(&text)
+                .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+            let applied = mgr.apply(pods).await?;
+            Ok(json_response(StatusCode::OK, &serde_json::to_value(applied).expect("json")))
+        }
+        (Method::GET, ["v1", "pods"]) => {
+            let pods: Vec<_> = mgr.list()?.iter().map(view::pod).collect();
+            Ok(json_response(StatusCode::OK, &json!(pods)))
+        }
+        (Method::GET, ["v1", "pods", ns, name]) => {
+            let rec = mgr.get(&crate::pod::key(ns, name))?.ok_or_else(|| not_found(ns, name))?;
+            Ok(json_response(StatusCode::OK, &view::pod(&rec)))
+        }
+        (Method::DELETE, ["v1", "pods", ns, name]) => {
+            mgr.delete(&crate::pod::key(ns, name)).await.map_err(|e| match e {
+                crate::pod::Error::NotFound(_) => not_found(ns, name),
+                e => e.into(),
+            })?;
+            Ok(json_response(StatusCode::OK, &json!({"deleted": crate::pod::key(ns, name)})))
+        }
+        (Method::GET, ["v1", "pods", ns, name, "events"]) => {
+            let rec = mgr.get(&crate::pod::key(ns, name))?.ok_or_else(|| not_found(ns, name))?;
+            Ok(json_response(
+                StatusCode::OK,
+                &serde_json::to_value(mgr.events(&format!("{}/", rec.uid))?).expect("json"),
+            ))
+        }
+        (Method::GET, ["v1", "pods", ns, name, "log"]) => logs::respond(mgr, ns, name, &query).await,
+        (Method::GET, ["v1", "images"]) => {
+            let images: Vec<_> = mgr.images().list()?.iter().map(image_summary).collect();
+            Ok(json_response(StatusCode::OK, &json!(images)))
+        }
+        (Method::POST, ["v1", "images", "pull"]) => pull(mgr, &query),
+        _ => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no route for {} {path}", req.method()))),
+    }
+}
+
+fn not_found(ns: &str, name: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("pods \"{name}\" not found in namespace \"{ns}\""))
+}
+
+pub fn image_summary(r: &crate::image::ImageRecord) -> serde_json::Value {
+    json!({"reference": r.reference, "digest": r.digest.to_string(), "kind": r.kind_name(), "size": r.size, "pulledAt": r.pulled_at})
+}
+
+fn pull(mgr: Arc<Manager>, query: &[(String, String)]) -> Result<Response<Body>, ApiError> {
+    let image = get(query, "image").ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "image is required"))?;
+    let reference: registry_client::Reference =
+        image.parse().map_err(|e: registry_client::Error| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Frame<Bytes>, std::io::Error>>();
+    let line = |v: serde_json::Value| Ok(Frame::data(Bytes::from(format!("{v}\n"))));
+    let progress_tx = tx.clone();
+    let progress: registry_client::ProgressFn = Arc::new(move |p| {
+        use registry_client::Progress as P;
+        let v = match p {
+            P::Resolved { blobs, .. } => {
+                json!({"resolved": blobs.iter().map(|(d, s)| json!({"digest": d.to_string(), "size": s})).collect::<Vec<_>>()})
+            }
+            P::Blob { digest, done, total } => {
+                json!({"blob": {"digest": digest.to_string(), "done": done, "total": total}})
+            }
+            P::BlobDone { digest, total, cached } => {
+                json!({"done": {"digest": digest.to_string(), "total": total, "cached": cached}})
+            }
+            P::Unpacked { digest } => json!({"unpacked": digest.to_string()}),
+        };
+        let _ = progress_tx.send(line(v));
+    });
+    tokio::spawn(async move {
+        let opts = registry_client::PullOptions { progress: Some(progress), ..Default::default() };
+        let v = match mgr.images().pull(&reference, opts).await {
+            Ok(r) => json!({"image": image_summary(&r)}),
+            Err(e) => json!({"error": e.to_string()}),
+        };
+        let _ = tx.send(line(v));
+    });
+    let stream = tokio_stream(rx);
+    Ok(Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(StreamBody::new(stream).boxed())
+        .expect("valid response"))
+}
+
+/// An mpsc receiver as a `Stream`.
+pub fn tokio_stream<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+pub fn parse_query(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (unescape(k), unescape(v))
+        })
+        .collect()
+}
+
+pub fn get<'a>(query: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// Percent-decoding (and `+` as space) for query values.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => match (hex_value(b[i + 1]), hex_value(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h * 16 + l);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// Percent-encoding for query values.
+pub fn escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_round_trip() {
+        let v = "127.0.0.1:5000/apps/hello:v1 x&y=z%";
+        let q = parse_query(&format!("image={}&follow=true", escape(v)));
+        assert_eq!(get(&q, "image"), Some(v));
+        assert_eq!(get(&q, "follow"), Some("true"));
+    }
+}

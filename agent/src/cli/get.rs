@@ -1,0 +1,174 @@
+//! `wasmlet get pods [NAME] [-o wide|yaml|json]`.
+
+use clap::Args;
+use serde_json::Value;
+
+use super::Global;
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// Resource type: pods (po, pod).
+    pub resource: String,
+    /// A pod name (all pods if omitted).
+    pub name: Option<String>,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// All namespaces.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+    /// Output: wide, yaml or json (default: a table).
+    #[arg(short = 'o', long)]
+    pub output: Option<String>,
+}
+
+pub async fn run(global: &Global, args: GetArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        matches!(args.resource.as_str(), "pods" | "pod" | "po"),
+        "the server doesn't have a resource type {:?}",
+        args.resource
+    );
+    let client = global.client();
+    let pods: Vec<Value> = match &args.name {
+        Some(name) => vec![client.get(&format!("/v1/pods/{}/{name}", args.namespace)).await?],
+        None => client
+            .get("/v1/pods")
+            .await?
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| args.all_namespaces || p["metadata"]["namespace"] == args.namespace.as_str())
+            .collect(),
+    };
+    match args.output.as_deref() {
+        Some("json") => {
+            let v = if args.name.is_some() {
+                pods[0].clone()
+            } else {
+                serde_json::json!({"apiVersion": "v1", "kind": "List", "items": pods})
+            };
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Some("yaml") => {
+            let v = if args.name.is_some() {
+                pods[0].clone()
+            } else {
+                serde_json::json!({"apiVersion": "v1", "kind": "List", "items": pods})
+            };
+            print!("{}", serde_yaml_ng::to_string(&v)?);
+        }
+        Some("wide") | None => table(&pods, args.output.is_some(), args.all_namespaces),
+        Some(other) => anyhow::bail!(
+            "unable to match a printer suitable for the output format {other:?}, allowed formats are: json,wide,yaml"
+        ),
+    }
+    Ok(())
+}
+
+fn table(pods: &[Value], wide: bool, namespaces: bool) {
+    if pods.is_empty() {
+        eprintln!("No resources found");
+        return;
+    }
+    let mut rows = vec![];
+    let mut header = vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE"];
+    if namespaces {
+        header.insert(0, "NAMESPACE");
+    }
+    if wide {
+        header.extend(["IP", "NODE"]);
+    }
+    rows.push(header.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    for p in pods {
+        let mut row = vec![
+            p["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+            ready(p),
+            status(p),
+            restarts(p),
+            age(p["metadata"]["creationTimestamp"].as_str().unwrap_or_default()),
+        ];
+        if namespaces {
+            row.insert(0, p["metadata"]["namespace"].as_str().unwrap_or_default().to_string());
+        }
+        if wide {
+            row.push(p["status"]["podIP"].as_str().unwrap_or("<none>").to_string());
+            row.push(p["spec"]["nodeName"].as_str().unwrap_or("<none>").to_string());
+        }
+        rows.push(row);
+    }
+    print_table(&rows);
+}
+
+pub fn print_table(rows: &[Vec<String>]) {
+    let widths: Vec<usize> = (0..rows[0].len()).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    for r in rows {
+        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", line.join("   ").trim_end());
+    }
+}
+
+fn statuses(p: &Value) -> Vec<Value> {
+    p["status"]["containerStatuses"].as_array().cloned().unwrap_or_default()
+}
+
+fn ready(p: &Value) -> String {
+    let s = statuses(p);
+    format!("{}/{}", s.iter().filter(|c| c["ready"] == true).count(), s.len())
+}
+
+fn restarts(p: &Value) -> String {
+    statuses(p).iter().map(|c| c["restartCount"].as_u64().unwrap_or(0)).sum::<u64>().to_string()
+}
+
+/// kubectl's STATUS: a container's waiting or terminated reason, else the phase.
+pub fn status(p: &Value) -> String {
+    if p["metadata"]["deletionTimestamp"].is_string() {
+        return "Terminating".into();
+    }
+    let mut reason = p["status"]["phase"].as_str().unwrap_or("Unknown").to_string();
+    for c in statuses(p) {
+        if let Some(r) = c["state"]["waiting"]["reason"].as_str() {
+            reason = r.into();
+        } else if let Some(r) = c["state"]["terminated"]["reason"].as_str() {
+            reason = r.into();
+        }
+    }
+    reason
+}
+
+/// Age from an RFC 3339 timestamp, kubectl style.
+pub fn age(ts: &str) -> String {
+    let Some(ms) = parse_time(ts) else { return "<unknown>".into() };
+    let s = crate::runtime::now_ms().saturating_sub(ms) / 1000;
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=599 => format!("{}m{}s", s / 60, s % 60),
+        600..=10_799 => format!("{}m", s / 60),
+        10_800..=86_399 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+/// `2026-11-22T03:13:00Z` → Unix ms.
+pub fn parse_time(ts: &str) -> Option<u64> {
+    let n = |r: std::ops::Range<usize>| ts.get(r)?.parse::<i64>().ok();
+    let (y, mo, d, h, mi, s) = (n(0..4)?, n(5..7)?, n(8..10)?, n(11..13)?, n(14..16)?, n(17..19)?);
+    // days from civil (Howard Hinnant)
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * (if mo > 2 { mo - 3 } else { mo + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400 + h * 3600 + mi * 60 + s) * 1000) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn time_parsing_inverts_formatting() {
+        let ms = 1_795_000_000_000u64;
+        let s = crate::runtime::log::rfc3339_nano(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms));
+        assert_eq!(super::parse_time(&s), Some(ms));
+    }
+}

@@ -1,0 +1,320 @@
+//! Pod lifecycle: [`state`] is the pure state machine; the [`Manager`] owns one worker
+//! task per pod that drives it against the image service and the runtimes, and keeps
+//! every record in the state database.
+//!
+//! Crash safety: a pod is acknowledged only after its record is flushed; intent is
+//! written before acting (`deleting` before teardown, a new instance before a restart);
+//! on start the manager re-reads every record, finishes interrupted deletions and marks
+//! instances that were running when the agent died as lost, so they restart under the
+//! pod's restart policy with `restartCount` and back-off kept.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::core::v1::Pod;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::image::ImageService;
+use crate::runtime::AnyRuntime;
+use crate::store::{Store, Table};
+
+pub mod state;
+mod worker;
+
+use state::{ContainerPlan, Plan, PodStatus, PullPolicy, RestartPolicy};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    #[error("pod {0} not found")]
+    NotFound(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything stored about one pod.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PodRecord {
+    pub uid: String,
+    /// The manifest as applied, with the API server's defaults.
+    pub pod: Pod,
+    pub plan: Plan,
+    pub status: PodStatus,
+    /// Unix ms.
+    pub created_at: u64,
+    /// Deletion was asked for; the worker is (or was, before a crash) tearing down.
+    pub deleting: bool,
+}
+
+impl PodRecord {
+    pub fn key(&self) -> String {
+        key(self.namespace(), self.name())
+    }
+    pub fn namespace(&self) -> &str {
+        self.pod.metadata.namespace.as_deref().unwrap_or("default")
+    }
+    pub fn name(&self) -> &str {
+        self.pod.metadata.name.as_deref().unwrap_or_default()
+    }
+}
+
+pub fn key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// A recorded event, with the upstream reason strings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Event {
+    pub kind: String,
+    pub reason: String,
+    pub message: String,
+    pub count: u32,
+    pub first_seen: u64,
+    pub last_seen: u64,
+    pub pod: String,
+}
+
+/// What `apply` did with each pod.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Applied {
+    pub pod: String,
+    pub action: String,
+}
+
+enum Msg {
+    Exited { container: usize, instance: u32, state: crate::runtime::ContainerState },
+    Delete { done: oneshot::Sender<()> },
+}
+
+/// Runs the pods.
+pub struct Manager {
+    store: Store,
+    images: Arc<ImageService>,
+    runtime: Arc<AnyRuntime>,
+    pods_dir: PathBuf,
+    workers: Mutex<HashMap<String, mpsc::UnboundedSender<Msg>>>,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager").finish_non_exhaustive()
+    }
+}
+
+impl Manager {
+    /// Starts the manager and resumes every stored pod.
+    pub async fn start(
+        store: Store,
+        images: Arc<ImageService>,
+        runtime: Arc<AnyRuntime>,
+        state_dir: &std::path::Path,
+    ) -> Result<Arc<Self>> {
+        let mgr = Arc::new(Manager {
+            store,
+            images,
+            runtime,
+            pods_dir: state_dir.join("pods"),
+            workers: Mutex::new(HashMap::new()),
+        });
+        let records: Vec<(String, PodRecord)> = mgr.store.scan(Table::Pods, "")?;
+        let now = crate::runtime::now_ms();
+        for (_, mut rec) in records {
+            for i in 0..rec.status.containers.len() {
+                if matches!(rec.status.containers[i].state, state::State::Running { .. }) {
+                    let plan = rec.plan.clone();
+                    rec.status.apply(&plan, state::Event::Lost { container: i, at: now });
+                    mgr.event(
+                        &rec,
+                        "Warning",
+                        "Lost",
+                        &format!("Container {} was running when the agent stopped", rec.plan.containers[i].name),
+                    );
+                }
+            }
+            mgr.save(&rec)?;
+            mgr.spawn(rec);
+        }
+        mgr.store.flush().await?;
+        Ok(mgr)
+    }
+
+    /// Accepts pods: each is stored (durably) before this returns, then started.
+    /// A pod whose manifest is unchanged is left alone; a changed one is replaced.
+    pub async fn apply(self: &Arc<Self>, pods: Vec<Pod>) -> Result<Vec<Applied>> {
+        let mut out = Vec::new();
+        let mut fresh = Vec::new();
+        for pod in pods {
+            let k = key(
+                pod.metadata.namespace.as_deref().unwrap_or("default"),
+                pod.metadata.name.as_deref().unwrap_or_default(),
+            );
+            let existing: Option<PodRecord> = self.store.get(Table::Pods, &k)?;
+            let action = match existing {
+                Some(old) if old.pod == pod && !old.deleting => {
+                    out.push(Applied { pod: k, action: "unchanged".into() });
+                    continue;
+                }
+                Some(_) => {
+                    self.delete(&k).await?;
+                    "configured"
+                }
+                None => "created",
+            };
+            let rec = new_record(pod);
+            self.save(&rec)?;
+            fresh.push(rec);
+            out.push(Applied { pod: k, action: action.into() });
+        }
+        self.store.flush().await?;
+        for rec in fresh {
+            self.spawn(rec);
+        }
+        Ok(out)
+    }
+
+    /// Stops a pod's containers within its grace period and forgets it. Waits until done.
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        let mut rec: PodRecord = self.store.get(Table::Pods, key)?.ok_or_else(|| Error::NotFound(key.into()))?;
+        rec.deleting = true;
+        self.save(&rec)?;
+        self.store.flush().await?;
+        let worker = self.workers.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned();
+        let (done, wait) = oneshot::channel();
+        match worker {
+            Some(tx) if tx.send(Msg::Delete { done }).is_ok() => {
+                let _ = wait.await;
+            }
+            _ => self.teardown(&rec).await?,
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, key: &str) -> Result<Option<PodRecord>> {
+        Ok(self.store.get(Table::Pods, key)?)
+    }
+
+    pub fn list(&self) -> Result<Vec<PodRecord>> {
+        Ok(self.store.scan(Table::Pods, "")?.into_iter().map(|(_, r)| r).collect())
+    }
+
+    pub fn events(&self, uid_prefix: &str) -> Result<Vec<Event>> {
+        Ok(self.store.scan(Table::Events, uid_prefix)?.into_iter().map(|(_, e)| e).collect())
+    }
+
+    pub fn images(&self) -> &Arc<ImageService> {
+        &self.images
+    }
+
+    /// Where a container instance's log is.
+    pub fn log_path(&self, rec: &PodRecord, container: &str, instance: u32) -> PathBuf {
+        self.pod_dir(&rec.uid).join("logs").join(container).join(format!("{instance}.log"))
+    }
+
+    fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.pods_dir.join(uid)
+    }
+
+    fn save(&self, rec: &PodRecord) -> Result<()> {
+        self.store.put(Table::Pods, &rec.key(), rec)?;
+        Ok(())
+    }
+
+    /// Records an event; a repeat of the last one with the same reason and message
+    /// counts up instead.
+    fn event(&self, rec: &PodRecord, kind: &str, reason: &str, message: &str) {
+        let now = crate::runtime::now_ms();
+        let prefix = format!("{}/", rec.uid);
+        let last = self
+            .store
+            .scan::<Event>(Table::Events, &prefix)
+            .ok()
+            .and_then(|v| v.into_iter().rev().find(|(_, e)| e.reason == reason && e.message == message));
+        let result = match last {
+            Some((k, mut e)) => {
+                e.count += 1;
+                e.last_seen = now;
+                self.store.put(Table::Events, &k, &e)
+            }
+            None => self.store.next_id().map_err(Into::into).and_then(|id| {
+                let e = Event {
+                    kind: kind.into(),
+                    reason: reason.into(),
+                    message: message.into(),
+                    count: 1,
+                    first_seen: now,
+                    last_seen: now,
+                    pod: rec.key(),
+                };
+                self.store.put(Table::Events, &format!("{prefix}{id:020}"), &e)
+            }),
+        };
+        if let Err(e) = result {
+            tracing::warn!(pod = %rec.key(), error = %e, "cannot record event");
+        }
+    }
+
+    fn spawn(self: &Arc<Self>, rec: PodRecord) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.workers.lock().unwrap_or_else(|e| e.into_inner()).insert(rec.key(), tx.clone());
+        let mgr = self.clone();
+        tokio::spawn(async move { worker::run(mgr, rec, tx, rx).await });
+    }
+
+    async fn teardown(&self, rec: &PodRecord) -> Result<()> {
+        let _ = std::fs::remove_dir_all(self.pod_dir(&rec.uid));
+        self.store.remove(Table::Pods, &rec.key())?;
+        self.store.remove_prefix(Table::Events, &format!("{}/", rec.uid))?;
+        self.store.flush().await?;
+        self.workers.lock().unwrap_or_else(|e| e.into_inner()).remove(&rec.key());
+        Ok(())
+    }
+}
+
+fn new_record(pod: Pod) -> PodRecord {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let uid = new_uid();
+    let plan = Plan {
+        pod: format!("{name}_{ns}({uid})"),
+        restart_policy: match spec.restart_policy.as_deref() {
+            Some("OnFailure") => RestartPolicy::OnFailure,
+            Some("Never") => RestartPolicy::Never,
+            _ => RestartPolicy::Always,
+        },
+        containers: spec
+            .containers
+            .iter()
+            .map(|c| ContainerPlan {
+                name: c.name.clone(),
+                image: c.image.clone().unwrap_or_default(),
+                pull_policy: match c.image_pull_policy.as_deref() {
+                    Some("Always") => PullPolicy::Always,
+                    Some("Never") => PullPolicy::Never,
+                    _ => PullPolicy::IfNotPresent,
+                },
+            })
+            .collect(),
+    };
+    let mut pod = pod;
+    pod.metadata.uid = Some(uid.clone());
+    let status = PodStatus::new(&plan);
+    PodRecord { uid, pod, plan, status, created_at: crate::runtime::now_ms(), deleting: false }
+}
+
+/// A random RFC 4122 version-4 UUID.
+fn new_uid() -> String {
+    let mut b = [0u8; 16];
+    fastrand::fill(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex(&b);
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

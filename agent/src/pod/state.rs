@@ -1,0 +1,541 @@
+//! The pod state machine: pure, no IO. Events change a [`PodStatus`]; [`plan`] says
+//! what to do next at a given time. Every number follows the kubelet
+//! (`shared/reference/kubelet-semantics.md` §1): crash back-off 10 s doubling to 300 s
+//! with the first restart immediate, reset after 10 minutes; image pull back-off 10 s
+//! doubling to 300 s; phases as `getPhase` computes them; terminal phases are sticky.
+
+use serde::{Deserialize, Serialize};
+
+pub const INITIAL_BACKOFF_MS: u64 = 10_000;
+pub const MAX_BACKOFF_MS: u64 = 300_000;
+/// A container that ran this long since its back-off last advanced starts a fresh curve.
+pub const BACKOFF_RESET_MS: u64 = 600_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+impl RestartPolicy {
+    pub fn restarts(self, exit_code: i32) -> bool {
+        match self {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => exit_code != 0,
+            RestartPolicy::Never => false,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+/// The parts of a pod spec the state machine needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub pod: String,
+    pub restart_policy: RestartPolicy,
+    pub containers: Vec<ContainerPlan>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerPlan {
+    pub name: String,
+    pub image: String,
+    pub pull_policy: PullPolicy,
+}
+
+/// An exponential back-off entry: the current delay and when it last advanced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backoff {
+    pub delay_ms: u64,
+    pub updated_at: u64,
+}
+
+impl Backoff {
+    /// The entry after one more step: created at 10 s, then doubled, capped at 300 s.
+    pub fn advance(prev: Option<Backoff>, now: u64) -> Backoff {
+        let delay_ms = prev.map_or(INITIAL_BACKOFF_MS, |b| (b.delay_ms * 2).min(MAX_BACKOFF_MS));
+        Backoff { delay_ms, updated_at: now }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl Phase {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::Failed)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Terminated {
+    pub exit_code: i32,
+    pub reason: String,
+    pub message: String,
+    pub started_at: u64,
+    pub finished_at: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum State {
+    Waiting { reason: String, message: String },
+    Running { started_at: u64 },
+    Terminated(Terminated),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStatus {
+    pub name: String,
+    pub image: String,
+    /// Digest reference of the image in use, once pulled.
+    pub image_id: Option<String>,
+    pub state: State,
+    pub last_state: Option<Terminated>,
+    pub restart_count: u32,
+    /// Instances started so far (restart_count + 1 once running).
+    pub instances: u32,
+    pub ready: bool,
+    pub started: bool,
+    pub crash_backoff: Option<Backoff>,
+    pub pull_backoff: Option<Backoff>,
+    pub pull_failed_at: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodStatus {
+    pub phase: Phase,
+    pub containers: Vec<ContainerStatus>,
+    pub start_time: Option<u64>,
+}
+
+/// Something that happened to container `container` (an index into the plan).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Pulled {
+        container: usize,
+        image_id: String,
+    },
+    PullFailed {
+        container: usize,
+        message: String,
+        at: u64,
+    },
+    /// The image may not be pulled (`Never`) and is absent.
+    NeverPull {
+        container: usize,
+    },
+    /// About to start an instance: written down before the runtime is asked.
+    Starting {
+        container: usize,
+        at: u64,
+    },
+    Started {
+        container: usize,
+        at: u64,
+    },
+    Exited {
+        container: usize,
+        term: Terminated,
+    },
+    /// The agent restarted while this instance ran; it is gone.
+    Lost {
+        container: usize,
+        at: u64,
+    },
+}
+
+/// What the pod needs next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Pull(usize),
+    Start(usize),
+    /// Nothing to do before this time (Unix ms).
+    WakeAt(u64),
+}
+
+impl PodStatus {
+    pub fn new(plan: &Plan) -> Self {
+        let containers = plan
+            .containers
+            .iter()
+            .map(|c| ContainerStatus {
+                name: c.name.clone(),
+                image: c.image.clone(),
+                image_id: None,
+                state: waiting("ContainerCreating", ""),
+                last_state: None,
+                restart_count: 0,
+                instances: 0,
+                ready: false,
+                started: false,
+                crash_backoff: None,
+                pull_backoff: None,
+                pull_failed_at: None,
+            })
+            .collect();
+        PodStatus { phase: Phase::Pending, containers, start_time: None }
+    }
+
+    /// Applies one event. Events for a pod in a terminal phase change nothing.
+    pub fn apply(&mut self, plan: &Plan, event: Event) {
+        if self.phase.is_terminal() {
+            return;
+        }
+        match event {
+            Event::Pulled { container, image_id } => {
+                let c = &mut self.containers[container];
+                c.image_id = Some(image_id);
+                c.pull_backoff = None;
+                c.pull_failed_at = None;
+            }
+            Event::PullFailed { container, message, at } => {
+                let c = &mut self.containers[container];
+                c.pull_backoff = Some(Backoff::advance(c.pull_backoff, at));
+                c.pull_failed_at = Some(at);
+                c.state = waiting("ErrImagePull", &message);
+            }
+            Event::NeverPull { container } => {
+                let c = &mut self.containers[container];
+                let msg = format!("Container image \"{}\" is not present with pull policy of Never", c.image);
+                c.state = waiting("ErrImageNeverPull", &msg);
+            }
+            Event::Starting { container, at } => {
+                let c = &mut self.containers[container];
+                if let State::Terminated(t) = &c.state {
+                    c.last_state = Some(t.clone());
+                }
+                if c.instances > 0 {
+                    c.restart_count += 1;
+                    c.crash_backoff = Some(Backoff::advance(c.crash_backoff, at));
+                }
+                c.instances += 1;
+            }
+            Event::Started { container, at } => {
+                let c = &mut self.containers[container];
+                c.state = State::Running { started_at: at };
+                c.started = true;
+                c.ready = true;
+                self.start_time.get_or_insert(at);
+            }
+            Event::Exited { container, term } => self.exited(container, term),
+            Event::Lost { container, at } => {
+                let started_at = match &self.containers[container].state {
+                    State::Running { started_at } => *started_at,
+                    _ => at,
+                };
+                let term = Terminated {
+                    exit_code: 137,
+                    reason: "ContainerStatusUnknown".into(),
+                    message: "The container could not be located when the agent restarted".into(),
+                    started_at,
+                    finished_at: at,
+                };
+                self.exited(container, term);
+            }
+        }
+        self.phase = phase(plan, self);
+    }
+
+    fn exited(&mut self, container: usize, term: Terminated) {
+        let c = &mut self.containers[container];
+        if c.crash_backoff.is_some_and(|b| term.finished_at.saturating_sub(b.updated_at) > BACKOFF_RESET_MS) {
+            c.crash_backoff = None;
+        }
+        c.state = State::Terminated(term);
+        c.ready = false;
+    }
+}
+
+fn waiting(reason: &str, message: &str) -> State {
+    State::Waiting { reason: reason.into(), message: message.into() }
+}
+
+/// The last termination of a container, current or previous.
+fn last_exit(c: &ContainerStatus) -> Option<&Terminated> {
+    match &c.state {
+        State::Terminated(t) => Some(t),
+        _ => c.last_state.as_ref().filter(|_| c.instances > 0 && !matches!(c.state, State::Running { .. })),
+    }
+}
+
+/// Decides the next actions at `now` and sets the waiting reasons that explain why a
+/// container is not running. `present(i)` says whether container i's image is stored.
+pub fn plan(plan: &Plan, status: &mut PodStatus, now: u64, present: impl Fn(usize) -> bool) -> Vec<Action> {
+    let mut actions = Vec::new();
+    if status.phase.is_terminal() {
+        return actions;
+    }
+    for (i, spec) in plan.containers.iter().enumerate() {
+        let c = &mut status.containers[i];
+        if matches!(c.state, State::Running { .. }) {
+            continue;
+        }
+        let previous = last_exit(c).cloned();
+        if let Some(t) = &previous {
+            if !plan.restart_policy.restarts(t.exit_code) {
+                continue;
+            }
+        }
+        if c.image_id.is_none() {
+            if spec.pull_policy == PullPolicy::Never && !present(i) {
+                continue; // reported by NeverPull; nothing will change it
+            }
+            match (c.pull_failed_at, c.pull_backoff) {
+                (Some(at), Some(b)) if now < at + b.delay_ms => {
+                    let msg = format!("Back-off pulling image \"{}\"", spec.image);
+                    c.state = waiting("ImagePullBackOff", &msg);
+                    actions.push(Action::WakeAt(at + b.delay_ms));
+                }
+                _ => actions.push(Action::Pull(i)),
+            }
+            continue;
+        }
+        match (&previous, c.crash_backoff) {
+            (Some(t), Some(b)) if now < t.finished_at + b.delay_ms => {
+                let msg = format!(
+                    "back-off {}s restarting failed container={} pod={}",
+                    b.delay_ms / 1000,
+                    spec.name,
+                    plan.pod
+                );
+                if let State::Terminated(t) = &c.state {
+                    c.last_state = Some(t.clone());
+                }
+                c.state = waiting("CrashLoopBackOff", &msg);
+                actions.push(Action::WakeAt(t.finished_at + b.delay_ms));
+            }
+            _ => actions.push(Action::Start(i)),
+        }
+    }
+    actions
+}
+
+/// The pod phase from its container states (kubelet `getPhase`, app containers).
+pub fn phase(plan: &Plan, status: &PodStatus) -> Phase {
+    let (mut running, mut waiting_fresh, mut stopped, mut succeeded) = (0, 0, 0, 0);
+    for c in &status.containers {
+        match (&c.state, last_exit(c)) {
+            (State::Running { .. }, _) => running += 1,
+            (_, Some(t)) => {
+                stopped += 1;
+                if t.exit_code == 0 {
+                    succeeded += 1;
+                }
+            }
+            (_, None) => waiting_fresh += 1,
+        }
+    }
+    if waiting_fresh > 0 {
+        return Phase::Pending;
+    }
+    if running > 0 {
+        return Phase::Running;
+    }
+    if stopped > 0 {
+        return match plan.restart_policy {
+            RestartPolicy::Always => Phase::Running,
+            _ if succeeded == stopped => Phase::Succeeded,
+            RestartPolicy::Never => Phase::Failed,
+            RestartPolicy::OnFailure => Phase::Running,
+        };
+    }
+    Phase::Pending
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan_of(policy: RestartPolicy) -> Plan {
+        Plan {
+            pod: "web_default(uid)".into(),
+            restart_policy: policy,
+            containers: vec![ContainerPlan {
+                name: "app".into(),
+                image: "reg/app:v1".into(),
+                pull_policy: PullPolicy::IfNotPresent,
+            }],
+        }
+    }
+
+    fn exit(code: i32, started: u64, finished: u64) -> Event {
+        let reason = if code == 0 { "Completed" } else { "Error" };
+        Event::Exited {
+            container: 0,
+            term: Terminated {
+                exit_code: code,
+                reason: reason.into(),
+                message: String::new(),
+                started_at: started,
+                finished_at: finished,
+            },
+        }
+    }
+
+    fn run(p: &Plan, s: &mut PodStatus, at: u64) {
+        s.apply(p, Event::Starting { container: 0, at });
+        s.apply(p, Event::Started { container: 0, at });
+    }
+
+    fn reason(s: &PodStatus) -> String {
+        match &s.containers[0].state {
+            State::Waiting { reason, .. } => reason.clone(),
+            State::Running { .. } => "Running".into(),
+            State::Terminated(t) => t.reason.clone(),
+        }
+    }
+
+    #[test]
+    fn a_new_pod_pulls_then_starts() {
+        let p = plan_of(RestartPolicy::Always);
+        let mut s = PodStatus::new(&p);
+        assert_eq!(reason(&s), "ContainerCreating");
+        assert_eq!(plan(&p, &mut s, 0, |_| false), [Action::Pull(0)]);
+        s.apply(&p, Event::Pulled { container: 0, image_id: "reg/app@sha256:x".into() });
+        assert_eq!(plan(&p, &mut s, 0, |_| true), [Action::Start(0)]);
+        run(&p, &mut s, 5);
+        assert_eq!((s.phase, reason(&s), s.start_time), (Phase::Running, "Running".into(), Some(5)));
+        assert!(plan(&p, &mut s, 6, |_| true).is_empty());
+    }
+
+    #[test]
+    fn crash_backoff_is_immediate_then_10_20_40_capped_at_300() {
+        let p = plan_of(RestartPolicy::Always);
+        let mut s = PodStatus::new(&p);
+        s.apply(&p, Event::Pulled { container: 0, image_id: "x".into() });
+        let mut t = 0;
+        run(&p, &mut s, t);
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            t += 1000;
+            s.apply(&p, exit(1, t - 1000, t));
+            let actions = plan(&p, &mut s, t, |_| true);
+            match actions.as_slice() {
+                [Action::Start(0)] => waits.push(0),
+                [Action::WakeAt(when)] => {
+                    assert_eq!(reason(&s), "CrashLoopBackOff");
+                    assert_eq!(s.phase, Phase::Running, "Always keeps the pod Running");
+                    assert_eq!(s.containers[0].last_state.as_ref().unwrap().exit_code, 1);
+                    waits.push((when - t) / 1000);
+                    assert_eq!(plan(&p, &mut s, when - 1, |_| true), [Action::WakeAt(*when)]);
+                    assert_eq!(plan(&p, &mut s, *when, |_| true), [Action::Start(0)]);
+                    t = *when;
+                }
+                other => panic!("{other:?}"),
+            }
+            run(&p, &mut s, t);
+        }
+        assert_eq!(waits, [0, 10, 20, 40, 80, 160, 300, 300]);
+        assert_eq!(s.containers[0].restart_count, 8);
+    }
+
+    #[test]
+    fn ten_minutes_of_running_resets_the_backoff() {
+        let p = plan_of(RestartPolicy::Always);
+        let mut s = PodStatus::new(&p);
+        s.apply(&p, Event::Pulled { container: 0, image_id: "x".into() });
+        run(&p, &mut s, 0);
+        s.apply(&p, exit(1, 0, 1_000));
+        assert_eq!(plan(&p, &mut s, 1_000, |_| true), [Action::Start(0)]);
+        run(&p, &mut s, 1_000); // back-off now 10 s, advanced at t=1 s
+        s.apply(&p, exit(1, 1_000, 1_000 + BACKOFF_RESET_MS + 1));
+        let t = 1_000 + BACKOFF_RESET_MS + 1;
+        assert_eq!(plan(&p, &mut s, t, |_| true), [Action::Start(0)], "fresh curve: immediate restart");
+        run(&p, &mut s, t);
+        assert_eq!(s.containers[0].crash_backoff.unwrap().delay_ms, INITIAL_BACKOFF_MS);
+    }
+
+    #[test]
+    fn restart_policies_decide_phase_and_restarts() {
+        for (policy, code, phase, restarts) in [
+            (RestartPolicy::Never, 0, Phase::Succeeded, false),
+            (RestartPolicy::Never, 3, Phase::Failed, false),
+            (RestartPolicy::OnFailure, 0, Phase::Succeeded, false),
+            (RestartPolicy::OnFailure, 3, Phase::Running, true),
+            (RestartPolicy::Always, 0, Phase::Running, true),
+        ] {
+            let p = plan_of(policy);
+            let mut s = PodStatus::new(&p);
+            s.apply(&p, Event::Pulled { container: 0, image_id: "x".into() });
+            run(&p, &mut s, 0);
+            s.apply(&p, exit(code, 0, 10));
+            assert_eq!(s.phase, phase, "{policy:?} exit {code}");
+            let actions = plan(&p, &mut s, 10, |_| true);
+            assert_eq!(!actions.is_empty(), restarts, "{policy:?} exit {code}: {actions:?}");
+            let expected = if code == 0 { "Completed" } else { "Error" };
+            if !restarts {
+                assert_eq!(reason(&s), expected);
+            }
+        }
+    }
+
+    #[test]
+    fn terminal_phases_are_sticky() {
+        let p = plan_of(RestartPolicy::Never);
+        let mut s = PodStatus::new(&p);
+        s.apply(&p, Event::Pulled { container: 0, image_id: "x".into() });
+        run(&p, &mut s, 0);
+        s.apply(&p, exit(0, 0, 1));
+        assert_eq!(s.phase, Phase::Succeeded);
+        s.apply(&p, Event::Started { container: 0, at: 2 });
+        assert_eq!(s.phase, Phase::Succeeded);
+        assert!(plan(&p, &mut s, 3, |_| true).is_empty());
+    }
+
+    #[test]
+    fn pull_failures_back_off_err_then_backoff() {
+        let p = plan_of(RestartPolicy::Always);
+        let mut s = PodStatus::new(&p);
+        let mut t = 0;
+        let mut waits = Vec::new();
+        for _ in 0..4 {
+            assert_eq!(plan(&p, &mut s, t, |_| false), [Action::Pull(0)]);
+            s.apply(&p, Event::PullFailed { container: 0, message: "manifest not found".into(), at: t });
+            assert_eq!(reason(&s), "ErrImagePull");
+            let [Action::WakeAt(when)] = plan(&p, &mut s, t + 1, |_| false)[..] else { panic!() };
+            assert_eq!(reason(&s), "ImagePullBackOff");
+            waits.push((when - t) / 1000);
+            t = when;
+        }
+        assert_eq!(waits, [10, 20, 40, 80]);
+        assert_eq!(s.phase, Phase::Pending);
+        s.apply(&p, Event::Pulled { container: 0, image_id: "x".into() });
+        assert_eq!(plan(&p, &mut s, t, |_| true), [Action::Start(0)]);
+    }
+
+    #[test]
+    fn never_pull_without_the_image_waits_for_good() {
+        let mut p = plan_of(RestartPolicy::Always);
+        p.containers[0].pull_policy = PullPolicy::Never;
+        let mut s = PodStatus::new(&p);
+        s.apply(&p, Event::NeverPull { container: 0 });
+        assert_eq!(reason(&s), "ErrImageNeverPull");
+        assert!(plan(&p, &mut s, 0, |_| false).is_empty());
+    }
+
+    #[test]
+    fn a_lost_instance_counts_as_an_unknown_exit_and_restarts() {
+        let p = plan_of(RestartPolicy::Always);
+        let mut s = PodStatus::new(&p);
+        s.apply(&p, Event::Pulled { container: 0, image_id: "x".into() });
+        run(&p, &mut s, 0);
+        s.apply(&p, Event::Lost { container: 0, at: 50 });
+        assert_eq!(reason(&s), "ContainerStatusUnknown");
+        assert_eq!(plan(&p, &mut s, 50, |_| true), [Action::Start(0)]);
+        run(&p, &mut s, 50);
+        assert_eq!(s.containers[0].restart_count, 1);
+        assert_eq!(s.containers[0].last_state.as_ref().unwrap().exit_code, 137);
+    }
+}

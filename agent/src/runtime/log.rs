@@ -1,0 +1,203 @@
+//! Container logs in the CRI format the kubelet and `kubectl logs` read:
+//! `<RFC3339Nano timestamp> <stdout|stderr> <F|P> <line>`, one record per line, with `P`
+//! for a partial line cut at the maximum record size and `F` for a full one.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// Longest record; longer lines are split into `P` records (the kubelet uses 16 KiB).
+const MAX_RECORD: usize = 16 * 1024;
+
+/// Which stream a record came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// One container's log file, shared by its stdout and stderr writers.
+#[derive(Debug, Clone)]
+pub struct CriLog {
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    file: std::io::BufWriter<std::fs::File>,
+    pending: [Vec<u8>; 2],
+}
+
+impl CriLog {
+    /// Opens (appending) the log file, creating its directory.
+    pub fn open(path: &Path) -> std::io::Result<CriLog> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let inner = Inner { file: std::io::BufWriter::new(file), pending: [Vec::new(), Vec::new()] };
+        Ok(CriLog { inner: Arc::new(Mutex::new(inner)) })
+    }
+
+    /// Appends bytes from `stream`, writing a record for every complete line.
+    pub fn write(&self, stream: Stream, mut data: &[u8]) -> std::io::Result<()> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = stream as usize;
+        while let Some(i) = data.iter().position(|&b| b == b'\n') {
+            let mut line = std::mem::take(&mut inner.pending[slot]);
+            line.extend_from_slice(&data[..i]);
+            inner.record(stream, &line, true)?;
+            data = &data[i + 1..];
+        }
+        inner.pending[slot].extend_from_slice(data);
+        while inner.pending[slot].len() >= MAX_RECORD {
+            let rest = inner.pending[slot].split_off(MAX_RECORD);
+            let part = std::mem::replace(&mut inner.pending[slot], rest);
+            inner.record(stream, &part, false)?;
+        }
+        inner.file.flush()
+    }
+
+    /// Writes what is left of unfinished lines as full records (the container ended).
+    pub fn finish(&self) -> std::io::Result<()> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            let line = std::mem::take(&mut inner.pending[stream as usize]);
+            if !line.is_empty() {
+                inner.record(stream, &line, true)?;
+            }
+        }
+        inner.file.flush()
+    }
+}
+
+impl Inner {
+    fn record(&mut self, stream: Stream, line: &[u8], full: bool) -> std::io::Result<()> {
+        let tag = if full { "F" } else { "P" };
+        write!(self.file, "{} {} {tag} ", rfc3339_nano(SystemTime::now()), stream.as_str())?;
+        self.file.write_all(line)?;
+        self.file.write_all(b"\n")
+    }
+}
+
+/// `2026-11-22T03:13:00.123456789Z`.
+pub fn rfc3339_nano(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, day) = civil_from_days(days);
+    format!("{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z", rem / 3600, rem % 3600 / 60, rem % 60, d.subsec_nanos())
+}
+
+/// Howard Hinnant's days-since-epoch to (year, month, day).
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+/// One parsed log record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record<'a> {
+    pub time: &'a str,
+    pub stream: &'a str,
+    pub full: bool,
+    pub line: &'a str,
+}
+
+/// Parses a CRI log line; `None` for anything malformed.
+pub fn parse(line: &str) -> Option<Record<'_>> {
+    let mut parts = line.splitn(4, ' ');
+    let (time, stream, tag) = (parts.next()?, parts.next()?, parts.next()?);
+    let text = parts.next().unwrap_or("");
+    matches!(stream, "stdout" | "stderr").then_some(())?;
+    let full = match tag {
+        "F" => true,
+        "P" => false,
+        _ => return None,
+    };
+    Some(Record { time, stream, full, line: text })
+}
+
+/// A `tokio::io::AsyncWrite` feeding one stream of a [`CriLog`], for WASI's stdout/stderr.
+#[derive(Debug, Clone)]
+pub struct LogWriter {
+    pub log: CriLog,
+    pub stream: Stream,
+}
+
+impl tokio::io::AsyncWrite for LogWriter {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::Poll::Ready(self.log.write(self.stream, buf).map(|()| buf.len()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_become_records_and_long_lines_split() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c/0.log");
+        let log = CriLog::open(&path).unwrap();
+        log.write(Stream::Stdout, b"hello\nwor").unwrap();
+        log.write(Stream::Stderr, b"oops\n").unwrap();
+        log.write(Stream::Stdout, b"ld\n").unwrap();
+        log.write(Stream::Stdout, &vec![b'x'; MAX_RECORD + 10]).unwrap();
+        log.finish().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let records: Vec<Record> = text.lines().map(|l| parse(l).unwrap()).collect();
+        let got: Vec<(&str, bool, usize)> = records.iter().map(|r| (r.stream, r.full, r.line.len())).collect();
+        assert_eq!(
+            got,
+            [
+                ("stdout", true, 5),
+                ("stderr", true, 4),
+                ("stdout", true, 5),
+                ("stdout", false, MAX_RECORD),
+                ("stdout", true, 10)
+            ]
+        );
+        assert_eq!(records[2].line, "world");
+        assert!(records[0].time.ends_with('Z') && records[0].time.len() == 30, "{}", records[0].time);
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_nano() {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::new(1_795_000_000, 5);
+        assert_eq!(rfc3339_nano(t), "2026-11-18T11:06:40.000000005Z");
+    }
+}

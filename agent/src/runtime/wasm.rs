@@ -1,0 +1,438 @@
+//! The Wasm runtime: wasmtime in-process. One [`Engine`] with the pooling allocator and
+//! epoch interruption; every container is a task on the agent's tokio runtime.
+//!
+//! - wasip1 core modules run `_start`; wasip2 components run `wasi:cli/run`.
+//! - argv and env come from the config; the only host paths a guest sees are its
+//!   mounts (preopens); it has no sockets.
+//! - stdout and stderr go to the container's CRI log.
+//! - A guest yields at every epoch tick (10 ms), so a busy loop cannot starve the others,
+//!   and stopping one is dropping its task, which takes effect at the next tick or await.
+//! - A memory limiter caps linear memory; a guest that hits it ends as `OOMKilled`.
+//! - Compiled code is cached on disk under the module digest and the engine's
+//!   compatibility hash, and in memory as an `InstancePre`: a cached start never compiles.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use registry_client::WasmBinary;
+use tokio::sync::watch;
+use wasmtime::component::{Component, ResourceTable};
+use wasmtime::{Engine, InstancePre, Module, ResourceLimiter, Store, UpdateDeadline};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::log::{CriLog, LogWriter, Stream};
+use super::{ContainerConfig, ContainerState, Error, ExitReason, Result, Runtime, RuntimeKind, SandboxConfig, now_ms};
+
+/// How often the epoch advances: the slice a busy guest runs before it yields.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Exit code reported for a guest that trapped (as for an abort).
+const TRAP_EXIT: i32 = 134;
+/// Exit code reported for a guest that was stopped (as for SIGKILL).
+const KILLED_EXIT: i32 = 137;
+
+/// Sizing of the instance pool.
+#[derive(Clone, Debug)]
+pub struct WasmConfig {
+    /// Live instances the pool has room for.
+    pub max_instances: u32,
+    /// The largest linear memory any guest may have, whatever its limit.
+    pub max_memory: usize,
+    /// Where compiled code is cached.
+    pub cache_dir: PathBuf,
+}
+
+impl WasmConfig {
+    pub fn new(cache_dir: PathBuf) -> Self {
+        WasmConfig { max_instances: 10_500, max_memory: 4 << 30, cache_dir }
+    }
+}
+
+/// wasmtime behind the runtime interface.
+#[derive(Clone)]
+pub struct WasmRuntime {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for WasmRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmRuntime").finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    engine: Engine,
+    p1: wasmtime::Linker<P1Host>,
+    p2: wasmtime::component::Linker<P2Host>,
+    cache_dir: PathBuf,
+    compat: String,
+    loaded: Mutex<HashMap<String, Loaded>>,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+    /// Stops the epoch ticker when the runtime goes away.
+    _ticker: Ticker,
+}
+
+#[derive(Clone)]
+enum Loaded {
+    Module(InstancePre<P1Host>),
+    Component(CommandPre<P2Host>),
+}
+
+struct Container {
+    config: ContainerConfig,
+    state: watch::Sender<ContainerState>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+struct Ticker(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Caps linear memory, remembering whether the cap was hit.
+struct MemoryCap {
+    limit: Option<usize>,
+    hit: bool,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        let ok = self.limit.is_none_or(|l| desired <= l);
+        self.hit |= !ok;
+        Ok(ok)
+    }
+
+    fn table_growing(&mut self, _current: usize, _desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(true)
+    }
+}
+
+struct P1Host {
+    wasi: WasiP1Ctx,
+    cap: MemoryCap,
+}
+
+struct P2Host {
+    ctx: WasiCtx,
+    table: ResourceTable,
+    cap: MemoryCap,
+}
+
+impl WasiView for P2Host {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.ctx, table: &mut self.table }
+    }
+}
+
+/// stdout/stderr into the CRI log.
+struct LogOutput(LogWriter);
+
+impl IsTerminal for LogOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for LogOutput {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.0.clone())
+    }
+}
+
+fn engine(config: &WasmConfig) -> wasmtime::Result<Engine> {
+    let mut c = wasmtime::Config::new();
+    c.epoch_interruption(true);
+    let mut pool = wasmtime::PoolingAllocationConfig::default();
+    pool.total_core_instances(config.max_instances)
+        .total_component_instances(config.max_instances)
+        .total_memories(config.max_instances)
+        .total_tables(config.max_instances)
+        .total_stacks(config.max_instances)
+        .max_memory_size(config.max_memory);
+    c.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+    match Engine::new(&c) {
+        Ok(e) => Ok(e),
+        Err(err) => {
+            // A machine that cannot reserve the pool still runs guests, one mapping each.
+            tracing::warn!(error = %err, "pooling allocator unavailable, using on-demand allocation");
+            c.allocation_strategy(wasmtime::InstanceAllocationStrategy::OnDemand);
+            Engine::new(&c)
+        }
+    }
+}
+
+impl WasmRuntime {
+    pub fn new(config: WasmConfig) -> Result<Self> {
+        let fail = |e: wasmtime::Error| Error::Create { id: "wasm runtime".into(), reason: format!("{e:#}") };
+        let engine = engine(&config).map_err(fail)?;
+        let mut p1 = wasmtime::Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut p1, |h: &mut P1Host| &mut h.wasi).map_err(fail)?;
+        let mut p2 = wasmtime::component::Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut p2).map_err(fail)?;
+        std::fs::create_dir_all(&config.cache_dir).map_err(|source| Error::Io {
+            context: "create compile cache".into(),
+            path: config.cache_dir.clone(),
+            source,
+        })?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut h);
+        let compat = format!("{:016x}", h.finish());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ticking, stop2) = (engine.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    ticking.increment_epoch();
+                }
+            })
+            .map_err(|source| Error::Io { context: "start epoch ticker".into(), path: PathBuf::new(), source })?;
+        Ok(WasmRuntime {
+            inner: Arc::new(Inner {
+                engine,
+                p1,
+                p2,
+                cache_dir: config.cache_dir,
+                compat,
+                loaded: Mutex::new(HashMap::new()),
+                containers: Mutex::new(HashMap::new()),
+                _ticker: Ticker(stop),
+            }),
+        })
+    }
+
+    /// Compiles (or loads from the cache) and pre-links a module or component.
+    fn load(&self, path: &Path, digest: &str) -> Result<Loaded> {
+        if let Some(l) = self.inner.loaded.lock().unwrap_or_else(|e| e.into_inner()).get(digest) {
+            return Ok(l.clone());
+        }
+        let fail = |reason: String| Error::Create { id: digest.into(), reason };
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            context: "read wasm".into(),
+            path: path.into(),
+            source,
+        })?;
+        let kind = WasmBinary::detect(&bytes).ok_or_else(|| fail("not a WebAssembly module or component".into()))?;
+        let hex = digest.rsplit(':').next().unwrap_or(digest);
+        let cached = self.inner.cache_dir.join(format!("{hex}-{}.cwasm", self.inner.compat));
+        if !cached.is_file() {
+            let compiled = match kind {
+                WasmBinary::Module => self.inner.engine.precompile_module(&bytes),
+                WasmBinary::Component => self.inner.engine.precompile_component(&bytes),
+            }
+            .map_err(|e| fail(format!("compile: {e:#}")))?;
+            let tmp = cached.with_extension(format!("tmp{}", std::process::id()));
+            std::fs::write(&tmp, &compiled)
+                .and_then(|()| std::fs::rename(&tmp, &cached))
+                .map_err(|source| Error::Io { context: "write compile cache".into(), path: cached.clone(), source })?;
+        }
+        let loaded = match kind {
+            WasmBinary::Module => {
+                // SAFETY: the file was written by `precompile_module` of an engine with the same
+                // compatibility hash, into our own state directory, and is never modified.
+                #[allow(unsafe_code)]
+                let module = unsafe { Module::deserialize_file(&self.inner.engine, &cached) }
+                    .map_err(|e| fail(format!("{e:#}")))?;
+                Loaded::Module(self.inner.p1.instantiate_pre(&module).map_err(|e| fail(format!("link: {e:#}")))?)
+            }
+            WasmBinary::Component => {
+                // SAFETY: as above, written by `precompile_component` of a compatible engine.
+                #[allow(unsafe_code)]
+                let component = unsafe { Component::deserialize_file(&self.inner.engine, &cached) }
+                    .map_err(|e| fail(format!("{e:#}")))?;
+                let pre = self.inner.p2.instantiate_pre(&component).map_err(|e| fail(format!("link: {e:#}")))?;
+                Loaded::Component(CommandPre::new(pre).map_err(|e| fail(format!("not a wasi:cli command: {e:#}")))?)
+            }
+        };
+        self.inner.loaded.lock().unwrap_or_else(|e| e.into_inner()).insert(digest.to_string(), loaded.clone());
+        Ok(loaded)
+    }
+
+    fn container(&self, id: &str) -> Result<Arc<Container>> {
+        self.inner
+            .containers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(id.into()))
+    }
+}
+
+fn wasi_builder(config: &ContainerConfig, log: &CriLog) -> Result<WasiCtxBuilder> {
+    let mut b = WasiCtxBuilder::new();
+    b.args(&config.args);
+    b.envs(&config.env);
+    b.stdout(LogOutput(LogWriter { log: log.clone(), stream: Stream::Stdout }));
+    b.stderr(LogOutput(LogWriter { log: log.clone(), stream: Stream::Stderr }));
+    b.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+    for m in &config.mounts {
+        let perms = if m.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
+        b.preopened_dir(&m.host_path, &m.container_path, perms).map_err(|e| Error::Create {
+            id: config.id.clone(),
+            reason: format!("mount {} at {}: {e:#}", m.host_path.display(), m.container_path),
+        })?;
+    }
+    Ok(b)
+}
+
+/// Runs the guest to its end; returns (exit code, reason, message).
+async fn run_guest(loaded: Loaded, config: ContainerConfig, log: CriLog) -> (i32, ExitReason, String) {
+    let cap = MemoryCap { limit: config.memory_limit.map(|l| l as usize), hit: false };
+    let builder = wasi_builder(&config, &log);
+    let (result, hit) = match (loaded, builder) {
+        (_, Err(e)) => return (128, ExitReason::StartError, e.to_string()),
+        (Loaded::Module(pre), Ok(mut b)) => {
+            let mut store = Store::new(pre.module().engine(), P1Host { wasi: b.build_p1(), cap });
+            prepare(&mut store, |h| &mut h.cap);
+            let r = async {
+                let instance = pre.instantiate_async(&mut store).await?;
+                let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+                start.call_async(&mut store, ()).await
+            }
+            .await;
+            (r.map(|()| 0), store.data().cap.hit)
+        }
+        (Loaded::Component(pre), Ok(mut b)) => {
+            let host = P2Host { ctx: b.build(), table: ResourceTable::new(), cap };
+            let mut store = Store::new(pre.engine(), host);
+            prepare(&mut store, |h| &mut h.cap);
+            let r = async {
+                let command = pre.instantiate_async(&mut store).await?;
+                command.wasi_cli_run().call_run(&mut store).await
+            }
+            .await;
+            (r.map(|ok| if ok.is_ok() { 0 } else { 1 }), store.data().cap.hit)
+        }
+    };
+    let _ = log.finish();
+    match result {
+        Ok(0) => (0, ExitReason::Completed, String::new()),
+        Ok(code) => (code, ExitReason::Error, String::new()),
+        Err(e) => match e.downcast_ref::<I32Exit>() {
+            Some(I32Exit(0)) => (0, ExitReason::Completed, String::new()),
+            Some(I32Exit(code)) => (*code, ExitReason::Error, String::new()),
+            None if hit => (KILLED_EXIT, ExitReason::OOMKilled, format!("memory limit reached: {}", first_line(&e))),
+            None => (TRAP_EXIT, ExitReason::Error, first_line(&e)),
+        },
+    }
+}
+
+fn first_line(e: &wasmtime::Error) -> String {
+    format!("{e:#}").lines().next().unwrap_or_default().to_string()
+}
+
+/// Memory cap and the epoch slice: yield to other tasks at every tick.
+fn prepare<T: Send + 'static>(store: &mut Store<T>, cap: fn(&mut T) -> &mut MemoryCap) {
+    store.limiter(move |h| cap(h) as &mut dyn ResourceLimiter);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+}
+
+impl Runtime for WasmRuntime {
+    const KIND: RuntimeKind = RuntimeKind::Wasm;
+
+    async fn create_sandbox(&self, _config: &SandboxConfig) -> Result<()> {
+        Ok(()) // guests share nothing but what the pod mounts
+    }
+
+    async fn remove_sandbox(&self, _id: &str) -> Result<()> {
+        Ok(())
+    }
+
+    async fn create_container(&self, config: ContainerConfig) -> Result<()> {
+        let super::Artifact::Wasm { path, digest } = &config.artifact else {
+            return Err(Error::Create { id: config.id.clone(), reason: "not a Wasm artifact".into() });
+        };
+        let (this, path, digest) = (self.clone(), path.clone(), digest.clone());
+        tokio::task::spawn_blocking(move || this.load(&path, &digest)).await.expect("load task panicked")?;
+        let (state, _) = watch::channel(ContainerState::Created);
+        let container = Arc::new(Container { config, state, task: Mutex::new(None) });
+        self.inner.containers.lock().unwrap_or_else(|e| e.into_inner()).insert(container.config.id.clone(), container);
+        Ok(())
+    }
+
+    async fn start_container(&self, id: &str) -> Result<()> {
+        let c = self.container(id)?;
+        let super::Artifact::Wasm { digest, path } = &c.config.artifact else { unreachable!("checked at create") };
+        let loaded = self.load(path, digest)?;
+        let log = CriLog::open(&c.config.log_path).map_err(|source| Error::Io {
+            context: "open container log".into(),
+            path: c.config.log_path.clone(),
+            source,
+        })?;
+        let started_at = now_ms();
+        c.state.send_replace(ContainerState::Running { started_at });
+        let (config, state) = (c.config.clone(), c.state.clone());
+        let task = tokio::spawn(async move {
+            let (exit_code, reason, message) = run_guest(loaded, config, log).await;
+            state.send_replace(ContainerState::Exited {
+                exit_code,
+                reason,
+                message,
+                started_at,
+                finished_at: now_ms(),
+            });
+        });
+        *c.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        Ok(())
+    }
+
+    /// A guest has no signal handlers to run, so stopping is immediate: its task is
+    /// dropped at the next epoch tick or host call, well within any grace period.
+    async fn stop_container(&self, id: &str, _grace: Duration) -> Result<()> {
+        let c = self.container(id)?;
+        let task = c.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+        c.state.send_if_modified(|s| match s {
+            ContainerState::Running { started_at } => {
+                let started_at = *started_at;
+                *s = ContainerState::Exited {
+                    exit_code: KILLED_EXIT,
+                    reason: ExitReason::Error,
+                    message: "stopped".into(),
+                    started_at,
+                    finished_at: now_ms(),
+                };
+                true
+            }
+            _ => false,
+        });
+        Ok(())
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<()> {
+        self.stop_container(id, Duration::ZERO).await?;
+        self.inner.containers.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        Ok(())
+    }
+
+    async fn container_status(&self, id: &str) -> Result<ContainerState> {
+        Ok(self.container(id)?.state.borrow().clone())
+    }
+
+    async fn wait_container(&self, id: &str) -> Result<ContainerState> {
+        let mut rx = self.container(id)?.state.subscribe();
+        let state = rx
+            .wait_for(|s| matches!(s, ContainerState::Exited { .. }))
+            .await
+            .map_err(|_| Error::NotFound(id.into()))?;
+        Ok(state.clone())
+    }
+
+    async fn exec(&self, _id: &str, _command: &[String]) -> Result<i32> {
+        Err(Error::Unsupported { what: "exec", runtime: "wasm" })
+    }
+}

@@ -1,0 +1,191 @@
+//! Durable state in sled: the only module that imports it.
+//!
+//! Trees: `pods` (key `namespace/name`), `images` (key: image reference), `events`
+//! (key: pod uid + sequence). Every value is versioned and checksummed:
+//! `[schema: u16 LE][crc32 of payload: u32 LE][JSON payload]`, so a value from another
+//! schema or a corrupted one is refused, never misread.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Schema version of stored values. Bump it when a stored type changes incompatibly.
+pub const SCHEMA: u16 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("state database {path}: {source}", path = .path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("state database: {0}")]
+    Db(#[from] sled::Error),
+    #[error("stored value {key:?} in {tree}: {reason}")]
+    Corrupt { tree: &'static str, key: String, reason: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The agent's database.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: sled::Db,
+    pods: sled::Tree,
+    images: sled::Tree,
+    events: sled::Tree,
+}
+
+/// A tree's name, for errors.
+#[derive(Clone, Copy, Debug)]
+pub enum Table {
+    Pods,
+    Images,
+    Events,
+}
+
+impl Table {
+    fn name(self) -> &'static str {
+        match self {
+            Table::Pods => "pods",
+            Table::Images => "images",
+            Table::Events => "events",
+        }
+    }
+}
+
+impl Store {
+    /// Opens (creating) the database under `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let path = dir.join("db");
+        let db = sled::Config::new()
+            .path(&path)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|source| Error::Open { path: path.clone(), source })?;
+        Ok(Store { pods: db.open_tree("pods")?, images: db.open_tree("images")?, events: db.open_tree("events")?, db })
+    }
+
+    fn tree(&self, t: Table) -> &sled::Tree {
+        match t {
+            Table::Pods => &self.pods,
+            Table::Images => &self.images,
+            Table::Events => &self.events,
+        }
+    }
+
+    /// Writes a value (not yet durable: see [`Store::flush`]).
+    pub fn put<T: Serialize>(&self, t: Table, key: &str, value: &T) -> Result<()> {
+        self.tree(t).insert(key.as_bytes(), encode(value))?;
+        Ok(())
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, t: Table, key: &str) -> Result<Option<T>> {
+        match self.tree(t).get(key.as_bytes())? {
+            Some(bytes) => decode(&bytes).map(Some).map_err(|reason| corrupt(t, key, reason)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn remove(&self, t: Table, key: &str) -> Result<()> {
+        self.tree(t).remove(key.as_bytes())?;
+        Ok(())
+    }
+
+    /// Every value in a table whose key starts with `prefix`, in key order.
+    pub fn scan<T: DeserializeOwned>(&self, t: Table, prefix: &str) -> Result<Vec<(String, T)>> {
+        let mut out = Vec::new();
+        for item in self.tree(t).scan_prefix(prefix.as_bytes()) {
+            let (k, v) = item?;
+            let key = String::from_utf8_lossy(&k).into_owned();
+            let value = decode(&v).map_err(|reason| corrupt(t, &key, reason))?;
+            out.push((key, value));
+        }
+        Ok(out)
+    }
+
+    /// Removes every key with `prefix`.
+    pub fn remove_prefix(&self, t: Table, prefix: &str) -> Result<()> {
+        let keys: Vec<sled::IVec> = self.tree(t).scan_prefix(prefix.as_bytes()).keys().collect::<Result<_, _>>()?;
+        for k in keys {
+            self.tree(t).remove(k)?;
+        }
+        Ok(())
+    }
+
+    /// Makes everything written so far durable.
+    pub async fn flush(&self) -> Result<()> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// A monotonically increasing id (for event keys).
+    pub fn next_id(&self) -> Result<u64> {
+        Ok(self.db.generate_id()?)
+    }
+}
+
+fn corrupt(t: Table, key: &str, reason: String) -> Error {
+    Error::Corrupt { tree: t.name(), key: key.to_string(), reason }
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let payload = serde_json::to_vec(value).expect("stored types serialise");
+    let mut out = Vec::with_capacity(payload.len() + 6);
+    out.extend_from_slice(&SCHEMA.to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    if bytes.len() < 6 {
+        return Err("truncated header".into());
+    }
+    let schema = u16::from_le_bytes([bytes[0], bytes[1]]);
+    if schema != SCHEMA {
+        return Err(format!("schema {schema}, this wasmlet reads {SCHEMA}"));
+    }
+    let crc = u32::from_le_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]);
+    let payload = &bytes[6..];
+    if crc32fast::hash(payload) != crc {
+        return Err("checksum mismatch".into());
+    }
+    serde_json::from_slice(payload).map_err(|e| format!("undecodable: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn values_round_trip_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.put(Table::Pods, "default/a", &vec![1, 2, 3]).unwrap();
+            s.put(Table::Pods, "default/b", &vec![4]).unwrap();
+            s.put(Table::Pods, "other/c", &vec![5]).unwrap();
+            s.flush().await.unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let got: Vec<(String, Vec<i32>)> = s.scan(Table::Pods, "default/").unwrap();
+        assert_eq!(got, vec![("default/a".into(), vec![1, 2, 3]), ("default/b".into(), vec![4])]);
+        s.remove_prefix(Table::Pods, "default/").unwrap();
+        assert_eq!(s.scan::<Vec<i32>>(Table::Pods, "").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn corruption_and_foreign_schemas_are_refused() {
+        let mut bytes = encode(&"hello");
+        assert_eq!(decode::<String>(&bytes).unwrap(), "hello");
+        bytes[8] ^= 1;
+        assert!(decode::<String>(&bytes).unwrap_err().contains("checksum"));
+        let mut other = encode(&"x");
+        other[0] = 9;
+        assert!(decode::<String>(&other).unwrap_err().contains("schema 9"));
+        assert!(decode::<String>(&[1, 0]).is_err());
+    }
+}
