@@ -1,98 +1,12 @@
-//! End-to-end tests of the `wasmlet` binary against a real `docker-registry`.
+//! End-to-end tests of the `wasmlet` binary: the real daemon over its socket, a real
+//! `docker-registry`, wasmtime running the programs in `wasm-apps/`, sled on temp dirs.
 
 #[path = "../../registry-client/tests/all/common.rs"]
 #[allow(dead_code)]
 mod common;
 
-use std::process::{Command, Output};
-
-use common::{Registry, wasm_app};
-
-fn wasmlet(state: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wasmlet"))
-        .args(args)
-        .env("WASMLET_STATE_DIR", state)
-        .env_remove("REGISTRY_AUTH_FILE")
-        .env("DOCKER_CONFIG", state.join("no-docker-config"))
-        .output()
-        .expect("run wasmlet")
-}
-
-fn ok(out: Output) -> String {
-    assert!(out.status.success(), "wasmlet failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-#[test]
-fn push_pull_and_list_a_wasm_app() {
-    let reg = Registry::start();
-    let state = tempfile::tempdir().unwrap();
-    let wasm = wasm_app("hello", "wasm32-wasip2");
-    let r = format!("{}/apps/hello:v1", reg.host);
-    let pushed = ok(wasmlet(state.path(), &["push", wasm.to_str().unwrap(), &r]));
-    assert!(pushed.starts_with(&format!("pushed {r}@sha256:")), "{pushed}");
-    let pulled = ok(wasmlet(state.path(), &["pull", "-q", &r]));
-    assert!(pulled.contains("(wasm,"), "{pulled}");
-    let images: serde_json::Value =
-        serde_json::from_str(&ok(wasmlet(state.path(), &["images", "-o", "json"]))).unwrap();
-    assert_eq!(images[0]["reference"], r);
-    assert_eq!(images[0]["kind"]["form"], "cncf");
-    let table = ok(wasmlet(state.path(), &["images"]));
-    assert!(table.lines().nth(1).unwrap().contains("wasm"), "{table}");
-}
-
-#[test]
-fn errors_name_the_reference_and_fail_the_command() {
-    let reg = Registry::start();
-    let state = tempfile::tempdir().unwrap();
-    let missing = format!("{}/apps/missing:v9", reg.host);
-    let out = wasmlet(state.path(), &["pull", "-q", &missing]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&missing) && err.contains("not found"), "{err}");
-    let out = wasmlet(state.path(), &["pull", "-q", "Bad/Name"]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid image reference \"Bad/Name\""));
-}
-
-#[test]
-fn credentials_come_from_a_docker_credential_helper() {
-    let reg = common::Registry::start_with_auth();
-    let state = tempfile::tempdir().unwrap();
-    let bin = state.path().join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    // the docker-credential-helpers protocol: server URL on stdin, JSON on stdout
-    let helper = bin.join("docker-credential-wasmlettest");
-    std::fs::write(
-        &helper,
-        format!(
-            "#!/bin/sh\nread server\n[ \"$1\" = get ] && [ \"$server\" = {} ] || exit 1\necho '{{\"ServerURL\":\"'$server'\",\"Username\":\"{}\",\"Secret\":\"{}\"}}'\n",
-            reg.host,
-            common::USER,
-            common::PASSWORD
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let authfile = state.path().join("auth.json");
-    std::fs::write(&authfile, serde_json::json!({"credHelpers": {reg.host.clone(): "wasmlettest"}}).to_string())
-        .unwrap();
-    let wasm = wasm_app("hello", "wasm32-wasip1");
-    let r = format!("{}/private/hello:v1", reg.host);
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
-    let push = |with_helper: bool| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wasmlet"));
-        cmd.args(["--state-dir", state.path().to_str().unwrap(), "push", wasm.to_str().unwrap(), &r]);
-        if with_helper {
-            cmd.args(["--authfile", authfile.to_str().unwrap()]).env("PATH", &path);
-        } else {
-            cmd.env("DOCKER_CONFIG", state.path().join("none")).env_remove("REGISTRY_AUTH_FILE");
-        }
-        cmd.output().unwrap()
-    };
-    let denied = push(false);
-    assert!(!denied.status.success());
-    assert!(String::from_utf8_lossy(&denied.stderr).contains("refused the credentials"), "{denied:?}");
-    ok(push(true));
-}
+mod crash;
+mod harness;
+mod images;
+mod pods;
+mod run;

@@ -138,10 +138,10 @@ async fn follow_log(
             c.instances == instance && matches!(c.state, State::Running { .. })
         });
         let mut chunk = String::new();
-        if let Ok(mut f) = std::fs::File::open(&path) {
-            if f.seek(SeekFrom::Start(offset)).is_ok() {
-                let _ = f.read_to_string(&mut chunk);
-            }
+        if let Ok(mut f) = std::fs::File::open(&path)
+            && f.seek(SeekFrom::Start(offset)).is_ok()
+        {
+            let _ = f.read_to_string(&mut chunk);
         }
         offset += chunk.len() as u64;
         partial.push_str(&chunk);

@@ -153,7 +153,7 @@ impl Manager {
             );
             let existing: Option<PodRecord> = self.store.get(Table::Pods, &k)?;
             let action = match existing {
-                Some(old) if old.pod == pod && !old.deleting => {
+                Some(old) if same_manifest(&old.pod, &pod) && !old.deleting => {
                     out.push(Applied { pod: k, action: "unchanged".into() });
                     continue;
                 }
@@ -238,7 +238,7 @@ impl Manager {
                 e.last_seen = now;
                 self.store.put(Table::Events, &k, &e)
             }
-            None => self.store.next_id().map_err(Into::into).and_then(|id| {
+            None => self.store.next_id().and_then(|id| {
                 let e = Event {
                     kind: kind.into(),
                     reason: reason.into(),
@@ -271,6 +271,13 @@ impl Manager {
         self.workers.lock().unwrap_or_else(|e| e.into_inner()).remove(&rec.key());
         Ok(())
     }
+}
+
+/// Whether two manifests are the same apart from what wasmlet filled in (the uid).
+fn same_manifest(stored: &Pod, applied: &Pod) -> bool {
+    let mut stored = stored.clone();
+    stored.metadata.uid = None;
+    &stored == applied
 }
 
 fn new_record(pod: Pod) -> PodRecord {

@@ -283,10 +283,10 @@ pub fn plan(plan: &Plan, status: &mut PodStatus, now: u64, present: impl Fn(usiz
             continue;
         }
         let previous = last_exit(c).cloned();
-        if let Some(t) = &previous {
-            if !plan.restart_policy.restarts(t.exit_code) {
-                continue;
-            }
+        if let Some(t) = &previous
+            && !plan.restart_policy.restarts(t.exit_code)
+        {
+            continue;
         }
         if c.image_id.is_none() {
             if spec.pull_policy == PullPolicy::Never && !present(i) {

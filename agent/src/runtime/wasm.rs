@@ -327,8 +327,12 @@ async fn run_guest(loaded: Loaded, config: ContainerConfig, log: CriLog) -> (i32
     }
 }
 
+/// What ended the guest, in one line: the trap if it was one.
 fn first_line(e: &wasmtime::Error) -> String {
-    format!("{e:#}").lines().next().unwrap_or_default().to_string()
+    if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
+        return format!("wasm trap: {trap}");
+    }
+    format!("{e:#}").lines().find(|l| !l.trim().is_empty()).unwrap_or_default().to_string()
 }
 
 /// Memory cap and the epoch slice: yield to other tasks at every tick.

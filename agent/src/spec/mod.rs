@@ -244,7 +244,10 @@ fn validate_volumes(spec: &k8s_openapi::api::core::v1::PodSpec) -> Result<Vec<St
         match kinds.as_slice() {
             [k] if *k == "emptyDir" || *k == "hostPath" => {}
             [] => {
-                return Err(FieldError::new(format!("spec.volumes[{i}]"), "Required value: must specify a volume type"));
+                return Err(FieldError::new(
+                    format!("spec.volumes[{i}]"),
+                    "Required value: must specify a volume type",
+                ));
             }
             [k] => {
                 return Err(FieldError::new(
@@ -259,13 +262,13 @@ fn validate_volumes(spec: &k8s_openapi::api::core::v1::PodSpec) -> Result<Vec<St
                 ));
             }
         }
-        if let Some(h) = &v.host_path {
-            if !h.path.starts_with('/') {
-                return Err(FieldError::new(
-                    format!("spec.volumes[{i}].hostPath.path"),
-                    "Invalid value: must be an absolute path",
-                ));
-            }
+        if let Some(h) = &v.host_path
+            && !h.path.starts_with('/')
+        {
+            return Err(FieldError::new(
+                format!("spec.volumes[{i}].hostPath.path"),
+                "Invalid value: must be an absolute path",
+            ));
         }
         names.push(v.name.clone());
     }
