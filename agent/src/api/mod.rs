@@ -10,6 +10,7 @@
 //! | `GET /v1/pods/{ns}/{name}/log?container=&previous=&tail=&timestamps=&follow=` | CRI log, as text |
 //! | `POST /v1/images/pull?image=` | NDJSON progress, then the image |
 //! | `GET /v1/images` | pulled images |
+//! | `GET /v1/metrics` | Prometheus text: pod start latency |
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -105,6 +106,10 @@ async fn handle(mgr: Arc<Manager>, req: Request<Incoming>) -> Result<Response<Bo
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (req.method().clone(), parts.as_slice()) {
         (Method::GET, ["v1", "healthz"]) => Ok(json_response(StatusCode::OK, &json!({"ok": true}))),
+        (Method::GET, ["v1", "metrics"]) => Ok(Response::builder()
+            .header("content-type", "text/plain; version=0.0.4")
+            .body(full(metrics(&mgr)))
+            .expect("valid response")),
         (Method::POST, ["v1", "apply"]) => {
             let body = req
                 .into_body()
@@ -149,6 +154,24 @@ async fn handle(mgr: Arc<Manager>, req: Request<Incoming>) -> Result<Response<Bo
         (Method::POST, ["v1", "images", "pull"]) => pull(mgr, &query),
         _ => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no route for {} {path}", req.method()))),
     }
+}
+
+/// Prometheus text: pod start latency quantiles and the live pod count.
+fn metrics(mgr: &Manager) -> String {
+    let mut samples: Vec<f64> = mgr.start_latencies().iter().map(|d| d.as_secs_f64()).collect();
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let q =
+        |p: f64| samples.get(((samples.len() as f64 * p).ceil() as usize).saturating_sub(1)).copied().unwrap_or(0.0);
+    let mut out =
+        String::from("# HELP wasmlet_pod_start_duration_seconds Pod accepted (stored) to all containers running.\n");
+    out.push_str("# TYPE wasmlet_pod_start_duration_seconds summary\n");
+    for p in [0.5, 0.9, 0.99] {
+        out.push_str(&format!("wasmlet_pod_start_duration_seconds{{quantile=\"{p}\"}} {:.9}\n", q(p)));
+    }
+    out.push_str(&format!("wasmlet_pod_start_duration_seconds_sum {:.9}\n", samples.iter().sum::<f64>()));
+    out.push_str(&format!("wasmlet_pod_start_duration_seconds_count {}\n", samples.len()));
+    out.push_str(&format!("# TYPE wasmlet_pods gauge\nwasmlet_pods {}\n", mgr.list().map(|l| l.len()).unwrap_or(0)));
+    out
 }
 
 fn not_found(ns: &str, name: &str) -> ApiError {

@@ -21,6 +21,7 @@ pub struct ServeArgs {
 
 /// Builds the agent's parts over `global.state_dir` and resumes its pods.
 pub async fn start_agent(global: &Global, max_wasm_instances: u32) -> anyhow::Result<Arc<Manager>> {
+    raise_open_file_limit();
     let dir = &global.state_dir;
     std::fs::create_dir_all(dir).with_context(|| format!("creating the state directory {}", dir.display()))?;
     use std::os::unix::fs::PermissionsExt;
@@ -31,6 +32,18 @@ pub async fn start_agent(global: &Global, max_wasm_instances: u32) -> anyhow::Re
     let wasm = WasmConfig { max_instances: max_wasm_instances, ..WasmConfig::new(dir.join("compiled")) };
     let runtime = Arc::new(AnyRuntime::Wasm(WasmRuntime::new(wasm)?));
     Ok(Manager::start(store, images, runtime, dir).await?)
+}
+
+/// Every container holds its log open: lift the soft limit on open files to the hard one.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(error = %e, "cannot raise the open-file limit");
+        }
+    }
 }
 
 pub async fn run(global: &Global, args: ServeArgs) -> anyhow::Result<()> {

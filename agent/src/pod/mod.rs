@@ -96,6 +96,10 @@ pub struct Manager {
     runtime: Arc<AnyRuntime>,
     pods_dir: PathBuf,
     workers: Mutex<HashMap<String, mpsc::UnboundedSender<Msg>>>,
+    /// When each pod accepted by this process was stored, to time its start.
+    accepted: Mutex<HashMap<String, std::time::Instant>>,
+    /// Pod start latencies: accepted (stored) to every container running.
+    start_latencies: Mutex<Vec<std::time::Duration>>,
 }
 
 impl std::fmt::Debug for Manager {
@@ -118,6 +122,8 @@ impl Manager {
             runtime,
             pods_dir: state_dir.join("pods"),
             workers: Mutex::new(HashMap::new()),
+            accepted: Mutex::new(HashMap::new()),
+            start_latencies: Mutex::new(Vec::new()),
         });
         let records: Vec<(String, PodRecord)> = mgr.store.scan(Table::Pods, "")?;
         let now = crate::runtime::now_ms();
@@ -169,6 +175,8 @@ impl Manager {
             out.push(Applied { pod: k, action: action.into() });
         }
         self.store.flush().await?;
+        let now = std::time::Instant::now();
+        self.accepted.lock().unwrap_or_else(|e| e.into_inner()).extend(fresh.iter().map(|r| (r.uid.clone(), now)));
         for rec in fresh {
             self.spawn(rec);
         }
@@ -202,6 +210,18 @@ impl Manager {
 
     pub fn events(&self, uid_prefix: &str) -> Result<Vec<Event>> {
         Ok(self.store.scan(Table::Events, uid_prefix)?.into_iter().map(|(_, e)| e).collect())
+    }
+
+    /// Called when a pod first has every container running.
+    fn started(&self, uid: &str) {
+        if let Some(t) = self.accepted.lock().unwrap_or_else(|e| e.into_inner()).remove(uid) {
+            self.start_latencies.lock().unwrap_or_else(|e| e.into_inner()).push(t.elapsed());
+        }
+    }
+
+    /// Pod start latencies measured so far (accepted → all containers running).
+    pub fn start_latencies(&self) -> Vec<std::time::Duration> {
+        self.start_latencies.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn images(&self) -> &Arc<ImageService> {

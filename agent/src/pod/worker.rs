@@ -178,6 +178,9 @@ async fn start(mgr: &Manager, rec: &mut PodRecord, i: usize, tx: &mpsc::Unbounde
         return start_failed(mgr, rec, i, "RunContainerError", e.to_string());
     }
     apply(rec, Event::Started { container: i, at: now_ms() });
+    if rec.status.containers.iter().all(|c| matches!(c.state, state::State::Running { .. })) {
+        mgr.started(&rec.uid);
+    }
     mgr.event(rec, "Normal", "Started", &format!("Started container {}", c.name));
     save(mgr, rec);
     let (runtime, tx) = (mgr.runtime.clone(), tx.clone());

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(test)]
+mod conformance;
 pub mod log;
 pub mod wasm;
 

@@ -63,6 +63,8 @@ impl Store {
         let db = sled::Config::new()
             .path(&path)
             .mode(sled::Mode::HighThroughput)
+            // sled's default page cache is 1 GiB; an edge agent keeps its footprint small
+            .cache_capacity(64 << 20)
             .open()
             .map_err(|source| Error::Open { path: path.clone(), source })?;
         Ok(Store { pods: db.open_tree("pods")?, images: db.open_tree("images")?, events: db.open_tree("events")?, db })
