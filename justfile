@@ -28,9 +28,12 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets --quiet -- -D warnings
 
-# benchmarks with their peers measured in the same run (BIG_MB, RUNS tune the pull bench)
-bench:
+# benchmarks with their peers measured in the same run (BIG_MB, RUNS tune the pull bench;
+# START_PODS, DENSITY the agent bench); builds the wasmtime-cli peer once
+bench: wasm-apps
+    scripts/setup-bench.sh
     cargo bench -p registry-client --bench pull
+    cargo bench -p wasmlet --bench agent
 
 # a local registry, the example apps pushed and pulled back by wasmlet
 demo: wasm-apps

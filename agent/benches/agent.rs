@@ -1,0 +1,166 @@
+//! Agent benchmarks, each beside its peer measured in the same run:
+//!
+//! - Wasm pod start with a cached image (accepted → Running, the agent's own
+//!   `wasmlet_pod_start_duration_seconds`), over `START_PODS` pods (default 1,000),
+//!   against `wasmtime run` of the same precompiled module as a process;
+//! - agent RSS per idle (sleeping) Wasm pod at 1,000, 5,000 and 10,000 pods (`DENSITY`);
+//! - agent idle RSS; release binary size.
+//!
+//! The peer is wasmtime-cli 48 (`scripts/setup-bench.sh` installs it under
+//! /opt/wasmtime-peer); `WASMTIME` overrides its path.
+
+#[path = "../../registry-client/tests/all/common.rs"]
+#[allow(dead_code)]
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const WASMLET: &str = env!("CARGO_BIN_EXE_wasmlet");
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+fn cli(state: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(WASMLET).arg("--state-dir").arg(state).args(args).output().unwrap();
+    assert!(out.status.success(), "wasmlet {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn metrics(state: &std::path::Path) -> String {
+    let sock = state.join("wasmlet.sock");
+    let out = Command::new("curl").args(["-s", "--unix-socket", sock.to_str().unwrap(), "http://wasmlet/v1/metrics"]).output().unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn quantile(metrics: &str, q: &str) -> f64 {
+    let key = format!("wasmlet_pod_start_duration_seconds{{quantile=\"{q}\"}} ");
+    metrics.lines().find_map(|l| l.strip_prefix(&key)).and_then(|v| v.trim().parse().ok()).unwrap_or(f64::NAN)
+}
+
+fn pods_yaml(prefix: &str, from: usize, to: usize, image: &str, args: &str) -> String {
+    (from..to)
+        .map(|i| format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {prefix}{i}\nspec:\n  containers:\n  - name: app\n    image: {image}\n    args: {args}\n"))
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+fn apply(state: &std::path::Path, yaml: &str) {
+    let f = state.join(format!("batch-{}.yaml", fastrand::u32(..)));
+    std::fs::write(&f, yaml).unwrap();
+    cli(state, &["apply", "-f", f.to_str().unwrap()]);
+}
+
+fn running(state: &std::path::Path) -> usize {
+    let v: serde_json::Value = serde_json::from_str(&cli(state, &["get", "pods", "-o", "json"])).unwrap();
+    v["items"].as_array().map(|a| a.iter().filter(|p| p["status"]["containerStatuses"][0]["state"]["running"].is_object()).count()).unwrap_or(0)
+}
+
+fn wait_running(state: &std::path::Path, n: usize) -> Duration {
+    let t = Instant::now();
+    while running(state) < n {
+        assert!(t.elapsed() < Duration::from_secs(600), "pods did not all start");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    t.elapsed()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    let start_pods: usize = std::env::var("START_PODS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let density: Vec<usize> = std::env::var("DENSITY")
+        .unwrap_or_else(|_| "1000,5000,10000".into())
+        .split(',')
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let wasmtime = std::env::var("WASMTIME").unwrap_or_else(|_| "/opt/wasmtime-peer/bin/wasmtime".into());
+    assert!(std::path::Path::new(&wasmtime).is_file(), "{wasmtime} is missing: run scripts/setup-bench.sh (builds wasmtime-cli 48)");
+    let reg = common::Registry::start();
+    let sleep = common::wasm_app("sleep", "wasm32-wasip1");
+    let image = format!("{}/bench/sleep:v1", reg.host);
+    let state = tempfile::tempdir().unwrap();
+    cli(state.path(), &["push", sleep.to_str().unwrap(), &image]);
+
+    let size = std::fs::metadata(WASMLET).unwrap().len();
+    let mut agent: Child = Command::new(WASMLET)
+        .args(["--state-dir", state.path().to_str().unwrap(), "serve"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while Command::new(WASMLET).args(["--state-dir", state.path().to_str().unwrap(), "get", "pods"]).output().map(|o| !o.status.success()).unwrap_or(true) {
+        assert!(t.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let idle = rss_kib(agent.id());
+
+    // warm-up: pull the image and compile it once; later starts are cached
+    apply(state.path(), &pods_yaml("warm", 0, 1, &image, "[\"86400\"]"));
+    wait_running(state.path(), 1);
+    let base = rss_kib(agent.id());
+    let metrics_before = metrics(state.path());
+    let before_count: usize = metrics_before.lines().find_map(|l| l.strip_prefix("wasmlet_pod_start_duration_seconds_count ")).and_then(|v| v.parse().ok()).unwrap_or(0);
+    assert_eq!(before_count, 1);
+
+    // pod start over START_PODS pods, applied in batches of 100
+    let t = Instant::now();
+    for b in (0..start_pods).step_by(100) {
+        apply(state.path(), &pods_yaml("s", b, (b + 100).min(start_pods), &image, "[\"86400\"]"));
+    }
+    wait_running(state.path(), start_pods + 1);
+    let all_started = t.elapsed();
+    let m = metrics(state.path());
+    let (p50, p99) = (quantile(&m, "0.5"), quantile(&m, "0.99"));
+
+    // peer: wasmtime run of the same module, precompiled, as a process
+    let cwasm = state.path().join("sleep.cwasm");
+    let out = Command::new(&wasmtime).arg("compile").arg(&sleep).arg("-o").arg(&cwasm).output().unwrap();
+    assert!(out.status.success(), "wasmtime compile: {}", String::from_utf8_lossy(&out.stderr));
+    let peer: Vec<f64> = (0..50)
+        .map(|_| {
+            let t = Instant::now();
+            let out = Command::new(&wasmtime).args(["run", "--allow-precompiled"]).arg(&cwasm).arg("0").output().unwrap();
+            assert!(out.status.success());
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    let peer_p50 = median(peer);
+
+    println!("wasmlet agent benchmarks (wasmtime 48, release build, this machine, one run)");
+    println!();
+    println!("Wasm pod start, cached image, accepted → Running, {start_pods} pods (all Running after {:.2}s):", all_started.as_secs_f64());
+    println!("  wasmlet p50 {:>9.3} ms   p99 {:>9.3} ms", p50 * 1e3, p99 * 1e3);
+    println!("  peer `wasmtime run --allow-precompiled` (process, to exit) p50 {:.3} ms, median of 50", peer_p50 * 1e3);
+    println!("  ratio peer p50 / wasmlet p50: {:.0}x", peer_p50 / p50);
+
+    println!();
+    println!("Agent memory:");
+    println!("  idle RSS, no pods: {:.1} MiB", idle as f64 / 1024.0);
+    let mut live = start_pods + 1;
+    let mut rows = vec![(live, rss_kib(agent.id()))];
+    for target in density.iter().copied().filter(|&n| n > live) {
+        for b in (live..target).step_by(500) {
+            apply(state.path(), &pods_yaml("d", b, (b + 500).min(target), &image, "[\"86400\"]"));
+        }
+        wait_running(state.path(), target);
+        live = target;
+        std::thread::sleep(Duration::from_secs(2));
+        rows.push((live, rss_kib(agent.id())));
+    }
+    println!("  {:>8} {:>12} {:>16}   (target ≤ 256 KiB per pod)", "pods", "agent RSS", "per pod");
+    for (n, rss) in rows {
+        println!("  {n:>8} {:>9.1} MiB {:>12.1} KiB", rss as f64 / 1024.0, (rss.saturating_sub(base)) as f64 / (n - 1) as f64);
+    }
+    println!();
+    println!("Release binary: {:.1} MiB ({size} bytes)", size as f64 / (1 << 20) as f64);
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
