@@ -20,7 +20,12 @@ const WASMLET: &str = env!("CARGO_BIN_EXE_wasmlet");
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 fn cli(state: &std::path::Path, args: &[&str]) -> String {
@@ -31,7 +36,10 @@ fn cli(state: &std::path::Path, args: &[&str]) -> String {
 
 fn metrics(state: &std::path::Path) -> String {
     let sock = state.join("wasmlet.sock");
-    let out = Command::new("curl").args(["-s", "--unix-socket", sock.to_str().unwrap(), "http://wasmlet/v1/metrics"]).output().unwrap();
+    let out = Command::new("curl")
+        .args(["-s", "--unix-socket", sock.to_str().unwrap(), "http://wasmlet/v1/metrics"])
+        .output()
+        .unwrap();
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -55,7 +63,10 @@ fn apply(state: &std::path::Path, yaml: &str) {
 
 fn running(state: &std::path::Path) -> usize {
     let v: serde_json::Value = serde_json::from_str(&cli(state, &["get", "pods", "-o", "json"])).unwrap();
-    v["items"].as_array().map(|a| a.iter().filter(|p| p["status"]["containerStatuses"][0]["state"]["running"].is_object()).count()).unwrap_or(0)
+    v["items"]
+        .as_array()
+        .map(|a| a.iter().filter(|p| p["status"]["containerStatuses"][0]["state"]["running"].is_object()).count())
+        .unwrap_or(0)
 }
 
 fn wait_running(state: &std::path::Path, n: usize) -> Duration {
@@ -80,7 +91,10 @@ fn main() {
         .filter_map(|v| v.parse().ok())
         .collect();
     let wasmtime = std::env::var("WASMTIME").unwrap_or_else(|_| "/opt/wasmtime-peer/bin/wasmtime".into());
-    assert!(std::path::Path::new(&wasmtime).is_file(), "{wasmtime} is missing: run scripts/setup-bench.sh (builds wasmtime-cli 48)");
+    assert!(
+        std::path::Path::new(&wasmtime).is_file(),
+        "{wasmtime} is missing: run scripts/setup-bench.sh (builds wasmtime-cli 48)"
+    );
     let reg = common::Registry::start();
     let sleep = common::wasm_app("sleep", "wasm32-wasip1");
     let image = format!("{}/bench/sleep:v1", reg.host);
@@ -95,7 +109,12 @@ fn main() {
         .spawn()
         .unwrap();
     let t = Instant::now();
-    while Command::new(WASMLET).args(["--state-dir", state.path().to_str().unwrap(), "get", "pods"]).output().map(|o| !o.status.success()).unwrap_or(true) {
+    while Command::new(WASMLET)
+        .args(["--state-dir", state.path().to_str().unwrap(), "get", "pods"])
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
         assert!(t.elapsed() < Duration::from_secs(30));
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -107,7 +126,11 @@ fn main() {
     wait_running(state.path(), 1);
     let base = rss_kib(agent.id());
     let metrics_before = metrics(state.path());
-    let before_count: usize = metrics_before.lines().find_map(|l| l.strip_prefix("wasmlet_pod_start_duration_seconds_count ")).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let before_count: usize = metrics_before
+        .lines()
+        .find_map(|l| l.strip_prefix("wasmlet_pod_start_duration_seconds_count "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     assert_eq!(before_count, 1);
 
     // pod start over START_PODS pods, applied in batches of 100
@@ -127,7 +150,8 @@ fn main() {
     let peer: Vec<f64> = (0..50)
         .map(|_| {
             let t = Instant::now();
-            let out = Command::new(&wasmtime).args(["run", "--allow-precompiled"]).arg(&cwasm).arg("0").output().unwrap();
+            let out =
+                Command::new(&wasmtime).args(["run", "--allow-precompiled"]).arg(&cwasm).arg("0").output().unwrap();
             assert!(out.status.success());
             t.elapsed().as_secs_f64()
         })
@@ -136,7 +160,10 @@ fn main() {
 
     println!("wasmlet agent benchmarks (wasmtime 48, release build, this machine, one run)");
     println!();
-    println!("Wasm pod start, cached image, accepted → Running, {start_pods} pods (all Running after {:.2}s):", all_started.as_secs_f64());
+    println!(
+        "Wasm pod start, cached image, accepted → Running, {start_pods} pods (all Running after {:.2}s):",
+        all_started.as_secs_f64()
+    );
     println!("  wasmlet p50 {:>9.3} ms   p99 {:>9.3} ms", p50 * 1e3, p99 * 1e3);
     println!("  peer `wasmtime run --allow-precompiled` (process, to exit) p50 {:.3} ms, median of 50", peer_p50 * 1e3);
     println!("  ratio peer p50 / wasmlet p50: {:.0}x", peer_p50 / p50);
@@ -157,7 +184,11 @@ fn main() {
     }
     println!("  {:>8} {:>12} {:>16}   (target ≤ 256 KiB per pod)", "pods", "agent RSS", "per pod");
     for (n, rss) in rows {
-        println!("  {n:>8} {:>9.1} MiB {:>12.1} KiB", rss as f64 / 1024.0, (rss.saturating_sub(base)) as f64 / (n - 1) as f64);
+        println!(
+            "  {n:>8} {:>9.1} MiB {:>12.1} KiB",
+            rss as f64 / 1024.0,
+            (rss.saturating_sub(base)) as f64 / (n - 1) as f64
+        );
     }
     println!();
     println!("Release binary: {:.1} MiB ({size} bytes)", size as f64 / (1 << 20) as f64);
