@@ -173,7 +173,10 @@ fn main() {
     println!("  idle RSS, no pods: {:.1} MiB", idle as f64 / 1024.0);
     let mut live = start_pods + 1;
     let mut rows = vec![(live, rss_kib(agent.id()))];
-    for target in density.iter().copied().filter(|&n| n > live) {
+    for target in density.iter().copied() {
+        if target <= live {
+            continue;
+        }
         for b in (live..target).step_by(500) {
             apply(state.path(), &pods_yaml("d", b, (b + 500).min(target), &image, "[\"86400\"]"));
         }
