@@ -229,7 +229,13 @@ impl PodStatus {
                 c.ready = true;
                 self.start_time.get_or_insert(at);
             }
-            Event::Exited { container, term } => self.exited(container, term),
+            Event::Exited { container, term } => {
+                self.exited(container, term);
+                // `Always` resolves the image again before every start, as the kubelet does
+                if plan.containers[container].pull_policy == PullPolicy::Always {
+                    self.containers[container].image_id = None;
+                }
+            }
             Event::Lost { container, at } => {
                 let started_at = match &self.containers[container].state {
                     State::Running { started_at } => *started_at,
@@ -288,6 +294,22 @@ pub fn plan(plan: &Plan, status: &mut PodStatus, now: u64, present: impl Fn(usiz
         {
             continue;
         }
+        if let (Some(t), Some(b)) = (&previous, c.crash_backoff) {
+            if now < t.finished_at + b.delay_ms {
+                let msg = format!(
+                    "back-off {}s restarting failed container={} pod={}",
+                    b.delay_ms / 1000,
+                    spec.name,
+                    plan.pod
+                );
+                if let State::Terminated(t) = &c.state {
+                    c.last_state = Some(t.clone());
+                }
+                c.state = waiting("CrashLoopBackOff", &msg);
+                actions.push(Action::WakeAt(t.finished_at + b.delay_ms));
+                continue;
+            }
+        }
         if c.image_id.is_none() {
             if spec.pull_policy == PullPolicy::Never && !present(i) {
                 continue; // reported by NeverPull; nothing will change it
@@ -302,22 +324,7 @@ pub fn plan(plan: &Plan, status: &mut PodStatus, now: u64, present: impl Fn(usiz
             }
             continue;
         }
-        match (&previous, c.crash_backoff) {
-            (Some(t), Some(b)) if now < t.finished_at + b.delay_ms => {
-                let msg = format!(
-                    "back-off {}s restarting failed container={} pod={}",
-                    b.delay_ms / 1000,
-                    spec.name,
-                    plan.pod
-                );
-                if let State::Terminated(t) = &c.state {
-                    c.last_state = Some(t.clone());
-                }
-                c.state = waiting("CrashLoopBackOff", &msg);
-                actions.push(Action::WakeAt(t.finished_at + b.delay_ms));
-            }
-            _ => actions.push(Action::Start(i)),
-        }
+        actions.push(Action::Start(i));
     }
     actions
 }
@@ -513,6 +520,30 @@ mod tests {
         assert_eq!(s.phase, Phase::Pending);
         s.apply(&p, Event::Pulled { container: 0, image_id: "x".into() });
         assert_eq!(plan(&p, &mut s, t, |_| true), [Action::Start(0)]);
+    }
+
+    #[test]
+    fn pull_policy_always_pulls_again_before_each_restart() {
+        let mut p = plan_of(RestartPolicy::Always);
+        p.containers[0].pull_policy = PullPolicy::Always;
+        let mut s = PodStatus::new(&p);
+        s.apply(&p, Event::Pulled { container: 0, image_id: "x".into() });
+        run(&p, &mut s, 0);
+        s.apply(&p, exit(1, 0, 5));
+        assert_eq!(plan(&p, &mut s, 5, |_| true), [Action::Pull(0)]);
+        s.apply(&p, Event::Pulled { container: 0, image_id: "y".into() });
+        assert_eq!(plan(&p, &mut s, 5, |_| true), [Action::Start(0)]);
+        run(&p, &mut s, 5);
+        s.apply(&p, exit(1, 5, 6));
+        assert_eq!(plan(&p, &mut s, 6, |_| true), [Action::WakeAt(6 + INITIAL_BACKOFF_MS)], "no pull inside the back-off");
+        assert_eq!(plan(&p, &mut s, 6 + INITIAL_BACKOFF_MS, |_| true), [Action::Pull(0)]);
+        // IfNotPresent keeps what it has
+        let p2 = plan_of(RestartPolicy::Always);
+        let mut s2 = PodStatus::new(&p2);
+        s2.apply(&p2, Event::Pulled { container: 0, image_id: "x".into() });
+        run(&p2, &mut s2, 0);
+        s2.apply(&p2, exit(1, 0, 5));
+        assert_eq!(plan(&p2, &mut s2, 5, |_| true), [Action::Start(0)]);
     }
 
     #[test]
