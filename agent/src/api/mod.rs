@@ -11,6 +11,7 @@
 //! | `POST /v1/images/pull?image=` | NDJSON progress, then the image |
 //! | `GET /v1/images` | pulled images |
 //! | `GET /v1/metrics` | Prometheus text: pod start latency |
+//! | `GET /v1/stats/pod-starts` | every pod start latency measured, in µs, in order |
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -106,6 +107,10 @@ async fn handle(mgr: Arc<Manager>, req: Request<Incoming>) -> Result<Response<Bo
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (req.method().clone(), parts.as_slice()) {
         (Method::GET, ["v1", "healthz"]) => Ok(json_response(StatusCode::OK, &json!({"ok": true}))),
+        (Method::GET, ["v1", "stats", "pod-starts"]) => {
+            let micros: Vec<u128> = mgr.start_latencies().iter().map(|d| d.as_micros()).collect();
+            Ok(json_response(StatusCode::OK, &json!({"microseconds": micros})))
+        }
         (Method::GET, ["v1", "metrics"]) => Ok(Response::builder()
             .header("content-type", "text/plain; version=0.0.4")
             .body(full(metrics(&mgr)))

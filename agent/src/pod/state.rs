@@ -535,7 +535,11 @@ mod tests {
         assert_eq!(plan(&p, &mut s, 5, |_| true), [Action::Start(0)]);
         run(&p, &mut s, 5);
         s.apply(&p, exit(1, 5, 6));
-        assert_eq!(plan(&p, &mut s, 6, |_| true), [Action::WakeAt(6 + INITIAL_BACKOFF_MS)], "no pull inside the back-off");
+        assert_eq!(
+            plan(&p, &mut s, 6, |_| true),
+            [Action::WakeAt(6 + INITIAL_BACKOFF_MS)],
+            "no pull inside the back-off"
+        );
         assert_eq!(plan(&p, &mut s, 6 + INITIAL_BACKOFF_MS, |_| true), [Action::Pull(0)]);
         // IfNotPresent keeps what it has
         let p2 = plan_of(RestartPolicy::Always);
