@@ -4,12 +4,11 @@ use serde_json::{Value, json};
 
 use crate::pod::PodRecord;
 use crate::pod::state::{ContainerStatus, Phase, State, Terminated};
-use crate::runtime::log::rfc3339_nano;
 
+/// RFC 3339 with seconds, as the API server writes times.
 fn time(ms: u64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-    let s = rfc3339_nano(t);
-    format!("{}Z", &s[..19]) // RFC 3339 with seconds, as the API server writes it
+    chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 fn terminated(t: &Terminated) -> Value {

@@ -151,16 +151,7 @@ pub fn age(ts: &str) -> String {
 
 /// `2026-11-22T03:13:00Z` → Unix ms.
 pub fn parse_time(ts: &str) -> Option<u64> {
-    let n = |r: std::ops::Range<usize>| ts.get(r)?.parse::<i64>().ok();
-    let (y, mo, d, h, mi, s) = (n(0..4)?, n(5..7)?, n(8..10)?, n(11..13)?, n(14..16)?, n(17..19)?);
-    // days from civil (Howard Hinnant)
-    let y2 = if mo <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let doy = (153 * (if mo > 2 { mo - 3 } else { mo + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(((days * 86_400 + h * 3600 + mi * 60 + s) * 1000) as u64)
+    chrono::DateTime::parse_from_rfc3339(ts).ok().and_then(|t| u64::try_from(t.timestamp_millis()).ok())
 }
 
 #[cfg(test)]
