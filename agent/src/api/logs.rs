@@ -60,19 +60,14 @@ pub(super) async fn respond(
     let status = &rec.status.containers[idx];
     let previous = get(q, "previous") == Some("true");
     let instance = if previous {
-        if status.instances < 2 && !(status.instances == 1 && matches!(status.state, State::Terminated(_))) {
+        // kubectl's rule: the instance before the latest one, which must exist
+        if status.instances < 2 {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 format!("previous terminated container \"{container}\" in pod \"{name}\" not found"),
             ));
         }
-        if matches!(status.state, State::Running { .. })
-            || status.instances >= 2 && !matches!(status.state, State::Terminated(_))
-        {
-            status.instances - 1
-        } else {
-            status.instances.saturating_sub(1).max(1)
-        }
+        status.instances - 1
     } else if status.instances == 0 {
         let why = match &status.state {
             State::Waiting { reason, .. } => reason.clone(),
