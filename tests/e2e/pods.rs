@@ -207,6 +207,8 @@ fn logs_tail_timestamps_and_follow() {
     agent.apply(&pod_yaml("h", &apps.image("hello", "v1"), "Never", "    args: [\"a\", \"b\", \"c\"]\n"));
     agent.wait_pod("h", "done", |p| phase(p) == "Succeeded");
     let all = agent.ok(&["logs", "h"]);
+    let prev = agent.cli(&["logs", "h", "--previous"]);
+    assert!(String::from_utf8_lossy(&prev.stderr).contains("previous terminated container \"app\" in pod \"h\" not found"));
     let tail = agent.ok(&["logs", "h", "--tail", "2"]);
     assert_eq!(
         tail,
