@@ -208,7 +208,9 @@ fn logs_tail_timestamps_and_follow() {
     agent.wait_pod("h", "done", |p| phase(p) == "Succeeded");
     let all = agent.ok(&["logs", "h"]);
     let prev = agent.cli(&["logs", "h", "--previous"]);
-    assert!(String::from_utf8_lossy(&prev.stderr).contains("previous terminated container \"app\" in pod \"h\" not found"));
+    assert!(
+        String::from_utf8_lossy(&prev.stderr).contains("previous terminated container \"app\" in pod \"h\" not found")
+    );
     let tail = agent.ok(&["logs", "h", "--tail", "2"]);
     assert_eq!(
         tail,

@@ -107,6 +107,29 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_first_starts_of_one_module_all_succeed() {
+        let exit = artifact("exit");
+        for round in 0..10 {
+            let dir = tempfile::tempdir().unwrap();
+            let rt = runtime(&dir.path().join("cache"));
+            let creates = (0..8).map(|i| {
+                let (rt, exit, dir) = (rt.clone(), exit.clone(), dir.path().to_path_buf());
+                tokio::spawn(
+                    async move { rt.create_container(config(&format!("c{i}"), &exit, &["exit", "3"], &dir)).await },
+                )
+            });
+            for c in creates.collect::<Vec<_>>() {
+                c.await.unwrap().unwrap_or_else(|e| panic!("round {round}: a concurrent create failed: {e}"));
+            }
+            assert_eq!(
+                std::fs::read_dir(dir.path().join("cache")).unwrap().count(),
+                1,
+                "compiled once, no temp files left"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_cached_start_never_compiles() {
         let dir = tempfile::tempdir().unwrap();
         let cache = dir.path().join("cache");

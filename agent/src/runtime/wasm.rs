@@ -72,6 +72,8 @@ struct Inner {
     cache_dir: PathBuf,
     compat: String,
     loaded: Mutex<HashMap<String, Loaded>>,
+    /// Held while a module is compiled or loaded, so each is compiled once.
+    loading: Mutex<()>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     /// Stops the epoch ticker when the runtime goes away.
     _ticker: Ticker,
@@ -204,6 +206,7 @@ impl WasmRuntime {
                 cache_dir: config.cache_dir,
                 compat,
                 loaded: Mutex::new(HashMap::new()),
+                loading: Mutex::new(()),
                 containers: Mutex::new(HashMap::new()),
                 _ticker: Ticker(stop),
             }),
@@ -212,8 +215,14 @@ impl WasmRuntime {
 
     /// Compiles (or loads from the cache) and pre-links a module or component.
     fn load(&self, path: &Path, digest: &str) -> Result<Loaded> {
-        if let Some(l) = self.inner.loaded.lock().unwrap_or_else(|e| e.into_inner()).get(digest) {
-            return Ok(l.clone());
+        let memo = || self.inner.loaded.lock().unwrap_or_else(|e| e.into_inner()).get(digest).cloned();
+        if let Some(l) = memo() {
+            return Ok(l);
+        }
+        // One loader at a time: two pods starting the same new module compile it once.
+        let _loading = self.inner.loading.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = memo() {
+            return Ok(l);
         }
         let fail = |reason: String| Error::Create { id: digest.into(), reason };
         let bytes = std::fs::read(path).map_err(|source| Error::Io {
@@ -230,7 +239,7 @@ impl WasmRuntime {
                 WasmBinary::Component => self.inner.engine.precompile_component(&bytes),
             }
             .map_err(|e| fail(format!("compile: {e:#}")))?;
-            let tmp = cached.with_extension(format!("tmp{}", std::process::id()));
+            let tmp = cached.with_extension(format!("tmp{}-{}", std::process::id(), fastrand::u64(..)));
             std::fs::write(&tmp, &compiled)
                 .and_then(|()| std::fs::rename(&tmp, &cached))
                 .map_err(|source| Error::Io { context: "write compile cache".into(), path: cached.clone(), source })?;
