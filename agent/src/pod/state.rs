@@ -294,21 +294,17 @@ pub fn plan(plan: &Plan, status: &mut PodStatus, now: u64, present: impl Fn(usiz
         {
             continue;
         }
-        if let (Some(t), Some(b)) = (&previous, c.crash_backoff) {
-            if now < t.finished_at + b.delay_ms {
-                let msg = format!(
-                    "back-off {}s restarting failed container={} pod={}",
-                    b.delay_ms / 1000,
-                    spec.name,
-                    plan.pod
-                );
-                if let State::Terminated(t) = &c.state {
-                    c.last_state = Some(t.clone());
-                }
-                c.state = waiting("CrashLoopBackOff", &msg);
-                actions.push(Action::WakeAt(t.finished_at + b.delay_ms));
-                continue;
+        if let (Some(t), Some(b)) = (&previous, c.crash_backoff)
+            && now < t.finished_at + b.delay_ms
+        {
+            let msg =
+                format!("back-off {}s restarting failed container={} pod={}", b.delay_ms / 1000, spec.name, plan.pod);
+            if let State::Terminated(t) = &c.state {
+                c.last_state = Some(t.clone());
             }
+            c.state = waiting("CrashLoopBackOff", &msg);
+            actions.push(Action::WakeAt(t.finished_at + b.delay_ms));
+            continue;
         }
         if c.image_id.is_none() {
             if spec.pull_policy == PullPolicy::Never && !present(i) {
