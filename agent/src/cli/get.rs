@@ -40,23 +40,14 @@ pub async fn run(global: &Global, args: GetArgs) -> anyhow::Result<()> {
             .filter(|p| args.all_namespaces || p["metadata"]["namespace"] == args.namespace.as_str())
             .collect(),
     };
+    // one pod by name prints the pod; otherwise a v1 List, as kubectl does
+    let object = || match &args.name {
+        Some(_) => pods[0].clone(),
+        None => serde_json::json!({"apiVersion": "v1", "kind": "List", "items": pods}),
+    };
     match args.output.as_deref() {
-        Some("json") => {
-            let v = if args.name.is_some() {
-                pods[0].clone()
-            } else {
-                serde_json::json!({"apiVersion": "v1", "kind": "List", "items": pods})
-            };
-            println!("{}", serde_json::to_string_pretty(&v)?);
-        }
-        Some("yaml") => {
-            let v = if args.name.is_some() {
-                pods[0].clone()
-            } else {
-                serde_json::json!({"apiVersion": "v1", "kind": "List", "items": pods})
-            };
-            print!("{}", serde_yaml_ng::to_string(&v)?);
-        }
+        Some("json") => println!("{}", serde_json::to_string_pretty(&object())?),
+        Some("yaml") => print!("{}", serde_yaml_ng::to_string(&object())?),
         Some("wide") | None => table(&pods, args.output.is_some(), args.all_namespaces),
         Some(other) => anyhow::bail!(
             "unable to match a printer suitable for the output format {other:?}, allowed formats are: json,wide,yaml"
