@@ -36,6 +36,7 @@ impl Agent {
         let child = Command::new(WASMLET)
             .args(["--state-dir", self.state_dir().to_str().unwrap(), "serve", "--max-wasm-instances", "200"])
             .env("DOCKER_CONFIG", self.state_dir().join("no-docker-config"))
+            .env("WASMLET_LOG", "wasmlet=info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -45,9 +46,23 @@ impl Agent {
     }
 
     pub fn wait_ready(&self) {
-        wait(Duration::from_secs(20), "the agent to answer", || {
-            self.cli(&["get", "pods", "-o", "json"]).status.success()
-        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = self.cli(&["get", "pods", "-o", "json"]);
+            if out.status.success() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.state_dir().join("serve.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(12).collect();
+                panic!(
+                    "the agent did not answer within 20 s: {}\nserve.log ends:\n{}",
+                    String::from_utf8_lossy(&out.stderr),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGKILL, no cleanup.

@@ -31,6 +31,7 @@ pub async fn start_agent(global: &Global, max_wasm_instances: u32) -> anyhow::Re
     let images = Arc::new(ImageService::open(dir, global.registry_config()?, global.keychain()?, store.clone())?);
     let wasm = WasmConfig { max_instances: max_wasm_instances, ..WasmConfig::new(dir.join("compiled")) };
     let runtime = Arc::new(AnyRuntime::Wasm(WasmRuntime::new(wasm)?));
+    tracing::info!("runtime ready; resuming pods");
     Ok(Manager::start(store, images, runtime, dir).await?)
 }
 

@@ -144,6 +144,7 @@ impl Manager {
             mgr.spawn(rec);
         }
         mgr.store.flush().await?;
+        tracing::info!("pods resumed");
         Ok(mgr)
     }
 

@@ -10,6 +10,8 @@ pub const INITIAL_BACKOFF_MS: u64 = 10_000;
 pub const MAX_BACKOFF_MS: u64 = 300_000;
 /// A container that ran this long since its back-off last advanced starts a fresh curve.
 pub const BACKOFF_RESET_MS: u64 = 600_000;
+/// The reason given to an instance that was running when the agent died (the kubelet's).
+pub const LOST: &str = "ContainerStatusUnknown";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RestartPolicy {
@@ -218,7 +220,11 @@ impl PodStatus {
                 }
                 if c.instances > 0 {
                     c.restart_count += 1;
-                    c.crash_backoff = Some(Backoff::advance(c.crash_backoff, at));
+                    // the agent's death is not the container's crash: no back-off step
+                    let lost = c.last_state.as_ref().is_some_and(|t| t.reason == LOST);
+                    if !lost {
+                        c.crash_backoff = Some(Backoff::advance(c.crash_backoff, at));
+                    }
                 }
                 c.instances += 1;
             }
@@ -243,7 +249,7 @@ impl PodStatus {
                 };
                 let term = Terminated {
                     exit_code: 137,
-                    reason: "ContainerStatusUnknown".into(),
+                    reason: LOST.into(),
                     message: "The container could not be located when the agent restarted".into(),
                     started_at,
                     finished_at: at,
@@ -296,6 +302,7 @@ pub fn plan(plan: &Plan, status: &mut PodStatus, now: u64, present: impl Fn(usiz
         }
         if let (Some(t), Some(b)) = (&previous, c.crash_backoff)
             && now < t.finished_at + b.delay_ms
+            && t.reason != LOST
         {
             let msg =
                 format!("back-off {}s restarting failed container={} pod={}", b.delay_ms / 1000, spec.name, plan.pod);
@@ -554,6 +561,30 @@ mod tests {
         s.apply(&p, Event::NeverPull { container: 0 });
         assert_eq!(reason(&s), "ErrImageNeverPull");
         assert!(plan(&p, &mut s, 0, |_| false).is_empty());
+    }
+
+    #[test]
+    fn agent_restarts_never_push_a_pod_into_backoff() {
+        let p = plan_of(RestartPolicy::Always);
+        let mut s = PodStatus::new(&p);
+        s.apply(&p, Event::Pulled { container: 0, image_id: "x".into() });
+        run(&p, &mut s, 0);
+        s.apply(&p, exit(1, 0, 10)); // one real crash: immediate restart, back-off now 10 s
+        assert_eq!(plan(&p, &mut s, 10, |_| true), [Action::Start(0)]);
+        run(&p, &mut s, 10);
+        for k in 1..=5u64 {
+            s.apply(&p, Event::Lost { container: 0, at: 10 + k });
+            assert_eq!(plan(&p, &mut s, 10 + k, |_| true), [Action::Start(0)], "lost #{k}: restart at once");
+            run(&p, &mut s, 10 + k);
+        }
+        assert_eq!(s.containers[0].restart_count, 6);
+        assert_eq!(
+            s.containers[0].crash_backoff.unwrap().delay_ms,
+            INITIAL_BACKOFF_MS,
+            "agent deaths did not advance it"
+        );
+        s.apply(&p, exit(1, 15, 20)); // the next real crash waits the current step
+        assert_eq!(plan(&p, &mut s, 20, |_| true), [Action::WakeAt(20 + INITIAL_BACKOFF_MS)]);
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Clone, Debug)]
 pub struct Store {
     db: sled::Db,
+    /// One flush at a time (see [`Store::flush`]).
+    flushing: std::sync::Arc<tokio::sync::Mutex<()>>,
     pods: sled::Tree,
     images: sled::Tree,
     events: sled::Tree,
@@ -67,7 +69,13 @@ impl Store {
             .cache_capacity(64 << 20)
             .open()
             .map_err(|source| Error::Open { path: path.clone(), source })?;
-        Ok(Store { pods: db.open_tree("pods")?, images: db.open_tree("images")?, events: db.open_tree("events")?, db })
+        Ok(Store {
+            pods: db.open_tree("pods")?,
+            images: db.open_tree("images")?,
+            events: db.open_tree("events")?,
+            db,
+            flushing: Default::default(),
+        })
     }
 
     fn tree(&self, t: Table) -> &sled::Tree {
@@ -118,8 +126,15 @@ impl Store {
     }
 
     /// Makes everything written so far durable.
+    ///
+    /// Flushes run one at a time, each as a synchronous `flush` on a blocking thread.
+    /// sled 0.34's `flush_async` deadlocks when many run at once: each waits on one of
+    /// sled's IO threads for a buffer that only another of those threads could write (seen
+    /// when hundreds of pods restarted together after a kill -9).
     pub async fn flush(&self) -> Result<()> {
-        self.db.flush_async().await?;
+        let _one = self.flushing.lock().await;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush()).await.expect("flush task panicked")?;
         Ok(())
     }
 
@@ -177,6 +192,22 @@ mod tests {
         assert_eq!(got, vec![("default/a".into(), vec![1, 2, 3]), ("default/b".into(), vec![4])]);
         s.remove_prefix(Table::Pods, "default/").unwrap();
         assert_eq!(s.scan::<Vec<i32>>(Table::Pods, "").unwrap().len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hundreds_of_concurrent_flushes_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let flushes = (0..300).map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.put(Table::Pods, &format!("ns/p{i}"), &i).unwrap();
+                s.flush().await
+            })
+        });
+        let all = futures_util::future::join_all(flushes);
+        let results = tokio::time::timeout(std::time::Duration::from_secs(60), all).await.expect("flushes deadlocked");
+        assert!(results.into_iter().all(|r| r.unwrap().is_ok()));
     }
 
     #[test]
