@@ -127,14 +127,6 @@ impl Drop for Agent {
     }
 }
 
-pub fn wait(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// The first container's state: ("waiting"|"running"|"terminated", details).
 pub fn state(pod: &Value) -> (String, Value) {
     let st = &pod["status"]["containerStatuses"][0]["state"];
