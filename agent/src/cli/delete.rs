@@ -17,11 +17,7 @@ pub struct DeleteArgs {
 }
 
 pub async fn run(global: &Global, args: DeleteArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        matches!(args.resource.as_str(), "pods" | "pod" | "po"),
-        "the server doesn't have a resource type {:?}",
-        args.resource
-    );
+    super::ensure_pods(&args.resource)?;
     let client = global.client();
     for name in &args.names {
         client.send(Method::DELETE, &format!("/v1/pods/{}/{name}", args.namespace), Bytes::new()).await?;

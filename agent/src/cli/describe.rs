@@ -4,7 +4,7 @@ use clap::Args;
 use serde_json::Value;
 
 use super::Global;
-use super::get::{age, parse_time, status};
+use super::get::{age_ms, parse_time, status};
 
 #[derive(Debug, Args)]
 pub struct DescribeArgs {
@@ -16,11 +16,7 @@ pub struct DescribeArgs {
 }
 
 pub async fn run(global: &Global, args: DescribeArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        matches!(args.resource.as_str(), "pods" | "pod" | "po"),
-        "the server doesn't have a resource type {:?}",
-        args.resource
-    );
+    super::ensure_pods(&args.resource)?;
     let client = global.client();
     let p = client.get(&format!("/v1/pods/{}/{}", args.namespace, args.name)).await?;
     let events = client.get(&format!("/v1/pods/{}/{}/events", args.namespace, args.name)).await?;
@@ -99,17 +95,12 @@ pub fn render(p: &Value, events: &Value) -> String {
     if events.is_empty() {
         out.push_str("  <none>\n");
     } else {
-        let ts =
-            |ms: u64| crate::runtime::log::rfc3339_nano(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms));
         let mut rows = vec![["Type", "Reason", "Age", "Message"].map(String::from).to_vec()];
         for e in events {
             let (last, first) = (e["last_seen"].as_u64().unwrap_or(0), e["first_seen"].as_u64().unwrap_or(0));
             let count = e["count"].as_u64().unwrap_or(1);
-            let when = if count > 1 {
-                format!("{} (x{count} over {})", age(&ts(last)), age(&ts(first)))
-            } else {
-                age(&ts(last))
-            };
+            let when =
+                if count > 1 { format!("{} (x{count} over {})", age_ms(last), age_ms(first)) } else { age_ms(last) };
             rows.push(vec![s(&e["kind"]).into(), s(&e["reason"]).into(), when, s(&e["message"]).into()]);
         }
         let widths: Vec<usize> = (0..4).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();

@@ -22,11 +22,7 @@ pub struct GetArgs {
 }
 
 pub async fn run(global: &Global, args: GetArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        matches!(args.resource.as_str(), "pods" | "pod" | "po"),
-        "the server doesn't have a resource type {:?}",
-        args.resource
-    );
+    super::ensure_pods(&args.resource)?;
     let client = global.client();
     let pods: Vec<Value> = match &args.name {
         Some(name) => vec![client.get(&format!("/v1/pods/{}/{name}", args.namespace)).await?],
@@ -129,8 +125,12 @@ pub fn status(p: &Value) -> String {
 
 /// Age from an RFC 3339 timestamp, kubectl style.
 pub fn age(ts: &str) -> String {
-    let Some(ms) = parse_time(ts) else { return "<unknown>".into() };
-    let s = crate::runtime::now_ms().saturating_sub(ms) / 1000;
+    parse_time(ts).map_or_else(|| "<unknown>".into(), age_ms)
+}
+
+/// Age since a Unix-ms time, kubectl style: `45s`, `3m12s`, `2h5m`, `3d`.
+pub fn age_ms(since: u64) -> String {
+    let s = crate::runtime::now_ms().saturating_sub(since) / 1000;
     match s {
         0..=119 => format!("{s}s"),
         120..=599 => format!("{}m{}s", s / 60, s % 60),

@@ -19,15 +19,12 @@ pub async fn run(global: &Global, args: ImagesArgs) -> anyhow::Result<()> {
             let mut rows = vec![["IMAGE", "KIND", "DIGEST", "SIZE", "PULLED"].map(String::from).to_vec()];
             for i in images.as_array().into_iter().flatten() {
                 let digest = i["digest"].as_str().unwrap_or_default();
-                let ts = crate::runtime::log::rfc3339_nano(
-                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(i["pulledAt"].as_u64().unwrap_or(0)),
-                );
                 rows.push(vec![
                     i["reference"].as_str().unwrap_or_default().to_string(),
                     i["kind"].as_str().unwrap_or_default().to_string(),
                     digest.get(..19).unwrap_or(digest).to_string(),
                     human_size(i["size"].as_u64().unwrap_or(0)),
-                    super::get::age(&ts),
+                    super::get::age_ms(i["pulledAt"].as_u64().unwrap_or(0)),
                 ]);
             }
             super::get::print_table(&rows);

@@ -117,6 +117,12 @@ impl Global {
     }
 }
 
+/// The only resource type so far: pods (`pods`, `pod`, `po`, as kubectl accepts).
+pub fn ensure_pods(resource: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(matches!(resource, "pods" | "pod" | "po"), "the server doesn't have a resource type {resource:?}");
+    Ok(())
+}
+
 /// `user:password` from a `--creds` flag.
 pub fn parse_creds(creds: &str) -> anyhow::Result<registry_client::Credential> {
     let (user, pass) = creds.split_once(':').context("--creds: expected USER:PASSWORD")?;

@@ -131,8 +131,7 @@ fn default(pod: &mut Pod) {
 pub fn default_pull_policy(image: &str) -> &'static str {
     match image.parse::<registry_client::Reference>() {
         Ok(r) if r.is_latest() => "Always",
-        Ok(_) => "IfNotPresent",
-        Err(_) => "IfNotPresent",
+        _ => "IfNotPresent",
     }
 }
 
