@@ -80,6 +80,8 @@ pub fn pod(rec: &PodRecord) -> Value {
         "phase": phase(s.phase),
         "conditions": conditions,
         "startTime": s.start_time.map(time),
+        "podIP": rec.pod_ip,
+        "podIPs": rec.pod_ip.as_ref().map(|ip| vec![json!({"ip": ip})]),
         "containerStatuses": s.containers.iter().map(|c| container_status(c, &rec.uid)).collect::<Vec<_>>(),
     });
     v

@@ -19,6 +19,8 @@ pub struct RunArgs {
     /// Manifest file (multi-document YAML), or - for standard input.
     #[arg(short = 'f', long = "filename")]
     pub file: String,
+    #[command(flatten)]
+    pub runtime: super::serve::RuntimeArgs,
 }
 
 pub async fn run(global: &Global, args: RunArgs) -> anyhow::Result<()> {
@@ -26,13 +28,17 @@ pub async fn run(global: &Global, args: RunArgs) -> anyhow::Result<()> {
     let pods = crate::spec::parse(&text).with_context(|| format!("error validating {}", args.file))?;
     let dir = std::env::temp_dir().join(format!("wasmlet-run-{}", std::process::id()));
     let local = Global { state_dir: dir.clone(), ..global.clone() };
-    let result = run_embedded(&local, pods).await;
+    let result = run_embedded(&local, &args.runtime, pods).await;
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
-async fn run_embedded(global: &Global, pods: Vec<k8s_openapi::api::core::v1::Pod>) -> anyhow::Result<()> {
-    let mgr = super::serve::start_agent(global, 1_000).await?;
+async fn run_embedded(
+    global: &Global,
+    runtime: &super::serve::RuntimeArgs,
+    pods: Vec<k8s_openapi::api::core::v1::Pod>,
+) -> anyhow::Result<()> {
+    let mgr = super::serve::start_agent(global, 1_000, runtime).await?;
     let applied = mgr.apply(pods).await?;
     for a in &applied {
         eprintln!("pod/{} {}", a.pod.rsplit('/').next().unwrap_or(&a.pod), a.action);

@@ -9,7 +9,8 @@ use clap::Args;
 use super::Global;
 use crate::image::ImageService;
 use crate::pod::Manager;
-use crate::runtime::AnyRuntime;
+use crate::runtime::Runtimes;
+use crate::runtime::linux::{LinuxConfig, LinuxRuntime};
 use crate::runtime::wasm::{WasmConfig, WasmRuntime};
 
 #[derive(Debug, Args)]
@@ -17,10 +18,33 @@ pub struct ServeArgs {
     /// Live Wasm instances the pool has room for.
     #[arg(long, default_value_t = 10_500)]
     pub max_wasm_instances: u32,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+/// How Linux containers are run and networked.
+#[derive(Clone, Debug, Args)]
+pub struct RuntimeArgs {
+    /// The pod subnet, from which CNI's host-local gives each pod its IP.
+    #[arg(long, default_value = "10.88.0.0/16", value_name = "CIDR")]
+    pub pod_cidr: String,
+    /// runc binary (default: from PATH).
+    #[arg(long, value_name = "PATH")]
+    pub runc: Option<std::path::PathBuf>,
+    /// conmon binary (default: from PATH).
+    #[arg(long, value_name = "PATH")]
+    pub conmon: Option<std::path::PathBuf>,
+    /// Where the CNI plugins are.
+    #[arg(long, default_value = crate::runtime::cni::DEFAULT_PLUGIN_DIR, value_name = "DIR")]
+    pub cni_plugin_dir: std::path::PathBuf,
+    /// Run Linux containers with a runc that lacks known CVE fixes (such as Debian
+    /// bookworm's 1.1.5). Without it such a runc is refused, and Linux pods wait.
+    #[arg(long)]
+    pub allow_vulnerable_runtime: bool,
 }
 
 /// Builds the agent's parts over `global.state_dir` and resumes its pods.
-pub async fn start_agent(global: &Global, max_wasm_instances: u32) -> anyhow::Result<Arc<Manager>> {
+pub async fn start_agent(global: &Global, max_wasm_instances: u32, rt: &RuntimeArgs) -> anyhow::Result<Arc<Manager>> {
     raise_open_file_limit();
     let dir = &global.state_dir;
     std::fs::create_dir_all(dir).with_context(|| format!("creating the state directory {}", dir.display()))?;
@@ -30,7 +54,21 @@ pub async fn start_agent(global: &Global, max_wasm_instances: u32) -> anyhow::Re
         .context("opening the state database (is another wasmlet using this --state-dir?)")?;
     let images = Arc::new(ImageService::open(dir, global.registry_config()?, global.keychain()?, store.clone())?);
     let wasm = WasmConfig { max_instances: max_wasm_instances, ..WasmConfig::new(dir.join("compiled")) };
-    let runtime = Arc::new(AnyRuntime::Wasm(WasmRuntime::new(wasm)?));
+    let mut linux = LinuxConfig::new(dir, &rt.pod_cidr);
+    if let Some(p) = &rt.runc {
+        linux.runc = p.clone();
+    }
+    if let Some(p) = &rt.conmon {
+        linux.conmon = p.clone();
+    }
+    linux.network.plugin_dir = rt.cni_plugin_dir.clone();
+    linux.allow_vulnerable_runtime = rt.allow_vulnerable_runtime;
+    let linux = LinuxRuntime::new(linux);
+    if let Err(why) = &linux {
+        tracing::warn!("Linux containers are unavailable: {why}");
+        eprintln!("wasmlet: Linux containers are unavailable: {why}");
+    }
+    let runtime = Arc::new(Runtimes { wasm: WasmRuntime::new(wasm)?, linux });
     tracing::info!("runtime ready; resuming pods");
     Ok(Manager::start(store, images, runtime, dir).await?)
 }
@@ -48,7 +86,7 @@ fn raise_open_file_limit() {
 }
 
 pub async fn run(global: &Global, args: ServeArgs) -> anyhow::Result<()> {
-    let manager = start_agent(global, args.max_wasm_instances).await?;
+    let manager = start_agent(global, args.max_wasm_instances, &args.runtime).await?;
     let socket = global.socket();
     tracing::info!(socket = %socket.display(), "serving");
     eprintln!("wasmlet: serving on {}", socket.display());

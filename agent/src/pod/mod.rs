@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::image::ImageService;
-use crate::runtime::AnyRuntime;
+use crate::runtime::{ContainerState, RuntimeKind, Runtimes};
 use crate::store::{Store, Table};
 
 pub mod state;
@@ -47,6 +47,14 @@ pub struct PodRecord {
     pub created_at: u64,
     /// Deletion was asked for; the worker is (or was, before a crash) tearing down.
     pub deleting: bool,
+    /// Which runtime runs each container, known once its image is pulled.
+    #[serde(default)]
+    pub runtimes: Vec<Option<RuntimeKind>>,
+    /// The Linux runtime made the pod's network sandbox.
+    #[serde(default)]
+    pub network: bool,
+    #[serde(default)]
+    pub pod_ip: Option<String>,
 }
 
 impl PodRecord {
@@ -93,7 +101,7 @@ enum Msg {
 pub struct Manager {
     store: Store,
     images: Arc<ImageService>,
-    runtime: Arc<AnyRuntime>,
+    runtime: Arc<Runtimes>,
     pods_dir: PathBuf,
     workers: Mutex<HashMap<String, mpsc::UnboundedSender<Msg>>>,
     /// When each pod accepted by this process was stored, to time its start.
@@ -113,7 +121,7 @@ impl Manager {
     pub async fn start(
         store: Store,
         images: Arc<ImageService>,
-        runtime: Arc<AnyRuntime>,
+        runtime: Arc<Runtimes>,
         state_dir: &std::path::Path,
     ) -> Result<Arc<Self>> {
         let mgr = Arc::new(Manager {
@@ -130,14 +138,7 @@ impl Manager {
         for (_, mut rec) in records {
             for i in 0..rec.status.containers.len() {
                 if matches!(rec.status.containers[i].state, state::State::Running { .. }) {
-                    let plan = rec.plan.clone();
-                    rec.status.apply(&plan, state::Event::Lost { container: i, at: now });
-                    mgr.event(
-                        &rec,
-                        "Warning",
-                        "Lost",
-                        &format!("Container {} was running when the agent stopped", rec.plan.containers[i].name),
-                    );
+                    mgr.recover(&mut rec, i, now).await;
                 }
             }
             mgr.save(&rec)?;
@@ -146,6 +147,40 @@ impl Manager {
         mgr.store.flush().await?;
         tracing::info!("pods resumed");
         Ok(mgr)
+    }
+
+    /// A container that was running when the agent stopped: a Linux container whose
+    /// monitor kept it running is adopted as it is, one that exited meanwhile is
+    /// reported with its real exit status; anything else (every Wasm guest, which died
+    /// with the agent) is lost and restarts under the pod's restart policy.
+    async fn recover(&self, rec: &mut PodRecord, i: usize, now: u64) {
+        let plan = rec.plan.clone();
+        let name = plan.containers[i].name.clone();
+        let instance = rec.status.containers[i].instances;
+        if rec.runtimes.get(i).copied().flatten() == Some(RuntimeKind::Linux) {
+            let id = worker::container_id(&rec.uid, &name, instance);
+            match self.runtime.container_status(RuntimeKind::Linux, &id).await {
+                Ok(ContainerState::Running { .. }) => {
+                    tracing::info!(pod = %rec.key(), container = %name, "adopted a running container");
+                    return;
+                }
+                Ok(ContainerState::Exited { exit_code, reason, message, started_at, finished_at }) => {
+                    let term = state::Terminated {
+                        exit_code,
+                        reason: reason.as_str().into(),
+                        message,
+                        started_at,
+                        finished_at,
+                    };
+                    rec.status.apply(&plan, state::Event::Exited { container: i, term });
+                    let _ = self.runtime.remove_container(RuntimeKind::Linux, &id).await;
+                    return;
+                }
+                _ => {}
+            }
+        }
+        rec.status.apply(&plan, state::Event::Lost { container: i, at: now });
+        self.event(rec, "Warning", "Lost", &format!("Container {name} was running when the agent stopped"));
     }
 
     /// Accepts pods: each is stored (durably) before this returns, then started.
@@ -330,7 +365,17 @@ fn new_record(pod: Pod) -> PodRecord {
     let mut pod = pod;
     pod.metadata.uid = Some(uid.clone());
     let status = PodStatus::new(&plan);
-    PodRecord { uid, pod, plan, status, created_at: crate::runtime::now_ms(), deleting: false }
+    PodRecord {
+        uid,
+        pod,
+        plan,
+        status,
+        created_at: crate::runtime::now_ms(),
+        deleting: false,
+        runtimes: Vec::new(),
+        network: false,
+        pod_ip: None,
+    }
 }
 
 /// A random RFC 4122 version-4 UUID.

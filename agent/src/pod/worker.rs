@@ -9,7 +9,8 @@ use tracing::Instrument;
 
 use super::state::{self, Action, Event, PullPolicy, Terminated};
 use super::{Manager, Msg, PodRecord};
-use crate::runtime::{Artifact, ContainerConfig, ContainerState, Mount, SandboxConfig, now_ms};
+use crate::runtime::cni::PortMapping;
+use crate::runtime::{Artifact, ContainerConfig, ContainerState, Mount, RuntimeKind, SandboxConfig, now_ms};
 
 pub(super) async fn run(
     mgr: Arc<Manager>,
@@ -24,14 +25,12 @@ pub(super) async fn run(
             stop_and_teardown(&mgr, &mut rec).await;
             return;
         }
-        let sandbox = SandboxConfig {
-            id: rec.uid.clone(),
-            namespace: rec.namespace().into(),
-            name: rec.name().into(),
-            hostname: rec.name().into(),
-        };
-        if let Err(e) = mgr.runtime.create_sandbox(&sandbox).await {
-            mgr.event(&rec, "Warning", "FailedCreatePodSandBox", &e.to_string());
+        rec.runtimes.resize(rec.plan.containers.len(), None);
+        // Linux containers adopted after an agent restart: wait on them again
+        for (i, c) in rec.status.containers.iter().enumerate() {
+            if matches!(c.state, state::State::Running { .. }) && rec.runtimes[i] == Some(RuntimeKind::Linux) {
+                watch(&mgr, &rec, i, c.instances, &tx);
+            }
         }
         loop {
             let actions = {
@@ -150,7 +149,7 @@ async fn pull(mgr: &Manager, rec: &mut PodRecord, i: usize) {
     }
 }
 
-fn container_id(uid: &str, name: &str, instance: u32) -> String {
+pub(super) fn container_id(uid: &str, name: &str, instance: u32) -> String {
     format!("{uid}-{name}-{instance}")
 }
 
@@ -165,16 +164,39 @@ async fn start(mgr: &Manager, rec: &mut PodRecord, i: usize, tx: &mpsc::Unbounde
     let instance = rec.status.containers[i].instances;
     let spec = rec.pod.spec.clone().unwrap_or_default();
     let c = &spec.containers[i];
-    let config = match container_config(mgr, rec, c, instance) {
+    let (kind, config) = match container_config(mgr, rec, c, instance) {
         Ok(cfg) => cfg,
         Err(message) => return start_failed(mgr, rec, i, "CreateContainerConfigError", message),
     };
+    rec.runtimes[i] = Some(kind);
+    if kind == RuntimeKind::Linux && !rec.network {
+        let sandbox = SandboxConfig {
+            id: rec.uid.clone(),
+            namespace: rec.namespace().into(),
+            name: rec.name().into(),
+            hostname: rec.name().into(),
+            ports: host_ports(&spec),
+        };
+        // intent first: a crash in between leaves a sandbox that teardown removes
+        rec.network = true;
+        save(mgr, rec);
+        match mgr.runtime.create_sandbox(kind, &sandbox).await {
+            Ok(status) => rec.pod_ip = status.ip,
+            Err(e) => {
+                rec.network = false;
+                mgr.event(rec, "Warning", "FailedCreatePodSandBox", &format!("Failed to create pod sandbox: {e}"));
+                return start_failed(mgr, rec, i, "CreatePodSandboxError", e.to_string());
+            }
+        }
+        save(mgr, rec);
+    }
     let id = config.id.clone();
-    if let Err(e) = mgr.runtime.create_container(config).await {
+    if let Err(e) = mgr.runtime.create_container(kind, config).await {
         return start_failed(mgr, rec, i, "CreateContainerError", e.to_string());
     }
     mgr.event(rec, "Normal", "Created", &format!("Created container {}", c.name));
-    if let Err(e) = mgr.runtime.start_container(&id).await {
+    if let Err(e) = mgr.runtime.start_container(kind, &id).await {
+        let _ = mgr.runtime.remove_container(kind, &id).await;
         return start_failed(mgr, rec, i, "RunContainerError", e.to_string());
     }
     apply(rec, Event::Started { container: i, at: now_ms() });
@@ -183,12 +205,35 @@ async fn start(mgr: &Manager, rec: &mut PodRecord, i: usize, tx: &mpsc::Unbounde
     }
     mgr.event(rec, "Normal", "Started", &format!("Started container {}", c.name));
     save(mgr, rec);
+    watch(mgr, rec, i, instance, tx);
+}
+
+/// Reports the instance's exit to the worker.
+fn watch(mgr: &Manager, rec: &PodRecord, i: usize, instance: u32, tx: &mpsc::UnboundedSender<Msg>) {
+    let Some(kind) = rec.runtimes[i] else { return };
+    let id = container_id(&rec.uid, &rec.plan.containers[i].name, instance);
     let (runtime, tx) = (mgr.runtime.clone(), tx.clone());
     tokio::spawn(async move {
-        if let Ok(state) = runtime.wait_container(&id).await {
+        if let Ok(state) = runtime.wait_container(kind, &id).await {
             let _ = tx.send(Msg::Exited { container: i, instance, state });
         }
     });
+}
+
+/// Every container's `hostPort`s, for the pod's network.
+fn host_ports(spec: &k8s_openapi::api::core::v1::PodSpec) -> Vec<PortMapping> {
+    let ports = spec.containers.iter().flat_map(|c| c.ports.iter().flatten());
+    ports
+        .filter_map(|p| {
+            let host_port = u16::try_from(p.host_port?).ok().filter(|&h| h > 0)?;
+            Some(PortMapping {
+                host_port,
+                container_port: u16::try_from(p.container_port).ok()?,
+                protocol: p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase(),
+                host_ip: p.host_ip.clone().filter(|h| !h.is_empty()),
+            })
+        })
+        .collect()
 }
 
 fn start_failed(mgr: &Manager, rec: &mut PodRecord, i: usize, reason: &str, message: String) {
@@ -221,7 +266,9 @@ async fn exited(mgr: &Manager, rec: &mut PodRecord, i: usize, instance: u32, sta
         );
     }
     apply(rec, Event::Exited { container: i, term });
-    let _ = mgr.runtime.remove_container(&container_id(&rec.uid, &name, instance)).await;
+    if let Some(kind) = rec.runtimes[i] {
+        let _ = mgr.runtime.remove_container(kind, &container_id(&rec.uid, &name, instance)).await;
+    }
     save(mgr, rec);
     let _ = mgr.store.flush().await;
 }
@@ -230,7 +277,9 @@ async fn stop_and_teardown(mgr: &Manager, rec: &mut PodRecord) {
     let grace = Duration::from_secs(
         rec.pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30).max(0) as u64,
     );
+    let mut stops = Vec::new();
     for (i, c) in rec.status.containers.clone().iter().enumerate() {
+        let Some(kind) = rec.runtimes.get(i).copied().flatten() else { continue };
         if c.instances == 0 {
             continue;
         }
@@ -238,32 +287,64 @@ async fn stop_and_teardown(mgr: &Manager, rec: &mut PodRecord) {
         if matches!(c.state, state::State::Running { .. }) {
             mgr.event(rec, "Normal", "Killing", &format!("Stopping container {}", c.name));
         }
-        let _ = mgr.runtime.stop_container(&id, grace).await;
-        let _ = mgr.runtime.remove_container(&id).await;
+        let runtime = mgr.runtime.clone();
+        // containers stop together, each within the grace period
+        stops.push(tokio::spawn(async move {
+            let _ = runtime.stop_container(kind, &id, grace).await;
+            let _ = runtime.remove_container(kind, &id).await;
+        }));
     }
-    let _ = mgr.runtime.remove_sandbox(&rec.uid).await;
+    for s in stops {
+        let _ = s.await;
+    }
+    if rec.network {
+        if let Err(e) = mgr.runtime.remove_sandbox(RuntimeKind::Linux, &rec.uid).await {
+            tracing::warn!(error = %e, "cannot remove the pod sandbox");
+        }
+    }
     if let Err(e) = mgr.teardown(rec).await {
         tracing::error!(error = %e, "cannot remove pod state");
     }
 }
 
-/// The runtime's view of one container instance: artifact, argv, env, mounts, limits.
-fn container_config(mgr: &Manager, rec: &PodRecord, c: &Container, instance: u32) -> Result<ContainerConfig, String> {
+/// The runtime's view of one container instance: which runtime, artifact, argv, env,
+/// mounts, limits.
+fn container_config(
+    mgr: &Manager,
+    rec: &PodRecord,
+    c: &Container,
+    instance: u32,
+) -> Result<(RuntimeKind, ContainerConfig), String> {
     let reference: registry_client::Reference =
         c.image.as_deref().unwrap_or_default().parse().map_err(|e| format!("{e}"))?;
     let image = mgr.images.get(&reference).map_err(|e| e.to_string())?.ok_or("image is not pulled")?;
-    let artifact = match image.wasm_blob() {
-        Some((path, digest)) => Artifact::Wasm { path, digest: digest.to_string() },
-        None => {
+    let (kind, artifact) = match (image.wasm_blob(), &image.kind) {
+        (Some((path, digest)), _) => (RuntimeKind::Wasm, Artifact::Wasm { path, digest: digest.to_string() }),
+        (None, registry_client::ImageKind::Linux) => {
+            let layers: Option<Vec<_>> =
+                image.image.layers.iter().filter(|l| l.diff_id.is_some()).map(|l| l.unpacked.clone()).collect();
+            let layers = layers.ok_or_else(|| {
+                format!("image {} ({}) has a layer that is not unpacked", image.reference, image.digest)
+            })?;
+            (RuntimeKind::Linux, Artifact::Rootfs { layers })
+        }
+        (None, _) => {
             return Err(format!(
-                "image {} is a {} image; this node runs Wasm images only so far",
-                image.reference,
-                image.kind_name()
+                "image {} ({}) keeps its Wasm module in a filesystem layer, which wasmlet does not run yet",
+                image.reference, image.digest
             ));
         }
     };
     let cfg = image.image.config.config.clone().unwrap_or_default();
     let args = argv(c, cfg.entrypoint.as_deref(), cfg.cmd.as_deref());
+    if kind == RuntimeKind::Linux
+        && c.command.as_ref().is_none_or(|v| v.is_empty())
+        && cfg.entrypoint.is_none()
+        && cfg.cmd.is_none()
+        && c.args.as_ref().is_none_or(|v| v.is_empty())
+    {
+        return Err(format!("no command specified: image {} has no ENTRYPOINT or CMD", image.reference));
+    }
     let mut env: Vec<(String, String)> =
         cfg.env.iter().flatten().filter_map(|e| e.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect();
     for e in c.env.iter().flatten() {
@@ -277,17 +358,36 @@ fn container_config(mgr: &Manager, rec: &PodRecord, c: &Container, instance: u32
         .and_then(|r| r.limits.as_ref())
         .and_then(|l| l.get("memory"))
         .and_then(|q| crate::spec::parse_bytes(&q.0));
-    Ok(ContainerConfig {
-        id: container_id(&rec.uid, &c.name, instance),
-        sandbox_id: rec.uid.clone(),
-        name: c.name.clone(),
-        artifact,
-        args,
-        env,
-        mounts,
-        memory_limit,
-        log_path: mgr.log_path(rec, &c.name, instance),
-    })
+    let limits = c.resources.as_ref().and_then(|r| r.limits.as_ref());
+    let requests = c.resources.as_ref().and_then(|r| r.requests.as_ref());
+    let millis = |q: Option<&k8s_openapi::apimachinery::pkg::api::resource::Quantity>| {
+        q.and_then(|q| crate::spec::parse_millicores(&q.0))
+    };
+    let sc = c.security_context.as_ref();
+    let user = match (sc.and_then(|s| s.run_as_user), sc.and_then(|s| s.run_as_group)) {
+        (Some(u), Some(g)) => Some(format!("{u}:{g}")),
+        (Some(u), None) => Some(u.to_string()),
+        (None, _) => cfg.user.clone().filter(|u| !u.is_empty()),
+    };
+    Ok((
+        kind,
+        ContainerConfig {
+            id: container_id(&rec.uid, &c.name, instance),
+            sandbox_id: rec.uid.clone(),
+            name: c.name.clone(),
+            artifact,
+            args,
+            env,
+            mounts,
+            memory_limit,
+            log_path: mgr.log_path(rec, &c.name, instance),
+            working_dir: c.working_dir.clone().or_else(|| cfg.working_dir.clone()).filter(|w| !w.is_empty()),
+            user,
+            stop_signal: cfg.stop_signal.clone(),
+            cpu_limit_millis: millis(limits.and_then(|l| l.get("cpu"))),
+            cpu_request_millis: millis(requests.and_then(|l| l.get("cpu"))),
+        },
+    ))
 }
 
 /// Kubernetes' rules: `command` replaces the image's ENTRYPOINT (and drops its CMD);

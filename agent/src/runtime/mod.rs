@@ -3,16 +3,18 @@
 //!
 //! Only wasmlet's own types cross it, all owned and serialisable, so that an
 //! implementation could live in another process. The pod manager talks to
-//! [`AnyRuntime`], an enum over the implementations chosen per container from the image
-//! kind (or `runtimeClassName`); nothing above this module names wasmtime or runc.
+//! [`Runtimes`], which holds every implementation and is told per container which kind
+//! runs it (from the image kind); nothing above this module names wasmtime or runc.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod cni;
 #[cfg(test)]
 mod conformance;
+pub mod linux;
 pub mod log;
 pub mod wasm;
 
@@ -24,6 +26,8 @@ pub enum Error {
     NotFound(String),
     #[error("container {id}: {reason}")]
     Create { id: String, reason: String },
+    #[error("the {runtime} runtime is not available: {why}")]
+    Unavailable { runtime: &'static str, why: String },
     #[error("{what} is not supported by the {runtime} runtime")]
     Unsupported { what: &'static str, runtime: &'static str },
     #[error("{context}: {path}: {source}", path = .path.display())]
@@ -36,7 +40,6 @@ pub enum Error {
 }
 
 /// Which implementation runs a container.
-#[allow(dead_code)] // Linux arrives with the runc runtime
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RuntimeKind {
@@ -52,6 +55,16 @@ pub struct SandboxConfig {
     pub namespace: String,
     pub name: String,
     pub hostname: String,
+    /// `hostPort`s of all the pod's containers.
+    #[serde(default)]
+    pub ports: Vec<cni::PortMapping>,
+}
+
+/// What a runtime made of a sandbox.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SandboxStatus {
+    /// The pod IP, when the runtime gave the pod a network.
+    pub ip: Option<String>,
 }
 
 /// What to run: the artifact, argv, environment, mounts and limits.
@@ -70,6 +83,18 @@ pub struct ContainerConfig {
     pub memory_limit: Option<u64>,
     /// CRI-format log file for stdout and stderr.
     pub log_path: PathBuf,
+    /// Linux only: the working directory, `uid[:gid]`, the image's STOPSIGNAL and
+    /// CPU limit and request in millicores.
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub stop_signal: Option<String>,
+    #[serde(default)]
+    pub cpu_limit_millis: Option<u64>,
+    #[serde(default)]
+    pub cpu_request_millis: Option<u64>,
 }
 
 /// The executable part of an image, as the image service stored it.
@@ -122,7 +147,7 @@ pub enum ContainerState {
 #[allow(async_fn_in_trait, dead_code)]
 pub trait Runtime {
     const KIND: RuntimeKind;
-    async fn create_sandbox(&self, config: &SandboxConfig) -> Result<()>;
+    async fn create_sandbox(&self, config: &SandboxConfig) -> Result<SandboxStatus>;
     async fn remove_sandbox(&self, id: &str) -> Result<()>;
     async fn create_container(&self, config: ContainerConfig) -> Result<()>;
     async fn start_container(&self, id: &str) -> Result<()>;
@@ -133,51 +158,57 @@ pub trait Runtime {
     async fn exec(&self, id: &str, command: &[String]) -> Result<i32>;
 }
 
-/// Every runtime wasmlet has, dispatched by kind. The Linux runtime joins here.
+/// Every runtime wasmlet has. Each call names the kind of the container it is about;
+/// the Linux runtime may be missing (no runc, say), and then says why.
 #[derive(Debug)]
-pub enum AnyRuntime {
-    Wasm(wasm::WasmRuntime),
+pub struct Runtimes {
+    pub wasm: wasm::WasmRuntime,
+    pub linux: std::result::Result<linux::LinuxRuntime, String>,
 }
 
 macro_rules! dispatch {
-    ($self:ident, $r:ident => $e:expr) => {
-        match $self {
-            AnyRuntime::Wasm($r) => $e,
+    ($self:ident, $kind:expr, $r:ident => $e:expr) => {
+        match $kind {
+            RuntimeKind::Wasm => {
+                let $r = &$self.wasm;
+                $e
+            }
+            RuntimeKind::Linux => {
+                let $r = $self.linux()?;
+                $e
+            }
         }
     };
 }
 
-#[allow(dead_code)] // `kind`, `container_status` and `exec` serve the next runtime's callers
-impl AnyRuntime {
-    pub fn kind(&self) -> RuntimeKind {
-        dispatch!(self, _r => RuntimeKind::Wasm)
+#[allow(dead_code)] // `container_status` serves the conformance tests and `wasmlet exec`
+impl Runtimes {
+    pub fn linux(&self) -> Result<&linux::LinuxRuntime> {
+        self.linux.as_ref().map_err(|why| Error::Unavailable { runtime: "linux", why: why.clone() })
     }
-    pub async fn create_sandbox(&self, config: &SandboxConfig) -> Result<()> {
-        dispatch!(self, r => r.create_sandbox(config).await)
+    pub async fn create_sandbox(&self, kind: RuntimeKind, config: &SandboxConfig) -> Result<SandboxStatus> {
+        dispatch!(self, kind, r => r.create_sandbox(config).await)
     }
-    pub async fn remove_sandbox(&self, id: &str) -> Result<()> {
-        dispatch!(self, r => r.remove_sandbox(id).await)
+    pub async fn remove_sandbox(&self, kind: RuntimeKind, id: &str) -> Result<()> {
+        dispatch!(self, kind, r => r.remove_sandbox(id).await)
     }
-    pub async fn create_container(&self, config: ContainerConfig) -> Result<()> {
-        dispatch!(self, r => r.create_container(config).await)
+    pub async fn create_container(&self, kind: RuntimeKind, config: ContainerConfig) -> Result<()> {
+        dispatch!(self, kind, r => r.create_container(config).await)
     }
-    pub async fn start_container(&self, id: &str) -> Result<()> {
-        dispatch!(self, r => r.start_container(id).await)
+    pub async fn start_container(&self, kind: RuntimeKind, id: &str) -> Result<()> {
+        dispatch!(self, kind, r => r.start_container(id).await)
     }
-    pub async fn stop_container(&self, id: &str, grace: Duration) -> Result<()> {
-        dispatch!(self, r => r.stop_container(id, grace).await)
+    pub async fn stop_container(&self, kind: RuntimeKind, id: &str, grace: Duration) -> Result<()> {
+        dispatch!(self, kind, r => r.stop_container(id, grace).await)
     }
-    pub async fn remove_container(&self, id: &str) -> Result<()> {
-        dispatch!(self, r => r.remove_container(id).await)
+    pub async fn remove_container(&self, kind: RuntimeKind, id: &str) -> Result<()> {
+        dispatch!(self, kind, r => r.remove_container(id).await)
     }
-    pub async fn container_status(&self, id: &str) -> Result<ContainerState> {
-        dispatch!(self, r => r.container_status(id).await)
+    pub async fn container_status(&self, kind: RuntimeKind, id: &str) -> Result<ContainerState> {
+        dispatch!(self, kind, r => r.container_status(id).await)
     }
-    pub async fn wait_container(&self, id: &str) -> Result<ContainerState> {
-        dispatch!(self, r => r.wait_container(id).await)
-    }
-    pub async fn exec(&self, id: &str, command: &[String]) -> Result<i32> {
-        dispatch!(self, r => r.exec(id, command).await)
+    pub async fn wait_container(&self, kind: RuntimeKind, id: &str) -> Result<ContainerState> {
+        dispatch!(self, kind, r => r.wait_container(id).await)
     }
 }
 

@@ -27,7 +27,10 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::log::{CriLog, LogWriter, Stream};
-use super::{ContainerConfig, ContainerState, Error, ExitReason, Result, Runtime, RuntimeKind, SandboxConfig, now_ms};
+use super::{
+    ContainerConfig, ContainerState, Error, ExitReason, Result, Runtime, RuntimeKind, SandboxConfig, SandboxStatus,
+    now_ms,
+};
 
 /// How often the epoch advances: the slice a busy guest runs before it yields.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -354,8 +357,8 @@ fn prepare<T: Send + 'static>(store: &mut Store<T>, cap: fn(&mut T) -> &mut Memo
 impl Runtime for WasmRuntime {
     const KIND: RuntimeKind = RuntimeKind::Wasm;
 
-    async fn create_sandbox(&self, _config: &SandboxConfig) -> Result<()> {
-        Ok(()) // guests share nothing but what the pod mounts
+    async fn create_sandbox(&self, _config: &SandboxConfig) -> Result<SandboxStatus> {
+        Ok(SandboxStatus::default()) // guests share nothing but what the pod mounts
     }
 
     async fn remove_sandbox(&self, _id: &str) -> Result<()> {

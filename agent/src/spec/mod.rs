@@ -7,7 +7,7 @@ use serde_json::Value;
 
 mod quantity;
 
-pub use quantity::parse_bytes;
+pub use quantity::{parse_bytes, parse_millicores};
 
 /// A field error: the path and what is wrong with it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -1,0 +1,838 @@
+//! The Linux runtime: runc containers on an overlayfs rootfs, each held by a `conmon`.
+//!
+//! - **Rootfs**: the image's unpacked layer directories are overlay lowerdirs (never
+//!   written); each container gets its own upper and work directory.
+//! - **Bundle**: `config.json` is built with `oci-spec` from the container config
+//!   (argv, env, cwd, user, mounts, limits) and the pod sandbox (network namespace,
+//!   `/etc/hosts`, `/etc/resolv.conf`, hostname).
+//! - **Supervision**: `conmon` (CRI-O's and Podman's monitor) runs `runc create`, keeps
+//!   the container's stdio, writes the CRI log and, when the process ends, its exit code
+//!   to `exit/<id>`. It is a daemon of its own, so containers outlive the agent; all
+//!   the agent keeps is the directory `containers/<id>/`, from which a restarted agent
+//!   reads every container's state again.
+//! - **Waiting** is a pidfd on the container's init process, then the exit file.
+//! - **Stop** is the stop signal, the grace period, SIGKILL, then `runc delete` and the
+//!   rootfs unmount.
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder,
+    LinuxNamespaceType, LinuxResourcesBuilder, Mount as OciMount, MountBuilder, ProcessBuilder, RootBuilder, Spec,
+    UserBuilder,
+};
+use serde::{Deserialize, Serialize};
+
+use super::cni::{Network, NetworkConfig, PortMapping};
+use super::{
+    Artifact, ContainerConfig, ContainerState, Error, ExitReason, Result, Runtime, RuntimeKind, SandboxConfig,
+    SandboxStatus, now_ms,
+};
+
+/// The capabilities a container gets, as containerd and CRI-O grant by default.
+const DEFAULT_CAPS: &[Capability] = &[
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Mknod,
+    Capability::NetRaw,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
+];
+
+/// Where the Linux runtime finds its tools and keeps its state.
+#[derive(Clone, Debug)]
+pub struct LinuxConfig {
+    pub runc: PathBuf,
+    pub conmon: PathBuf,
+    /// `state/linux`: containers, sandboxes, runc's own state.
+    pub dir: PathBuf,
+    pub network: NetworkConfig,
+    /// Run a runc older than the fixes named in [`check_runc_version`].
+    pub allow_vulnerable_runtime: bool,
+}
+
+impl LinuxConfig {
+    /// Defaults under the agent's state directory, tools from `PATH`.
+    pub fn new(state_dir: &Path, subnet: &str) -> Self {
+        let dir = state_dir.join("linux");
+        LinuxConfig {
+            runc: find_tool("runc"),
+            conmon: find_tool("conmon"),
+            network: NetworkConfig {
+                plugin_dir: PathBuf::from(super::cni::DEFAULT_PLUGIN_DIR),
+                subnet: subnet.into(),
+                data_dir: dir.join("cni"),
+                netns_dir: dir.join("netns"),
+            },
+            dir,
+            allow_vulnerable_runtime: false,
+        }
+    }
+}
+
+fn find_tool(name: &str) -> PathBuf {
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':')
+        .chain(["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"])
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// runc with the agent's state root; conmon beside it.
+#[derive(Clone, Debug)]
+pub struct LinuxRuntime {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    runc: PathBuf,
+    conmon: PathBuf,
+    /// runc's `--root`.
+    runc_root: PathBuf,
+    containers: PathBuf,
+    sandboxes: PathBuf,
+    network: Network,
+}
+
+/// What is kept on disk about a container, beside its bundle.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Meta {
+    config: ContainerConfig,
+    pid: i32,
+    started_at: Option<u64>,
+    /// The container's memory cgroup directory, read once it runs.
+    memory_cgroup: Option<PathBuf>,
+}
+
+/// What is kept on disk about a pod sandbox.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SandboxRecord {
+    config: SandboxConfig,
+    netns: PathBuf,
+    ip: Option<String>,
+    ports: Vec<PortMapping>,
+}
+
+impl LinuxRuntime {
+    /// Checks runc, conmon and the CNI plugins; the error says what to install.
+    pub fn new(config: LinuxConfig) -> Result<Self, String> {
+        let version = std::process::Command::new(&config.runc).arg("--version").output().map_err(|e| {
+            format!("runc not found ({}): {e}; install it with `apt-get install runc`", config.runc.display())
+        })?;
+        let version = String::from_utf8_lossy(&version.stdout).to_string();
+        if let Err(why) = check_runc_version(&version) {
+            if !config.allow_vulnerable_runtime {
+                return Err(format!("{why}; pass --allow-vulnerable-runtime to run it anyway"));
+            }
+            tracing::warn!("{why}; running it because --allow-vulnerable-runtime was given");
+        }
+        std::process::Command::new(&config.conmon).arg("--version").output().map_err(|e| {
+            format!("conmon not found ({}): {e}; install it with `apt-get install conmon`", config.conmon.display())
+        })?;
+        let network = Network::new(config.network.clone())?;
+        let inner = Inner {
+            runc: config.runc,
+            conmon: config.conmon,
+            runc_root: config.dir.join("runc"),
+            containers: config.dir.join("containers"),
+            sandboxes: config.dir.join("sandboxes"),
+            network,
+        };
+        for d in [&inner.runc_root, &inner.containers, &inner.sandboxes] {
+            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        }
+        Ok(LinuxRuntime { inner: Arc::new(inner) })
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.inner.containers.join(id)
+    }
+
+    fn meta(&self, id: &str) -> Result<Meta> {
+        let path = self.dir(id).join("meta.json");
+        let bytes = std::fs::read(&path).map_err(|_| Error::NotFound(id.into()))?;
+        serde_json::from_slice(&bytes).map_err(|e| io_err("container record", &path, std::io::Error::other(e)))
+    }
+
+    fn save_meta(&self, id: &str, meta: &Meta) -> Result<()> {
+        let path = self.dir(id).join("meta.json");
+        write_atomic(&path, &serde_json::to_vec(meta).unwrap_or_default())
+            .map_err(|e| io_err("container record", &path, e))
+    }
+
+    fn sandbox(&self, id: &str) -> Option<SandboxRecord> {
+        let bytes = std::fs::read(self.inner.sandboxes.join(format!("{id}.json"))).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    async fn runc(&self, args: &[&str]) -> std::result::Result<std::process::Output, String> {
+        let out = tokio::process::Command::new(&self.inner.runc)
+            .arg("--root")
+            .arg(&self.inner.runc_root)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| format!("runc: {e}"))?;
+        if out.status.success() { Ok(out) } else { Err(runc_message(&out.stderr)) }
+    }
+
+    /// The final state, once the exit file is there: the code, and OOMKilled if the
+    /// container's memory cgroup recorded an OOM kill. Saved, so that it survives the
+    /// cgroup's removal.
+    fn exited(&self, id: &str, meta: &Meta) -> Option<ContainerState> {
+        let dir = self.dir(id);
+        if let Ok(bytes) = std::fs::read(dir.join("state.json"))
+            && let Ok(state) = serde_json::from_slice(&bytes)
+        {
+            return Some(state);
+        }
+        let exit_file = dir.join("exit").join(id);
+        let text = std::fs::read_to_string(&exit_file).ok()?;
+        let exit_code: i32 = text.trim().parse().ok()?;
+        let finished_at = std::fs::metadata(&exit_file)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or_else(now_ms, |d| d.as_millis() as u64);
+        let oom = dir.join("persist/oom").exists()
+            || meta.memory_cgroup.as_ref().is_some_and(|cg| {
+                std::fs::read_to_string(cg.join("memory.oom_control"))
+                    .ok()
+                    .is_some_and(|s| s.lines().any(|l| l.strip_prefix("oom_kill ").is_some_and(|n| n.trim() != "0")))
+                    || std::fs::read_to_string(cg.join("memory.events")).ok().is_some_and(|s| {
+                        s.lines().any(|l| l.strip_prefix("oom_kill ").is_some_and(|n| n.trim() != "0"))
+                    })
+            });
+        let reason = match (exit_code, oom) {
+            (_, true) => ExitReason::OOMKilled,
+            (0, _) => ExitReason::Completed,
+            _ => ExitReason::Error,
+        };
+        let state = ContainerState::Exited {
+            exit_code,
+            reason,
+            message: String::new(),
+            started_at: meta.started_at.unwrap_or(finished_at),
+            finished_at,
+        };
+        let _ = write_atomic(&dir.join("state.json"), &serde_json::to_vec(&state).unwrap_or_default());
+        Some(state)
+    }
+
+    /// Waits for the container's exit up to `limit`.
+    async fn wait_for(&self, id: &str, limit: Option<Duration>) -> Result<Option<ContainerState>> {
+        let fut = self.wait_container(id);
+        match limit {
+            None => fut.await.map(Some),
+            Some(d) => match tokio::time::timeout(d, fut).await {
+                Ok(r) => r.map(Some),
+                Err(_) => Ok(None),
+            },
+        }
+    }
+
+    /// A command in a running container, with its stdio piped (or on a terminal),
+    /// through `runc exec` so the agent never joins the container's namespaces itself.
+    pub async fn exec_session(&self, id: &str, command: &[String], tty: bool) -> Result<ExecSession> {
+        let meta = self.meta(id)?;
+        if meta.started_at.is_none() || self.exited(id, &meta).is_some() {
+            return Err(Error::Create { id: id.into(), reason: "container is not running".into() });
+        }
+        let mut cmd = tokio::process::Command::new(&self.inner.runc);
+        cmd.arg("--root").arg(&self.inner.runc_root).arg("exec");
+        let mut console = None;
+        if tty {
+            let sock = self.dir(id).join(format!("console-{}.sock", fastrand::u64(..)));
+            let listener =
+                std::os::unix::net::UnixListener::bind(&sock).map_err(|e| io_err("console socket", &sock, e))?;
+            cmd.arg("--tty").arg("--console-socket").arg(&sock);
+            console = Some((listener, sock));
+        }
+        cmd.arg(id).args(command).kill_on_drop(true);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| Error::Create { id: id.into(), reason: format!("runc exec: {e}") })?;
+        let terminal = match console {
+            None => None,
+            Some((listener, sock)) => {
+                let got = tokio::task::spawn_blocking(move || {
+                    let r = receive_fd(&listener);
+                    let _ = std::fs::remove_file(&sock);
+                    r
+                });
+                let received = tokio::select! {
+                    r = got => r.map_err(std::io::Error::other).and_then(|r| r),
+                    status = child.wait() => {
+                        let mut err = String::new();
+                        if let Some(mut e) = child.stderr.take() {
+                            use tokio::io::AsyncReadExt;
+                            let _ = e.read_to_string(&mut err).await;
+                        }
+                        return Err(Error::Create { id: id.into(), reason: format!("runc exec: {} {}", status.map(|s| s.to_string()).unwrap_or_default(), runc_message(err.as_bytes())) });
+                    }
+                };
+                Some(received.map_err(|e| io_err("console", Path::new(id), e))?)
+            }
+        };
+        Ok(ExecSession { child, terminal })
+    }
+}
+
+/// A running `runc exec`: its pipes, or the terminal's master side.
+#[derive(Debug)]
+pub struct ExecSession {
+    pub child: tokio::process::Child,
+    pub terminal: Option<OwnedFd>,
+}
+
+/// Receives one file descriptor (runc sends the console's master) over a Unix socket.
+fn receive_fd(listener: &std::os::unix::net::UnixListener) -> std::io::Result<OwnedFd> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, recvmsg};
+    let (conn, _) = listener.accept()?;
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut name = [0u8; 4096];
+    recvmsg(&conn, &mut [std::io::IoSliceMut::new(&mut name)], &mut control, RecvFlags::CMSG_CLOEXEC)?;
+    for msg in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(mut fds) = msg
+            && let Some(fd) = fds.next()
+        {
+            return Ok(fd);
+        }
+    }
+    Err(std::io::Error::other("runc sent no console"))
+}
+
+impl Runtime for LinuxRuntime {
+    const KIND: RuntimeKind = RuntimeKind::Linux;
+
+    /// Wires the pod's network namespace (CNI) and writes its hosts, resolv.conf and
+    /// hostname. Idempotent: a sandbox already made (before an agent restart) is kept.
+    async fn create_sandbox(&self, config: &SandboxConfig) -> Result<SandboxStatus> {
+        if let Some(rec) = self.sandbox(&config.id) {
+            return Ok(SandboxStatus { ip: rec.ip });
+        }
+        let files = self.inner.sandboxes.join(&config.id);
+        std::fs::create_dir_all(&files).map_err(|e| io_err("sandbox", &files, e))?;
+        let att = self.inner.network.attach(&config.id, &config.ports).await.map_err(|reason| {
+            let _ = std::fs::remove_dir_all(&files);
+            Error::Create { id: config.id.clone(), reason }
+        })?;
+        let ip = att.ip.clone().unwrap_or_else(|| "127.0.0.1".into());
+        let hosts =
+            format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{}\n", config.hostname);
+        let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        for (name, text) in [("hosts", hosts), ("resolv.conf", resolv), ("hostname", format!("{}\n", config.hostname))]
+        {
+            let p = files.join(name);
+            std::fs::write(&p, text).map_err(|e| io_err("sandbox file", &p, e))?;
+        }
+        let rec = SandboxRecord { config: config.clone(), netns: att.netns, ip: att.ip.clone(), ports: att.ports };
+        let path = self.inner.sandboxes.join(format!("{}.json", config.id));
+        write_atomic(&path, &serde_json::to_vec(&rec).unwrap_or_default()).map_err(|e| io_err("sandbox", &path, e))?;
+        Ok(SandboxStatus { ip: att.ip })
+    }
+
+    async fn remove_sandbox(&self, id: &str) -> Result<()> {
+        let Some(rec) = self.sandbox(id) else { return Ok(()) };
+        if let Err(reason) = self.inner.network.detach(id, &rec.ports).await {
+            tracing::warn!(sandbox = id, "{reason}");
+        }
+        let _ = std::fs::remove_dir_all(self.inner.sandboxes.join(id));
+        let _ = std::fs::remove_file(self.inner.sandboxes.join(format!("{id}.json")));
+        Ok(())
+    }
+
+    async fn create_container(&self, config: ContainerConfig) -> Result<()> {
+        let id = config.id.clone();
+        let Artifact::Rootfs { layers } = &config.artifact else {
+            return Err(Error::Unsupported { what: "a Wasm artifact", runtime: "linux" });
+        };
+        let dir = self.dir(&id);
+        if dir.exists() {
+            self.remove_container(&id).await?;
+        }
+        let sandbox = self.sandbox(&config.sandbox_id);
+        let fail = |reason: String| Error::Create { id: id.clone(), reason };
+        let result = async {
+            for sub in ["rootfs", "upper", "work", "exit", "persist", "sock", "empty"] {
+                std::fs::create_dir_all(dir.join(sub)).map_err(|e| io_err("container directory", &dir, e))?;
+            }
+            mount_overlay(&dir, layers).map_err(|e| fail(format!("overlay mount: {e}")))?;
+            let spec = build_spec(&config, sandbox.as_ref()).map_err(&fail)?;
+            let bundle = dir.join("config.json");
+            let json = serde_json::to_vec_pretty(&spec).map_err(|e| fail(e.to_string()))?;
+            std::fs::write(&bundle, json).map_err(|e| io_err("bundle", &bundle, e))?;
+            if let Some(parent) = config.log_path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| io_err("log directory", parent, e))?;
+            }
+            let pid = self.spawn_conmon(&config, &dir).await.map_err(&fail)?;
+            self.save_meta(&id, &Meta { config: config.clone(), pid, started_at: None, memory_cgroup: None })
+        }
+        .await;
+        if result.is_err() {
+            let _ = self.remove_container(&id).await;
+        }
+        result
+    }
+
+    async fn start_container(&self, id: &str) -> Result<()> {
+        let mut meta = self.meta(id)?;
+        self.runc(&["start", id]).await.map_err(|reason| Error::Create { id: id.into(), reason })?;
+        meta.started_at = Some(now_ms());
+        meta.memory_cgroup = memory_cgroup(meta.pid);
+        self.save_meta(id, &meta)
+    }
+
+    async fn stop_container(&self, id: &str, grace: Duration) -> Result<()> {
+        let meta = self.meta(id)?;
+        if self.exited(id, &meta).is_some() {
+            return Ok(());
+        }
+        if meta.started_at.is_none() {
+            // created, never started: nothing ran, delete takes it away
+            let _ = self.runc(&["delete", "--force", id]).await;
+            return Ok(());
+        }
+        let signal = meta.config.stop_signal.clone().unwrap_or_else(|| "TERM".into());
+        let signal = signal.trim_start_matches("SIG").to_string();
+        if !grace.is_zero() && self.runc(&["kill", id, &signal]).await.is_ok() {
+            if self.wait_for(id, Some(grace)).await?.is_some() {
+                return Ok(());
+            }
+        }
+        let _ = self.runc(&["kill", id, "KILL"]).await;
+        self.wait_for(id, Some(Duration::from_secs(10))).await?;
+        Ok(())
+    }
+
+    /// Deletes the runc container, unmounts the rootfs and removes every file of it.
+    async fn remove_container(&self, id: &str) -> Result<()> {
+        let dir = self.dir(id);
+        if !dir.exists() {
+            return Ok(());
+        }
+        if let Err(e) = self.runc(&["delete", "--force", id]).await
+            && !e.contains("does not exist")
+        {
+            tracing::warn!(container = id, "runc delete: {e}");
+        }
+        let rootfs = dir.join("rootfs");
+        match rustix::mount::unmount(&rootfs, rustix::mount::UnmountFlags::DETACH) {
+            Ok(()) | Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(io_err("unmount", &rootfs, e.into())),
+        }
+        std::fs::remove_dir_all(&dir).map_err(|e| io_err("remove container", &dir, e))
+    }
+
+    async fn container_status(&self, id: &str) -> Result<ContainerState> {
+        let meta = self.meta(id)?;
+        if let Some(done) = self.exited(id, &meta) {
+            return Ok(done);
+        }
+        Ok(match meta.started_at {
+            None => ContainerState::Created,
+            Some(started_at) => ContainerState::Running { started_at },
+        })
+    }
+
+    /// A pidfd on the container's init says when it ends; conmon writes the exit file
+    /// right after it reaps it.
+    async fn wait_container(&self, id: &str) -> Result<ContainerState> {
+        loop {
+            let meta = self.meta(id)?;
+            if let Some(done) = self.exited(id, &meta) {
+                return Ok(done);
+            }
+            if meta.started_at.is_none() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            let pid = rustix::process::Pid::from_raw(meta.pid);
+            if let Some(fd) =
+                pid.and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok())
+            {
+                let fd = register(fd).map_err(|e| io_err("pidfd", Path::new(id), e))?;
+                let _ = fd.readable().await;
+            }
+            // the process is gone; conmon records its status within moments
+            for _ in 0..400 {
+                if let Some(done) = self.exited(id, &self.meta(id)?) {
+                    return Ok(done);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let now = now_ms();
+            return Ok(ContainerState::Exited {
+                exit_code: 255,
+                reason: ExitReason::Error,
+                message: "the container ended but its monitor recorded no exit status".into(),
+                started_at: meta.started_at.unwrap_or(now),
+                finished_at: now,
+            });
+        }
+    }
+
+    async fn exec(&self, id: &str, command: &[String]) -> Result<i32> {
+        let session = self.exec_session(id, command, false).await?;
+        let out = session.child.wait_with_output().await.map_err(|e| io_err("runc exec", Path::new(id), e))?;
+        Ok(out.status.code().unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&out.status).unwrap_or(0)))
+    }
+}
+
+impl LinuxRuntime {
+    #[allow(unsafe_code)]
+    /// Starts conmon, which runs `runc create` and stays as the container's monitor.
+    /// Returns the container's pid, or runc's error.
+    async fn spawn_conmon(&self, config: &ContainerConfig, dir: &Path) -> std::result::Result<i32, String> {
+        let (read, write) = std::io::pipe().map_err(|e| format!("pipe: {e}"))?;
+        let write = OwnedFd::from(write);
+        let mut cmd = tokio::process::Command::new(&self.inner.conmon);
+        cmd.args(["--api-version", "1", "-c", &config.id, "-u", &config.id, "-n", &config.name])
+            .arg("-r")
+            .arg(&self.inner.runc)
+            .arg(format!("--runtime-arg=--root={}", self.inner.runc_root.display()))
+            .arg("-b")
+            .arg(dir)
+            .arg("-p")
+            .arg(dir.join("pidfile"))
+            .arg("-l")
+            .arg(format!("k8s-file:{}", config.log_path.display()))
+            .arg("--exit-dir")
+            .arg(dir.join("exit"))
+            .arg("--persist-dir")
+            .arg(dir.join("persist"))
+            .arg("--socket-dir-path")
+            .arg(dir.join("sock"))
+            .arg("--conmon-pidfile")
+            .arg(dir.join("conmon.pid"))
+            .args(["--log-level", "error"])
+            .env_clear()
+            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("_OCI_SYNCPIPE", "3")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let raw = write.as_raw_fd();
+        // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl).
+        unsafe {
+            cmd.pre_exec(move || {
+                let src = std::os::fd::BorrowedFd::borrow_raw(raw);
+                if raw == 3 {
+                    rustix::io::fcntl_setfd(src, rustix::io::FdFlags::empty())?;
+                } else {
+                    let mut target = OwnedFd::from_raw_fd(3);
+                    let r = rustix::io::dup2(src, &mut target);
+                    std::mem::forget(target);
+                    r?;
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|e| format!("conmon ({}): {e}", self.inner.conmon.display()))?;
+        drop(write);
+        let out = child.wait_with_output().await.map_err(|e| format!("conmon: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("conmon: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        // conmon's daemon writes one JSON line: {"data": pid} or {"data": -1, "message": …}
+        let line = tokio::task::spawn_blocking(move || {
+            let mut read = read;
+            let mut buf = Vec::new();
+            let mut byte = [0u8; 1];
+            while read.read(&mut byte).map(|n| n == 1).unwrap_or(false) && byte[0] != b'\n' {
+                buf.push(byte[0]);
+            }
+            buf
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        #[derive(Deserialize)]
+        struct Sync {
+            data: i32,
+            message: Option<String>,
+        }
+        let sync: Sync = serde_json::from_slice(&line)
+            .map_err(|_| format!("conmon ended without creating the container: {}", String::from_utf8_lossy(&line)))?;
+        if sync.data <= 0 {
+            return Err(runc_message(sync.message.unwrap_or_default().as_bytes()));
+        }
+        Ok(sync.data)
+    }
+}
+
+/// runc's messages are logrus lines; keep the `msg` part.
+fn runc_message(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let msgs: Vec<String> = text
+        .lines()
+        .map(|l| match l.find("msg=\"") {
+            Some(i) => l[i + 5..].trim_end_matches('"').replace("\\\"", "\"").to_string(),
+            None => l.trim().to_string(),
+        })
+        .filter(|l| !l.is_empty())
+        .collect();
+    if msgs.is_empty() { "runc failed".into() } else { msgs.join("; ") }
+}
+
+/// runc fixes this agent requires: CVE-2024-21626 (1.1.12), CVE-2025-31133/-52565/
+/// -52881 (1.2.8, 1.3.3, 1.4.0) and CVE-2026-41579 (1.3.6, 1.4.3).
+pub fn check_runc_version(output: &str) -> std::result::Result<(), String> {
+    let version = output
+        .lines()
+        .find_map(|l| l.strip_prefix("runc version "))
+        .map(|v| v.split(['+', '-', '~']).next().unwrap_or(v).trim().to_string())
+        .ok_or_else(|| format!("cannot read runc's version from {output:?}"))?;
+    let parts: Vec<u32> = version.split('.').map(|p| p.parse().unwrap_or(0)).collect();
+    let (major, minor, patch) =
+        (parts.first().copied().unwrap_or(0), parts.get(1).copied().unwrap_or(0), parts.get(2).copied().unwrap_or(0));
+    let fixed = match (major, minor) {
+        (1, 0..=2) => false,
+        (1, 3) => patch >= 6,
+        (1, 4) => patch >= 3,
+        _ => major >= 1,
+    };
+    if fixed {
+        Ok(())
+    } else {
+        Err(format!(
+            "runc {version} lacks the fixes for CVE-2024-21626, CVE-2025-31133, CVE-2025-52565, CVE-2025-52881 and \
+             CVE-2026-41579 (needs 1.3.6, 1.4.3 or later)"
+        ))
+    }
+}
+
+/// Registers a pidfd with tokio's reactor; it reads as ready once the process ends.
+#[allow(unsafe_code)]
+fn register(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: the descriptor is owned, moved in, and registered nowhere else; the
+    // AsyncFd deregisters it before it is closed.
+    unsafe { tokio::io::unix::AsyncFd::register(fd).map_err(std::io::Error::from) }
+}
+
+fn io_err(context: &str, path: &Path, source: std::io::Error) -> Error {
+    Error::Io { context: context.into(), path: path.to_path_buf(), source }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The image layers (top first) as lowerdirs, this container's upper and work dirs.
+fn mount_overlay(dir: &Path, layers: &[PathBuf]) -> std::io::Result<()> {
+    let mut lower: Vec<String> = layers.iter().rev().map(|p| escape_overlay(&p.display().to_string())).collect();
+    if lower.is_empty() {
+        lower.push(escape_overlay(&dir.join("empty").display().to_string()));
+    }
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        escape_overlay(&dir.join("upper").display().to_string()),
+        escape_overlay(&dir.join("work").display().to_string())
+    );
+    if data.len() >= 4096 {
+        return Err(std::io::Error::other(format!("{} layers make the overlay options too long", layers.len())));
+    }
+    let data = std::ffi::CString::new(data).map_err(std::io::Error::other)?;
+    rustix::mount::mount(
+        "overlay",
+        dir.join("rootfs"),
+        "overlay",
+        rustix::mount::MountFlags::empty(),
+        data.as_c_str(),
+    )?;
+    Ok(())
+}
+
+/// overlayfs splits its options on `,` and lowerdirs on `:`.
+fn escape_overlay(path: &str) -> String {
+    path.replace('\\', "\\\\").replace(',', "\\,").replace(':', "\\:")
+}
+
+/// `/sys/fs/cgroup/memory/<path>` (v1) or `/sys/fs/cgroup/<path>` (v2) of a process.
+fn memory_cgroup(pid: i32) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        if controllers.split(',').any(|c| c == "memory") {
+            return Some(Path::new("/sys/fs/cgroup/memory").join(path.trim_start_matches('/')));
+        }
+    }
+    let v2 = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Path::new("/sys/fs/cgroup/cgroup.controllers")
+        .exists()
+        .then(|| Path::new("/sys/fs/cgroup").join(v2.trim_start_matches('/')))
+}
+
+/// A working directory runc may be given: absolute, normalised, not under /proc
+/// (CVE-2024-21626 entered the host through `process.cwd`).
+fn check_cwd(cwd: &str) -> std::result::Result<String, String> {
+    if !cwd.starts_with('/') {
+        return Err(format!("workingDir {cwd:?}: must be an absolute path"));
+    }
+    let parts: Vec<&str> = cwd.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+    if parts.contains(&"..") {
+        return Err(format!("workingDir {cwd:?}: must not contain '..'"));
+    }
+    if parts.first() == Some(&"proc") {
+        return Err(format!("workingDir {cwd:?}: must not be under /proc"));
+    }
+    Ok(format!("/{}", parts.join("/")))
+}
+
+/// `uid[:gid]` as numbers, or `root`.
+fn parse_user(user: &str) -> std::result::Result<(u32, u32), String> {
+    let (u, g) = user.split_once(':').unwrap_or((user, ""));
+    let id = |s: &str| match s {
+        "" | "root" => Ok(0),
+        n => n.parse::<u32>().map_err(|_| format!("user {user:?}: only numeric uid[:gid] or root is supported")),
+    };
+    let uid = id(u)?;
+    let gid = if g.is_empty() { uid } else { id(g)? };
+    Ok((uid, gid))
+}
+
+/// The bundle's `config.json`.
+fn build_spec(c: &ContainerConfig, sandbox: Option<&SandboxRecord>) -> std::result::Result<Spec, String> {
+    let e = |e: oci_spec::OciSpecError| e.to_string();
+    let cwd = check_cwd(c.working_dir.as_deref().filter(|w| !w.is_empty()).unwrap_or("/"))?;
+    let (uid, gid) = parse_user(c.user.as_deref().unwrap_or(""))?;
+    let mut env: Vec<String> = Vec::new();
+    if !c.env.iter().any(|(k, _)| k == "PATH") {
+        env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    }
+    if let Some(sb) = sandbox {
+        env.push(format!("HOSTNAME={}", sb.config.hostname));
+    }
+    env.extend(c.env.iter().map(|(k, v)| format!("{k}={v}")));
+    let caps: HashSet<Capability> = DEFAULT_CAPS.iter().copied().collect();
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(caps.clone())
+        .effective(caps.clone())
+        .permitted(caps)
+        .build()
+        .map_err(e)?;
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .args(c.args.clone())
+        .env(env)
+        .cwd(cwd)
+        .user(UserBuilder::default().uid(uid).gid(gid).build().map_err(e)?)
+        .capabilities(capabilities)
+        .no_new_privileges(true)
+        .build()
+        .map_err(e)?;
+
+    let mut mounts: Vec<OciMount> = oci_spec::runtime::get_default_mounts();
+    let bind = |src: &Path, dst: &str, ro: bool| {
+        let mut opts = vec!["rbind".to_string(), "rprivate".to_string()];
+        opts.push(if ro { "ro" } else { "rw" }.into());
+        MountBuilder::default().destination(dst).typ("bind").source(src).options(opts).build().map_err(e)
+    };
+    let mut namespaces = vec![
+        LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Pid).build().map_err(e)?,
+        LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Ipc).build().map_err(e)?,
+        LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Uts).build().map_err(e)?,
+        LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Mount).build().map_err(e)?,
+    ];
+    let mut net = LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network);
+    if let Some(sb) = sandbox {
+        net = net.path(sb.netns.clone());
+        let files = sb.netns.parent().and_then(Path::parent).map(|d| d.join("sandboxes").join(&sb.config.id));
+        if let Some(files) = files {
+            for name in ["hosts", "resolv.conf", "hostname"] {
+                mounts.push(bind(&files.join(name), &format!("/etc/{name}"), false)?);
+            }
+        }
+    }
+    namespaces.push(net.build().map_err(e)?);
+    for m in &c.mounts {
+        mounts.push(bind(&m.host_path, &m.container_path, m.read_only)?);
+    }
+
+    let mut resources = LinuxResourcesBuilder::default();
+    if let Some(limit) = c.memory_limit {
+        resources = resources.memory(LinuxMemoryBuilder::default().limit(limit as i64).build().map_err(e)?);
+    }
+    let mut cpu = LinuxCpuBuilder::default();
+    if let Some(millis) = c.cpu_limit_millis {
+        cpu = cpu.quota((millis * 100) as i64).period(100_000u64);
+    }
+    let shares = c.cpu_request_millis.map_or(2, |m| (m * 1024 / 1000).max(2));
+    let mut unified = std::collections::HashMap::new();
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        // cgroup v2: the kubelet's own conversion (runc ≤ 1.1 uses an older one)
+        let weight = 1 + ((shares.clamp(2, 262_144) - 2) * 9999) / 262_142;
+        unified.insert("cpu.weight".to_string(), weight.to_string());
+    } else {
+        cpu = cpu.shares(shares);
+    }
+    resources = resources.cpu(cpu.build().map_err(e)?).unified(unified);
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .cgroups_path(PathBuf::from(format!("wasmlet/{}/{}", c.sandbox_id, c.id)))
+        .resources(resources.build().map_err(e)?)
+        .masked_paths(oci_spec::runtime::get_default_maskedpaths())
+        .readonly_paths(oci_spec::runtime::get_default_readonly_paths())
+        .build()
+        .map_err(e)?;
+
+    let mut spec = Spec::default();
+    spec.set_process(Some(process));
+    spec.set_root(Some(RootBuilder::default().path("rootfs").readonly(false).build().map_err(e)?));
+    spec.set_hostname(sandbox.map(|s| s.config.hostname.clone()).or_else(|| Some(c.name.clone())));
+    spec.set_mounts(Some(mounts));
+    spec.set_linux(Some(linux));
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runc_versions() {
+        assert!(check_runc_version("runc version 1.1.5+ds1\ncommit: x").is_err());
+        assert!(check_runc_version("runc version 1.2.8").is_err());
+        assert!(check_runc_version("runc version 1.3.6").is_ok());
+        assert!(check_runc_version("runc version 1.4.2").is_err());
+        assert!(check_runc_version("runc version 1.4.3").is_ok());
+        assert!(check_runc_version("runc version 1.5.0-rc.3").is_ok());
+        assert!(check_runc_version("nonsense").is_err());
+    }
+
+    #[test]
+    fn working_dirs_are_checked() {
+        assert_eq!(check_cwd("/app/./x/").unwrap(), "/app/x");
+        assert!(check_cwd("/proc/self/fd/7").is_err());
+        assert!(check_cwd("app").is_err());
+        assert!(check_cwd("/a/../../etc").is_err());
+    }
+
+    #[test]
+    fn users() {
+        assert_eq!(parse_user("").unwrap(), (0, 0));
+        assert_eq!(parse_user("1000").unwrap(), (1000, 1000));
+        assert_eq!(parse_user("1000:50").unwrap(), (1000, 50));
+        assert!(parse_user("nobody").is_err());
+    }
+}
