@@ -28,6 +28,12 @@ pub struct RuntimeArgs {
     /// The pod subnet, from which CNI's host-local gives each pod its IP.
     #[arg(long, default_value = "10.88.0.0/16", value_name = "CIDR")]
     pub pod_cidr: String,
+    /// The host bridge pods are attached to (one per pod CIDR).
+    #[arg(long, default_value = "wasmlet0", value_name = "NAME")]
+    pub pod_bridge: String,
+    /// Where CNI's host-local keeps its address leases (default: STATE_DIR/linux/cni).
+    #[arg(long, value_name = "DIR")]
+    pub cni_ipam_dir: Option<std::path::PathBuf>,
     /// runc binary (default: from PATH).
     #[arg(long, value_name = "PATH")]
     pub runc: Option<std::path::PathBuf>,
@@ -62,6 +68,10 @@ pub async fn start_agent(global: &Global, max_wasm_instances: u32, rt: &RuntimeA
         linux.conmon = p.clone();
     }
     linux.network.plugin_dir = rt.cni_plugin_dir.clone();
+    linux.network.bridge = rt.pod_bridge.clone();
+    if let Some(d) = &rt.cni_ipam_dir {
+        linux.network.data_dir = d.clone();
+    }
     linux.allow_vulnerable_runtime = rt.allow_vulnerable_runtime;
     let linux = LinuxRuntime::new(linux);
     if let Err(why) = &linux {

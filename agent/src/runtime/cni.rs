@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
-/// The chain wasmlet ships; `@SUBNET@` and `@DATADIR@` are filled in at start.
+/// The chain wasmlet ships; `@SUBNET@`, `@BRIDGE@` and `@DATADIR@` are filled in at start.
 const CONFLIST: &str = include_str!("../../cni/wasmlet.conflist");
 
 /// Where Debian's `containernetworking-plugins` puts the plugins.
@@ -40,6 +40,8 @@ pub struct NetworkConfig {
     pub plugin_dir: PathBuf,
     /// The pod subnet, e.g. `10.88.0.0/16`.
     pub subnet: String,
+    /// The host bridge the pods hang off (one subnet per bridge).
+    pub bridge: String,
     /// `host-local`'s address records.
     pub data_dir: PathBuf,
     /// Where namespaces are bind-mounted.

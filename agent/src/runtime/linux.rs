@@ -75,6 +75,7 @@ impl LinuxConfig {
             network: NetworkConfig {
                 plugin_dir: PathBuf::from(super::cni::DEFAULT_PLUGIN_DIR),
                 subnet: subnet.into(),
+                bridge: "wasmlet0".into(),
                 data_dir: dir.join("cni"),
                 netns_dir: dir.join("netns"),
             },
@@ -230,7 +231,7 @@ impl LinuxRuntime {
             reason,
             message: String::new(),
             started_at: meta.started_at.unwrap_or(finished_at),
-            finished_at,
+            finished_at: finished_at.max(meta.started_at.unwrap_or(0)),
         };
         let _ = write_atomic(&dir.join("state.json"), &serde_json::to_vec(&state).unwrap_or_default());
         Some(state)
@@ -394,8 +395,9 @@ impl Runtime for LinuxRuntime {
 
     async fn start_container(&self, id: &str) -> Result<()> {
         let mut meta = self.meta(id)?;
+        let started_at = now_ms();
         self.runc(&["start", id]).await.map_err(|reason| Error::Create { id: id.into(), reason })?;
-        meta.started_at = Some(now_ms());
+        meta.started_at = Some(started_at);
         meta.memory_cgroup = memory_cgroup(meta.pid);
         self.save_meta(id, &meta)
     }
