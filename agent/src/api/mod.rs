@@ -8,6 +8,7 @@
 //! | `DELETE /v1/pods/{ns}/{name}` | stops the pod within its grace period, then forgets it |
 //! | `GET /v1/pods/{ns}/{name}/events` | recorded events |
 //! | `GET /v1/pods/{ns}/{name}/log?container=&previous=&tail=&timestamps=&follow=` | CRI log, as text |
+//! | `POST /v1/pods/{ns}/{name}/exec?container=&command=…&stdin=&tty=` | upgraded to a framed stream ([`exec`]) |
 //! | `POST /v1/images/pull?image=` | NDJSON progress, then the image |
 //! | `GET /v1/images` | pulled images |
 //! | `GET /v1/metrics` | Prometheus text: pod start latency |
@@ -26,6 +27,7 @@ use serde_json::json;
 use crate::pod::Manager;
 
 pub mod client;
+pub mod exec;
 mod logs;
 pub mod view;
 
@@ -94,7 +96,9 @@ pub async fn serve(socket: &Path, manager: Arc<Manager>) -> std::io::Result<()> 
                 async move { Ok::<_, Infallible>(handle(mgr, req).await.unwrap_or_else(error_response)) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
+            if let Err(e) =
+                hyper::server::conn::http1::Builder::new().serve_connection(io, service).with_upgrades().await
+            {
                 tracing::debug!(error = %e, "api connection ended");
             }
         });
@@ -152,6 +156,10 @@ async fn handle(mgr: Arc<Manager>, req: Request<Incoming>) -> Result<Response<Bo
             ))
         }
         (Method::GET, ["v1", "pods", ns, name, "log"]) => logs::respond(mgr, ns, name, &query).await,
+        (Method::POST, ["v1", "pods", ns, name, "exec"]) => {
+            let (ns, name) = (ns.to_string(), name.to_string());
+            exec::respond(mgr, &ns, &name, &query, req).await
+        }
         (Method::GET, ["v1", "images"]) => {
             let images: Vec<_> = mgr.images().list()?.iter().map(image_summary).collect();
             Ok(json_response(StatusCode::OK, &json!(images)))

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 mod apply;
 mod delete;
 mod describe;
+mod exec;
 mod get;
 mod images;
 mod logs;
@@ -57,6 +58,8 @@ pub enum Command {
     Describe(describe::DescribeArgs),
     /// Print a container's logs.
     Logs(logs::LogsArgs),
+    /// Run a command in a running Linux container; exits with its exit code.
+    Exec(exec::ExecArgs),
     /// Delete pods.
     Delete(delete::DeleteArgs),
     /// Run a manifest in the foreground, like `podman kube play`; Ctrl-C cleans up.
@@ -79,6 +82,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Get(args) => get::run(g, args).await,
             Command::Describe(args) => describe::run(g, args).await,
             Command::Logs(args) => logs::run(g, args).await,
+            Command::Exec(args) => {
+                let code = exec::run(g, args).await?;
+                std::process::exit(code)
+            }
             Command::Delete(args) => delete::run(g, args).await,
             Command::Run(args) => run::run(g, args).await,
             Command::Pull(args) => pull::run(g, args).await,

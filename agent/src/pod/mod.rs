@@ -260,6 +260,33 @@ impl Manager {
         self.start_latencies.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    pub fn runtimes(&self) -> &Arc<Runtimes> {
+        &self.runtime
+    }
+
+    /// The running Linux container `exec` goes to: the named one, or the pod's first.
+    pub fn exec_target(&self, key: &str, container: Option<&str>) -> Result<String, String> {
+        let rec = self.get(key).map_err(|e| e.to_string())?.ok_or_else(|| format!("pod {key} not found"))?;
+        let i = match container {
+            Some(name) => rec
+                .plan
+                .containers
+                .iter()
+                .position(|c| c.name == name)
+                .ok_or_else(|| format!("container {name} is not valid for pod {}", rec.name()))?,
+            None => 0,
+        };
+        let name = &rec.plan.containers[i].name;
+        if rec.runtimes.get(i).copied().flatten() != Some(RuntimeKind::Linux) {
+            return Err(format!("container {name} is not a Linux container; exec runs in Linux containers only"));
+        }
+        let c = &rec.status.containers[i];
+        if !matches!(c.state, state::State::Running { .. }) {
+            return Err(format!("container {name} is not running"));
+        }
+        Ok(worker::container_id(&rec.uid, name, c.instances))
+    }
+
     pub fn images(&self) -> &Arc<ImageService> {
         &self.images
     }

@@ -64,8 +64,10 @@ pub struct Attachment {
 
 impl Network {
     pub fn new(config: NetworkConfig) -> Result<Self, String> {
-        let text =
-            CONFLIST.replace("@SUBNET@", &config.subnet).replace("@DATADIR@", &config.data_dir.display().to_string());
+        let text = CONFLIST
+            .replace("@SUBNET@", &config.subnet)
+            .replace("@BRIDGE@", &config.bridge)
+            .replace("@DATADIR@", &config.data_dir.display().to_string());
         let chain: Value = serde_json::from_str(&text).map_err(|e| format!("wasmlet.conflist: {e}"))?;
         for plugin in ["loopback", "bridge", "host-local", "portmap"] {
             if !config.plugin_dir.join(plugin).is_file() {

@@ -258,41 +258,36 @@ impl LinuxRuntime {
         }
         let mut cmd = tokio::process::Command::new(&self.inner.runc);
         cmd.arg("--root").arg(&self.inner.runc_root).arg("exec");
-        let mut console = None;
+        let mut terminal = None;
         if tty {
-            let sock = self.dir(id).join(format!("console-{}.sock", fastrand::u64(..)));
-            let listener =
-                std::os::unix::net::UnixListener::bind(&sock).map_err(|e| io_err("console socket", &sock, e))?;
-            cmd.arg("--tty").arg("--console-socket").arg(&sock);
-            console = Some((listener, sock));
+            // runc in the foreground makes the container's terminal and copies it to its
+            // own stdio, which is a terminal of ours; SIGWINCH makes it read a new size
+            let (master, slave) = open_pty().map_err(|e| io_err("terminal", Path::new(id), e))?;
+            let dup = |fd: &OwnedFd| fd.try_clone().map(Stdio::from).map_err(|e| io_err("terminal", Path::new(id), e));
+            cmd.arg("--tty").stdin(dup(&slave)?).stdout(dup(&slave)?).stderr(Stdio::from(slave));
+            terminal = Some(master);
+        } else {
+            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         }
         cmd.arg(id).args(command).kill_on_drop(true);
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|e| Error::Create { id: id.into(), reason: format!("runc exec: {e}") })?;
-        let terminal = match console {
-            None => None,
-            Some((listener, sock)) => {
-                let got = tokio::task::spawn_blocking(move || {
-                    let r = receive_fd(&listener);
-                    let _ = std::fs::remove_file(&sock);
-                    r
-                });
-                let received = tokio::select! {
-                    r = got => r.map_err(std::io::Error::other).and_then(|r| r),
-                    status = child.wait() => {
-                        let mut err = String::new();
-                        if let Some(mut e) = child.stderr.take() {
-                            use tokio::io::AsyncReadExt;
-                            let _ = e.read_to_string(&mut err).await;
-                        }
-                        return Err(Error::Create { id: id.into(), reason: format!("runc exec: {} {}", status.map(|s| s.to_string()).unwrap_or_default(), runc_message(err.as_bytes())) });
-                    }
-                };
-                Some(received.map_err(|e| io_err("console", Path::new(id), e))?)
-            }
-        };
+        let child = cmd.spawn().map_err(|e| Error::Create { id: id.into(), reason: format!("runc exec: {e}") })?;
         Ok(ExecSession { child, terminal })
     }
+}
+
+/// A new pseudo-terminal pair: (master, slave).
+fn open_pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+    grantpt(&master)?;
+    unlockpt(&master)?;
+    let name = ptsname(&master, Vec::new())?;
+    let slave = rustix::fs::open(
+        name.as_c_str(),
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    Ok((master, slave))
 }
 
 /// A running `runc exec`: its pipes, or the terminal's master side.
@@ -300,24 +295,6 @@ impl LinuxRuntime {
 pub struct ExecSession {
     pub child: tokio::process::Child,
     pub terminal: Option<OwnedFd>,
-}
-
-/// Receives one file descriptor (runc sends the console's master) over a Unix socket.
-fn receive_fd(listener: &std::os::unix::net::UnixListener) -> std::io::Result<OwnedFd> {
-    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, recvmsg};
-    let (conn, _) = listener.accept()?;
-    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
-    let mut name = [0u8; 4096];
-    recvmsg(&conn, &mut [std::io::IoSliceMut::new(&mut name)], &mut control, RecvFlags::CMSG_CLOEXEC)?;
-    for msg in control.drain() {
-        if let RecvAncillaryMessage::ScmRights(mut fds) = msg
-            && let Some(fd) = fds.next()
-        {
-            return Ok(fd);
-        }
-    }
-    Err(std::io::Error::other("runc sent no console"))
 }
 
 impl Runtime for LinuxRuntime {
