@@ -14,12 +14,31 @@ pub const WASMLET: &str = env!("CARGO_BIN_EXE_wasmlet");
 pub struct Agent {
     pub state: tempfile::TempDir,
     child: Option<Child>,
+    /// Extra `serve` flags.
+    pub flags: Vec<String>,
 }
+
+/// The flags every test agent runs with: Debian bookworm's runc 1.1.5 (allowed
+/// explicitly), and one test bridge, subnet and address pool that all test agents share
+/// (host-local locks its pool), apart from a real wasmlet's `wasmlet0`.
+pub const TEST_NETWORK: &[&str] = &[
+    "--allow-vulnerable-runtime",
+    "--pod-cidr",
+    "10.89.0.0/16",
+    "--pod-bridge",
+    "wasmlet-test0",
+    "--cni-ipam-dir",
+    "/run/wasmlet-test-ipam",
+];
 
 impl Agent {
     pub fn start() -> Agent {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(flags: &[&str]) -> Agent {
         let state = tempfile::tempdir().unwrap();
-        let mut a = Agent { state, child: None };
+        let mut a = Agent { state, child: None, flags: flags.iter().map(|s| s.to_string()).collect() };
         a.restart();
         a
     }
@@ -35,6 +54,8 @@ impl Agent {
             std::fs::OpenOptions::new().create(true).append(true).open(self.state_dir().join("serve.log")).unwrap();
         let child = Command::new(WASMLET)
             .args(["--state-dir", self.state_dir().to_str().unwrap(), "serve", "--max-wasm-instances", "200"])
+            .args(TEST_NETWORK)
+            .args(&self.flags)
             .env("DOCKER_CONFIG", self.state_dir().join("no-docker-config"))
             .env("WASMLET_LOG", "wasmlet=info")
             .stdout(Stdio::null())
@@ -122,9 +143,66 @@ impl Agent {
 }
 
 impl Drop for Agent {
+    /// Deletes every pod (their containers and networks outlive the agent otherwise),
+    /// then stops the agent.
     fn drop(&mut self) {
+        if self.child.is_some() {
+            for p in self.pods() {
+                let (ns, name) = (p["metadata"]["namespace"].as_str(), p["metadata"]["name"].as_str());
+                if let (Some(ns), Some(name)) = (ns, name) {
+                    let _ = self.cli(&["delete", "pod", name, "-n", ns, "--grace-period", "0"]);
+                }
+            }
+        }
         self.stop();
     }
+}
+
+/// A busybox image (static busybox, every applet linked) built with umoci and pushed
+/// to `registry` as `busybox:TAG`, for the given architecture.
+pub fn push_busybox(registry: &Registry, arch: &str, tag: &str) -> String {
+    let umoci = crate::common::require("umoci", "umoci");
+    let busybox = Path::new("/bin/busybox");
+    assert!(busybox.is_file(), "/bin/busybox is missing: install it with `apt-get install -y busybox-static`");
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("oci");
+    let bundle = dir.path().join("bundle");
+    let image = format!("{}:{tag}", layout.display());
+    let run = |args: &[&str]| {
+        let out = Command::new(&umoci).args(args).output().unwrap();
+        assert!(out.status.success(), "umoci {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&["init", "--layout", layout.to_str().unwrap()]);
+    run(&["new", "--image", &image]);
+    run(&["unpack", "--image", &image, bundle.to_str().unwrap()]);
+    let rootfs = bundle.join("rootfs");
+    for d in ["bin", "sbin", "usr/bin", "usr/sbin", "etc", "tmp", "root", "proc", "sys", "dev"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
+    let applets = Command::new(busybox).arg("--list-full").output().unwrap().stdout;
+    for applet in String::from_utf8(applets).unwrap().lines().filter(|a| *a != "bin/busybox") {
+        let depth = Path::new(applet).parent().unwrap().components().count();
+        let _ = std::os::unix::fs::symlink(format!("{}bin/busybox", "../".repeat(depth)), rootfs.join(applet));
+    }
+    std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    run(&["repack", "--image", &image, bundle.to_str().unwrap()]);
+    run(&["config", "--image", &image, "--os", "linux", "--architecture", arch, "--config.entrypoint", "/bin/sh"]);
+    run(&["config", "--image", &image, "--config.cmd=-c", "--config.cmd=echo hello from busybox"]);
+    let target = format!("{}/busybox:{tag}", registry.host);
+    let out = Command::new(WASMLET)
+        .args(["push", "--layout", &format!("{}:{tag}", layout.display()), &target])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "push {target}: {}", String::from_utf8_lossy(&out.stderr));
+    target
+}
+
+/// The named container's state: ("waiting"|"running"|"terminated", details).
+pub fn container_state(pod: &Value, name: &str) -> (String, Value) {
+    let statuses = pod["status"]["containerStatuses"].as_array().cloned().unwrap_or_default();
+    let c = statuses.iter().find(|c| c["name"] == name).cloned().unwrap_or_default();
+    c["state"].as_object().and_then(|o| o.iter().next()).map(|(k, v)| (k.clone(), v.clone())).unwrap_or_default()
 }
 
 /// The first container's state: ("waiting"|"running"|"terminated", details).

@@ -8,5 +8,6 @@ mod common;
 mod crash;
 mod harness;
 mod images;
+mod linux;
 mod pods;
 mod run;

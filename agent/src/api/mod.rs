@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `POST /v1/apply` | body: manifest YAML; all documents validated before any is applied |
 //! | `GET /v1/pods`, `GET /v1/pods/{ns}/{name}` | Kubernetes `v1/Pod` objects with status |
-//! | `DELETE /v1/pods/{ns}/{name}` | stops the pod within its grace period, then forgets it |
+//! | `DELETE /v1/pods/{ns}/{name}?gracePeriodSeconds=` | stops the pod within its grace period, then forgets it |
 //! | `GET /v1/pods/{ns}/{name}/events` | recorded events |
 //! | `GET /v1/pods/{ns}/{name}/log?container=&previous=&tail=&timestamps=&follow=` | CRI log, as text |
 //! | `POST /v1/pods/{ns}/{name}/exec?container=&command=…&stdin=&tty=` | upgraded to a framed stream ([`exec`]) |
@@ -142,7 +142,8 @@ async fn handle(mgr: Arc<Manager>, req: Request<Incoming>) -> Result<Response<Bo
             Ok(json_response(StatusCode::OK, &view::pod(&rec)))
         }
         (Method::DELETE, ["v1", "pods", ns, name]) => {
-            mgr.delete(&crate::pod::key(ns, name)).await.map_err(|e| match e {
+            let grace = get(&query, "gracePeriodSeconds").and_then(|g| g.parse::<i64>().ok());
+            mgr.delete_with_grace(&crate::pod::key(ns, name), grace).await.map_err(|e| match e {
                 crate::pod::Error::NotFound(_) => not_found(ns, name),
                 e => e.into(),
             })?;

@@ -94,7 +94,7 @@ pub struct Applied {
 
 enum Msg {
     Exited { container: usize, instance: u32, state: crate::runtime::ContainerState },
-    Delete { done: oneshot::Sender<()> },
+    Delete { done: oneshot::Sender<()>, grace: Option<i64> },
 }
 
 /// Runs the pods.
@@ -145,6 +145,7 @@ impl Manager {
             mgr.spawn(rec);
         }
         mgr.store.flush().await?;
+        mgr.remove_orphans().await;
         tracing::info!("pods resumed");
         Ok(mgr)
     }
@@ -181,6 +182,27 @@ impl Manager {
         }
         rec.status.apply(&plan, state::Event::Lost { container: i, at: now });
         self.event(rec, "Warning", "Lost", &format!("Container {name} was running when the agent stopped"));
+    }
+
+    /// Linux containers no stored pod runs (left by a crash between their creation and
+    /// the record that names them) are stopped and removed.
+    async fn remove_orphans(&self) {
+        let Ok(linux) = self.runtime.linux() else { return };
+        let mut known = std::collections::HashSet::new();
+        for rec in self.list().unwrap_or_default() {
+            for (i, c) in rec.status.containers.iter().enumerate() {
+                if matches!(c.state, state::State::Running { .. }) {
+                    known.insert(worker::container_id(&rec.uid, &rec.plan.containers[i].name, c.instances));
+                }
+            }
+        }
+        for id in linux.container_ids() {
+            if !known.contains(&id) {
+                tracing::warn!(container = %id, "removing a container no pod runs");
+                let _ = self.runtime.stop_container(RuntimeKind::Linux, &id, std::time::Duration::ZERO).await;
+                let _ = self.runtime.remove_container(RuntimeKind::Linux, &id).await;
+            }
+        }
     }
 
     /// Accepts pods: each is stored (durably) before this returns, then started.
@@ -221,14 +243,22 @@ impl Manager {
 
     /// Stops a pod's containers within its grace period and forgets it. Waits until done.
     pub async fn delete(&self, key: &str) -> Result<()> {
+        self.delete_with_grace(key, None).await
+    }
+
+    /// As [`Manager::delete`], with a grace period (seconds) that overrides the pod's.
+    pub async fn delete_with_grace(&self, key: &str, grace: Option<i64>) -> Result<()> {
         let mut rec: PodRecord = self.store.get(Table::Pods, key)?.ok_or_else(|| Error::NotFound(key.into()))?;
         rec.deleting = true;
+        if let (Some(g), Some(spec)) = (grace, rec.pod.spec.as_mut()) {
+            spec.termination_grace_period_seconds = Some(g.max(0));
+        }
         self.save(&rec)?;
         self.store.flush().await?;
         let worker = self.workers.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned();
         let (done, wait) = oneshot::channel();
         match worker {
-            Some(tx) if tx.send(Msg::Delete { done }).is_ok() => {
+            Some(tx) if tx.send(Msg::Delete { done, grace }).is_ok() => {
                 let _ = wait.await;
             }
             _ => self.teardown(&rec).await?,

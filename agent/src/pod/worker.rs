@@ -73,7 +73,10 @@ pub(super) async fn run(
                 Some(Msg::Exited { container, instance, state }) => {
                     exited(&mgr, &mut rec, container, instance, state).await
                 }
-                Some(Msg::Delete { done }) => {
+                Some(Msg::Delete { done, grace }) => {
+                    if let (Some(g), Some(spec)) = (grace, rec.pod.spec.as_mut()) {
+                        spec.termination_grace_period_seconds = Some(g.max(0));
+                    }
                     stop_and_teardown(&mgr, &mut rec).await;
                     let _ = done.send(());
                     return;
@@ -200,6 +203,12 @@ async fn start(mgr: &Manager, rec: &mut PodRecord, i: usize, tx: &mpsc::Unbounde
         return start_failed(mgr, rec, i, "RunContainerError", e.to_string());
     }
     apply(rec, Event::Started { container: i, at: now_ms() });
+    if kind == RuntimeKind::Linux {
+        // a Linux container outlives the agent: its record must too, or a restarted
+        // agent would start a second one beside it
+        save(mgr, rec);
+        let _ = mgr.store.flush().await;
+    }
     if rec.status.containers.iter().all(|c| matches!(c.state, state::State::Running { .. })) {
         mgr.started(&rec.uid);
     }

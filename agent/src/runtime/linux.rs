@@ -161,6 +161,12 @@ impl LinuxRuntime {
         Ok(LinuxRuntime { inner: Arc::new(inner) })
     }
 
+    /// Every container this runtime has a directory for.
+    pub fn container_ids(&self) -> Vec<String> {
+        let entries = std::fs::read_dir(&self.inner.containers).into_iter().flatten().flatten();
+        entries.filter_map(|e| e.file_name().into_string().ok()).collect()
+    }
+
     fn dir(&self, id: &str) -> PathBuf {
         self.inner.containers.join(id)
     }
