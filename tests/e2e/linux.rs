@@ -245,3 +245,37 @@ fn wrong_platform_and_missing_runc_leave_the_pod_waiting_with_a_reason() {
     assert!(text.contains("runc not found") && text.contains("apt-get install runc"), "{text}");
     assert_eq!(std::fs::read_dir(agent.state_dir()).unwrap().flatten().filter(|e| e.file_name() == "linux").count(), 0);
 }
+
+#[test]
+fn images_show_size_and_last_use_and_unused_ones_are_pruned() {
+    let apps = Apps::push(&["hello"]);
+    let image = push_busybox(&apps.registry, "amd64", "latest");
+    let mut agent = Agent::start();
+    agent.ok(&["pull", &apps.image("hello", "v1")]);
+    agent.apply(&sh_pod("user", &image, "Always", 0, "sleep 1000", ""));
+    agent.wait_pod("user", "running", |p| state(p).0 == "running");
+    let table = agent.ok(&["images"]);
+    let row = |name: &str| table.lines().find(|l| l.contains(name)).unwrap_or_default().to_string();
+    assert!(row("busybox").contains(" MB") && !row("busybox").ends_with("never"), "{table}");
+    assert!(row("apps/hello").ends_with("never"), "{table}");
+    let layers = || std::fs::read_dir(agent.state_dir().join("layers")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(layers(), 1);
+
+    let out = agent.ok(&["image", "prune"]);
+    assert!(out.contains("deleted: ") && out.contains("apps/hello:v1") && !out.contains("busybox"), "{out}");
+    let table = agent.ok(&["images"]);
+    assert!(!table.contains("apps/hello") && table.contains("busybox"), "{table}");
+    // the pod's image goes once no pod uses it, with its unpacked layer
+    agent.ok(&["delete", "pod", "user"]);
+    agent.ok(&["image", "prune"]);
+    assert!(!agent.ok(&["images"]).contains("busybox"));
+    assert_eq!(layers(), 0, "unpacked layers removed");
+
+    // under disk pressure (thresholds at 0 %) unused images go without being asked
+    agent.ok(&["pull", &apps.image("hello", "v1")]);
+    agent.flags = vec!["--image-gc-high-threshold".into(), "0".into(), "--image-gc-low-threshold".into(), "0".into()];
+    agent.restart();
+    crate::common::wait_until(Duration::from_secs(10), "disk-pressure GC", || {
+        !agent.ok(&["images"]).contains("apps/hello")
+    });
+}

@@ -11,6 +11,7 @@
 //! | `POST /v1/pods/{ns}/{name}/exec?container=&command=…&stdin=&tty=` | upgraded to a framed stream ([`exec`]) |
 //! | `POST /v1/images/pull?image=` | NDJSON progress, then the image |
 //! | `GET /v1/images` | pulled images |
+//! | `POST /v1/images/prune` | removes images no pod uses; returns them |
 //! | `GET /v1/metrics` | Prometheus text: pod start latency |
 //! | `GET /v1/stats/pod-starts` | every pod start latency measured, in µs, in order |
 
@@ -166,6 +167,10 @@ async fn handle(mgr: Arc<Manager>, req: Request<Incoming>) -> Result<Response<Bo
             Ok(json_response(StatusCode::OK, &json!(images)))
         }
         (Method::POST, ["v1", "images", "pull"]) => pull(mgr, &query),
+        (Method::POST, ["v1", "images", "prune"]) => {
+            let removed: Vec<_> = mgr.prune_images(None).await?.iter().map(image_summary).collect();
+            Ok(json_response(StatusCode::OK, &json!(removed)))
+        }
         _ => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no route for {} {path}", req.method()))),
     }
 }
@@ -193,7 +198,10 @@ fn not_found(ns: &str, name: &str) -> ApiError {
 }
 
 pub fn image_summary(r: &crate::image::ImageRecord) -> serde_json::Value {
-    json!({"reference": r.reference, "digest": r.digest.to_string(), "kind": r.kind_name(), "size": r.size, "pulledAt": r.pulled_at})
+    json!({
+        "reference": r.reference, "digest": r.digest.to_string(), "kind": r.kind_name(), "size": r.size,
+        "pulledAt": r.pulled_at, "lastUsed": r.last_used,
+    })
 }
 
 fn pull(mgr: Arc<Manager>, query: &[(String, String)]) -> Result<Response<Body>, ApiError> {

@@ -66,8 +66,10 @@ pub enum Command {
     Run(run::RunArgs),
     /// Pull an image, with progress bars.
     Pull(pull::PullArgs),
-    /// List pulled images.
+    /// List pulled images, with size and last use.
     Images(images::ImagesArgs),
+    /// Manage images: `wasmlet image prune`.
+    Image(images::ImageArgs),
     /// Push a .wasm module or component (or an OCI layout) to a registry.
     Push(push::PushArgs),
 }
@@ -90,6 +92,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Run(args) => run::run(g, args).await,
             Command::Pull(args) => pull::run(g, args).await,
             Command::Images(args) => images::run(g, args).await,
+            Command::Image(args) => images::image(g, args).await,
             Command::Push(args) => push::run(g, args).await,
         }
     })

@@ -47,6 +47,13 @@ pub struct RuntimeArgs {
     /// bookworm's 1.1.5). Without it such a runc is refused, and Linux pods wait.
     #[arg(long)]
     pub allow_vulnerable_runtime: bool,
+    /// Disk usage (percent) of the state directory's filesystem above which unused
+    /// images are removed, least recently used first…
+    #[arg(long, default_value_t = 85, value_name = "PERCENT")]
+    pub image_gc_high_threshold: u64,
+    /// …until usage is below this.
+    #[arg(long, default_value_t = 80, value_name = "PERCENT")]
+    pub image_gc_low_threshold: u64,
 }
 
 /// Builds the agent's parts over `global.state_dir` and resumes its pods.
@@ -80,7 +87,20 @@ pub async fn start_agent(global: &Global, max_wasm_instances: u32, rt: &RuntimeA
     }
     let runtime = Arc::new(Runtimes { wasm: WasmRuntime::new(wasm)?, linux });
     tracing::info!("runtime ready; resuming pods");
-    Ok(Manager::start(store, images, runtime, dir).await?)
+    let mgr = Manager::start(store, images, runtime, dir).await?;
+    let (gc, thresholds) = (Arc::downgrade(&mgr), (rt.image_gc_high_threshold, rt.image_gc_low_threshold));
+    tokio::spawn(async move {
+        // image garbage collection under disk pressure, as the kubelet's (every 5 min there)
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+        loop {
+            tick.tick().await;
+            let Some(mgr) = gc.upgrade() else { return };
+            if let Err(e) = mgr.prune_images(Some(thresholds)).await {
+                tracing::warn!(error = %e, "image garbage collection failed");
+            }
+        }
+    });
+    Ok(mgr)
 }
 
 /// Every container holds its log open: lift the soft limit on open files to the hard one.

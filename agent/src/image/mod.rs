@@ -2,6 +2,7 @@
 //! unpacks filesystem layers once (overlay form, one directory per DiffID) and records
 //! every pulled reference in the state database.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -29,6 +30,9 @@ pub struct ImageRecord {
     pub size: u64,
     /// Unix milliseconds.
     pub pulled_at: u64,
+    /// When a container last started from it (Unix ms).
+    #[serde(default)]
+    pub last_used: Option<u64>,
     pub image: registry_client::Image,
 }
 
@@ -43,6 +47,17 @@ impl ImageRecord {
     /// `repo@sha256:…`, what Kubernetes shows as `imageID`.
     pub fn image_id(&self) -> String {
         format!("{}@{}", self.image.source.registry().to_owned() + "/" + self.image.source.repository(), self.digest)
+    }
+
+    /// Config and layer digests, and the DiffIDs of unpacked layers.
+    pub fn blobs(&self) -> Vec<Digest> {
+        let mut out = vec![self.digest.clone(), self.image.manifest.config.digest.clone()];
+        out.extend(self.image.index_digest.clone());
+        for l in &self.image.layers {
+            out.push(l.descriptor.digest.clone());
+            out.extend(l.diff_id.clone());
+        }
+        out
     }
 
     /// The blob holding the Wasm module or component, for Wasm artifacts.
@@ -82,6 +97,7 @@ impl ImageService {
             kind: image.kind.clone(),
             size: image.size(),
             pulled_at: crate::runtime::now_ms(),
+            last_used: self.get(reference).ok().flatten().and_then(|r| r.last_used),
             image,
         };
         self.store.put(Table::Images, &record.reference, &record)?;
@@ -92,6 +108,51 @@ impl ImageService {
     /// The record for a reference, if it was pulled.
     pub fn get(&self, reference: &Reference) -> Result<Option<ImageRecord>> {
         Ok(self.store.get(Table::Images, &reference.to_string())?)
+    }
+
+    /// Records that a container started from the image.
+    pub fn touch(&self, reference: &Reference) {
+        if let Ok(Some(mut r)) = self.get(reference) {
+            r.last_used = Some(crate::runtime::now_ms());
+            let _ = self.store.put(Table::Images, &r.reference, &r);
+        }
+    }
+
+    /// Removes images no pod uses (`in_use` holds their references), least recently
+    /// used first, until `enough` says to stop; then deletes every blob and unpacked
+    /// layer that no remaining image shares. Returns the removed records.
+    pub async fn prune(&self, in_use: &HashSet<String>, mut enough: impl FnMut() -> bool) -> Result<Vec<ImageRecord>> {
+        let mut all = self.list()?;
+        all.sort_by_key(|r| r.last_used.unwrap_or(r.pulled_at));
+        let (mut keep, mut candidates): (Vec<_>, Vec<_>) = all.into_iter().partition(|r| in_use.contains(&r.reference));
+        candidates.reverse(); // pop the least recently used first
+        let mut removed = Vec::new();
+        while !enough() {
+            let Some(r) = candidates.pop() else { break };
+            self.store.remove(Table::Images, &r.reference)?;
+            self.store.flush().await?;
+            let still: HashSet<Digest> = keep.iter().chain(candidates.iter()).flat_map(|k| k.blobs()).collect();
+            for d in r.blobs().into_iter().filter(|d| !still.contains(d)) {
+                let _ = self.client.store().remove(&d);
+            }
+            for l in &r.image.layers {
+                if let Some(dir) = &l.unpacked
+                    && !l.diff_id.as_ref().is_some_and(|id| still.contains(id))
+                {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+            }
+            removed.push(r);
+        }
+        keep.extend(candidates);
+        Ok(removed)
+    }
+
+    /// The share of the filesystem holding the state directory that is used, 0–100.
+    pub fn disk_usage_percent(&self) -> Option<u64> {
+        let st = rustix::fs::statvfs(&self.layers.parent()?.to_path_buf()).ok()?;
+        let total = st.f_blocks;
+        (total > 0).then(|| (total - st.f_bavail) * 100 / total)
     }
 
     /// All recorded images, by reference.

@@ -31,6 +31,8 @@ pub enum Error {
     Store(#[from] crate::store::Error),
     #[error("pod {0} not found")]
     NotFound(String),
+    #[error("image store: {0}")]
+    Image(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -315,6 +317,32 @@ impl Manager {
             return Err(format!("container {name} is not running"));
         }
         Ok(worker::container_id(&rec.uid, name, c.instances))
+    }
+
+    /// Removes images no pod uses; with `thresholds` (high, low disk usage in percent)
+    /// only when usage is above high, and only until it is below low.
+    pub async fn prune_images(&self, thresholds: Option<(u64, u64)>) -> Result<Vec<crate::image::ImageRecord>> {
+        if let Some((high, _)) = thresholds
+            && self.images.disk_usage_percent().is_none_or(|u| u <= high)
+        {
+            return Ok(Vec::new());
+        }
+        let in_use: std::collections::HashSet<String> = self
+            .list()?
+            .iter()
+            .flat_map(|r| r.plan.containers.iter().map(|c| c.image.clone()))
+            .filter_map(|i| i.parse::<registry_client::Reference>().ok().map(|r| r.to_string()))
+            .collect();
+        let images = self.images.clone();
+        let enough = move || match thresholds {
+            Some((_, low)) => images.disk_usage_percent().is_none_or(|u| u < low),
+            None => false,
+        };
+        let removed = self.images.prune(&in_use, enough).await.map_err(|e| Error::Image(e.to_string()))?;
+        for r in &removed {
+            tracing::info!(image = %r.reference, "image removed");
+        }
+        Ok(removed)
     }
 
     pub fn images(&self) -> &Arc<ImageService> {

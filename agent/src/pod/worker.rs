@@ -203,6 +203,9 @@ async fn start(mgr: &Manager, rec: &mut PodRecord, i: usize, tx: &mpsc::Unbounde
         return start_failed(mgr, rec, i, "RunContainerError", e.to_string());
     }
     apply(rec, Event::Started { container: i, at: now_ms() });
+    if let Ok(r) = rec.plan.containers[i].image.parse() {
+        mgr.images.touch(&r);
+    }
     if kind == RuntimeKind::Linux {
         // a Linux container outlives the agent: its record must too, or a restarted
         // agent would start a second one beside it
