@@ -34,6 +34,7 @@ bench: wasm-apps
     scripts/setup-bench.sh
     cargo bench -p registry-client --bench pull
     cargo bench -p wasmlet --bench agent
+    cargo bench -p wasmlet --bench linux
 
 # a local registry, the example apps pushed and pulled back by wasmlet
 demo: wasm-apps

@@ -101,13 +101,20 @@ impl Network {
     }
 
     async fn add(&self, pod: &str, netns: &Path, ports: &[PortMapping]) -> Result<Option<String>, String> {
+        // `lo` and `eth0` are independent: wire them at once
         let lo = json!({"cniVersion": self.chain["cniVersion"], "name": "lo", "type": "loopback"});
-        self.exec("ADD", pod, netns, "lo", &lo).await?;
-        let mut prev: Option<Value> = None;
-        for plugin in self.chain["plugins"].as_array().into_iter().flatten() {
-            let conf = self.plugin_conf(plugin, ports, prev.as_ref());
-            prev = Some(self.exec("ADD", pod, netns, "eth0", &conf).await?);
-        }
+        let lo = self.exec("ADD", pod, netns, "lo", &lo);
+        let chain = async {
+            let mut prev: Option<Value> = None;
+            for plugin in self.plugins(ports) {
+                let conf = self.plugin_conf(plugin, ports, prev.as_ref());
+                prev = Some(self.exec("ADD", pod, netns, "eth0", &conf).await?);
+            }
+            Ok::<_, String>(prev)
+        };
+        let (lo, prev) = tokio::join!(lo, chain);
+        lo?;
+        let prev = prev?;
         let ip = prev
             .as_ref()
             .and_then(|r| r["ips"].as_array().and_then(|ips| ips.first()).cloned())
@@ -115,12 +122,21 @@ impl Network {
         Ok(ip)
     }
 
+    /// The chain's plugins; `portmap` only when there are ports to map.
+    fn plugins<'a>(&'a self, ports: &'a [PortMapping]) -> impl DoubleEndedIterator<Item = &'a Value> + 'a {
+        self.chain["plugins"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(move |p| !ports.is_empty() || p["capabilities"]["portMappings"] != Value::Bool(true))
+    }
+
     /// Runs the chain's DEL (in reverse) and removes the namespace. Safe to repeat.
     pub async fn detach(&self, pod: &str, ports: &[PortMapping]) -> Result<(), String> {
         let netns = self.netns_path(pod);
         let mut first_error = None;
         let ns_arg = if netns.exists() { netns.clone() } else { PathBuf::new() };
-        for plugin in self.chain["plugins"].as_array().into_iter().flatten().rev() {
+        for plugin in self.plugins(ports).rev() {
             let conf = self.plugin_conf(plugin, ports, None);
             if let Err(e) = self.exec("DEL", pod, &ns_arg, "eth0", &conf).await {
                 first_error.get_or_insert(e);
