@@ -150,7 +150,7 @@ impl ImageService {
 
     /// The share of the filesystem holding the state directory that is used, 0–100.
     pub fn disk_usage_percent(&self) -> Option<u64> {
-        let st = rustix::fs::statvfs(&self.layers.parent()?.to_path_buf()).ok()?;
+        let st = rustix::fs::statvfs(self.layers.parent()?).ok()?;
         let total = st.f_blocks;
         (total > 0).then(|| (total - st.f_bavail) * 100 / total)
     }

@@ -309,10 +309,10 @@ async fn stop_and_teardown(mgr: &Manager, rec: &mut PodRecord) {
     for s in stops {
         let _ = s.await;
     }
-    if rec.network {
-        if let Err(e) = mgr.runtime.remove_sandbox(RuntimeKind::Linux, &rec.uid).await {
-            tracing::warn!(error = %e, "cannot remove the pod sandbox");
-        }
+    if rec.network
+        && let Err(e) = mgr.runtime.remove_sandbox(RuntimeKind::Linux, &rec.uid).await
+    {
+        tracing::warn!(error = %e, "cannot remove the pod sandbox");
     }
     if let Err(e) = mgr.teardown(rec).await {
         tracing::error!(error = %e, "cannot remove pod state");

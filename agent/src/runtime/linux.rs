@@ -397,10 +397,11 @@ impl Runtime for LinuxRuntime {
         }
         let signal = meta.config.stop_signal.clone().unwrap_or_else(|| "TERM".into());
         let signal = signal.trim_start_matches("SIG").to_string();
-        if !grace.is_zero() && self.runc(&["kill", id, &signal]).await.is_ok() {
-            if self.wait_for(id, Some(grace)).await?.is_some() {
-                return Ok(());
-            }
+        if !grace.is_zero()
+            && self.runc(&["kill", id, &signal]).await.is_ok()
+            && self.wait_for(id, Some(grace)).await?.is_some()
+        {
+            return Ok(());
         }
         let _ = self.runc(&["kill", id, "KILL"]).await;
         self.wait_for(id, Some(Duration::from_secs(10))).await?;

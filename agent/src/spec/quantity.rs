@@ -30,6 +30,17 @@ pub fn parse_bytes(q: &str) -> Option<u64> {
     Some((value * factor).ceil() as u64)
 }
 
+/// Parses a CPU quantity (`500m`, `2`, `0.5`) into millicores, rounded up.
+pub fn parse_millicores(q: &str) -> Option<u64> {
+    let q = q.trim();
+    let (number, factor) = match q.strip_suffix('m') {
+        Some(n) => (n, 1.0),
+        None => (q, 1000.0),
+    };
+    let value: f64 = number.parse().ok()?;
+    (value >= 0.0 && value.is_finite()).then(|| (value * factor).ceil() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_bytes;
@@ -46,15 +57,4 @@ mod tests {
         assert_eq!(parse_bytes("-1"), None);
         assert_eq!(parse_bytes("12Q"), None);
     }
-}
-
-/// Parses a CPU quantity (`500m`, `2`, `0.5`) into millicores, rounded up.
-pub fn parse_millicores(q: &str) -> Option<u64> {
-    let q = q.trim();
-    let (number, factor) = match q.strip_suffix('m') {
-        Some(n) => (n, 1.0),
-        None => (q, 1000.0),
-    };
-    let value: f64 = number.parse().ok()?;
-    (value >= 0.0 && value.is_finite()).then(|| (value * factor).ceil() as u64)
 }
