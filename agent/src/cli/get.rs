@@ -107,20 +107,24 @@ fn restarts(p: &Value) -> String {
     statuses(p).iter().map(|c| c["restartCount"].as_u64().unwrap_or(0)).sum::<u64>().to_string()
 }
 
-/// kubectl's STATUS: a container's waiting or terminated reason, else the phase.
+/// kubectl's STATUS: a container's waiting or terminated reason, else the phase; a
+/// `Completed` container beside a running one shows `Running`, as kubectl does.
 pub fn status(p: &Value) -> String {
     if p["metadata"]["deletionTimestamp"].is_string() {
         return "Terminating".into();
     }
     let mut reason = p["status"]["phase"].as_str().unwrap_or("Unknown").to_string();
+    let mut running = false;
     for c in statuses(p) {
         if let Some(r) = c["state"]["waiting"]["reason"].as_str() {
             reason = r.into();
         } else if let Some(r) = c["state"]["terminated"]["reason"].as_str() {
             reason = r.into();
+        } else if c["state"]["running"].is_object() && c["ready"] == true {
+            running = true;
         }
     }
-    reason
+    if reason == "Completed" && running { "Running".into() } else { reason }
 }
 
 /// Age from an RFC 3339 timestamp, kubectl style.
