@@ -119,6 +119,9 @@ fn pods_have_a_network_localhost_pod_ips_and_host_ports() {
     let ip = p["status"]["podIP"].as_str().expect("a pod IP").to_string();
     assert!(ip.starts_with("10.89."), "{ip}");
     assert!(agent.ok(&["get", "pods", "-o", "wide"]).contains(&ip));
+    // /etc/hosts names the pod on its IP (written once CNI gave the IP)
+    let hosts = agent.ok(&["exec", "web", "-c", "server", "--", "cat", "/etc/hosts"]);
+    assert!(hosts.contains(&format!("{ip}\tweb\n")), "{hosts}");
     // containers of a pod share localhost
     crate::common::wait_until(Duration::from_secs(10), "client log", || {
         agent.ok(&["logs", "web", "-c", "client"]).contains("served-by-web")

@@ -157,6 +157,7 @@ pub(super) fn container_id(uid: &str, name: &str, instance: u32) -> String {
 }
 
 async fn start(mgr: &Manager, rec: &mut PodRecord, i: usize, tx: &mpsc::UnboundedSender<Msg>) {
+    let t0 = std::time::Instant::now();
     let restarting = rec.status.containers[i].instances > 0;
     apply(rec, Event::Starting { container: i, at: now_ms() });
     save(mgr, rec);
@@ -172,7 +173,7 @@ async fn start(mgr: &Manager, rec: &mut PodRecord, i: usize, tx: &mpsc::Unbounde
         Err(message) => return start_failed(mgr, rec, i, "CreateContainerConfigError", message),
     };
     rec.runtimes[i] = Some(kind);
-    if kind == RuntimeKind::Linux && !rec.network {
+    if kind == RuntimeKind::Linux {
         let sandbox = SandboxConfig {
             id: rec.uid.clone(),
             namespace: rec.namespace().into(),
@@ -180,27 +181,32 @@ async fn start(mgr: &Manager, rec: &mut PodRecord, i: usize, tx: &mpsc::Unbounde
             hostname: rec.name().into(),
             ports: host_ports(&spec),
         };
-        // intent first: a crash in between leaves a sandbox that teardown removes
-        rec.network = true;
-        save(mgr, rec);
-        match mgr.runtime.create_sandbox(kind, &sandbox).await {
-            Ok(status) => rec.pod_ip = status.ip,
-            Err(e) => {
-                rec.network = false;
-                mgr.event(rec, "Warning", "FailedCreatePodSandBox", &format!("Failed to create pod sandbox: {e}"));
-                return start_failed(mgr, rec, i, "CreatePodSandboxError", e.to_string());
-            }
+        if !rec.network {
+            // intent first: a crash in between leaves a sandbox that teardown removes
+            rec.network = true;
+            save(mgr, rec);
         }
-        save(mgr, rec);
+        // made once (its network wired in the background while the container is
+        // created); later calls find it
+        if let Err(e) = mgr.runtime.create_sandbox(kind, &sandbox).await {
+            mgr.event(rec, "Warning", "FailedCreatePodSandBox", &format!("Failed to create pod sandbox: {e}"));
+            return start_failed(mgr, rec, i, "CreatePodSandboxError", e.to_string());
+        }
     }
+    let t_sandbox = t0.elapsed();
     let id = config.id.clone();
     if let Err(e) = mgr.runtime.create_container(kind, config).await {
         return start_failed(mgr, rec, i, "CreateContainerError", e.to_string());
     }
     mgr.event(rec, "Normal", "Created", &format!("Created container {}", c.name));
+    let t_created = t0.elapsed();
     if let Err(e) = mgr.runtime.start_container(kind, &id).await {
         let _ = mgr.runtime.remove_container(kind, &id).await;
         return start_failed(mgr, rec, i, "RunContainerError", e.to_string());
+    }
+    let t_started = t0.elapsed();
+    if kind == RuntimeKind::Linux && rec.pod_ip.is_none() {
+        rec.pod_ip = mgr.runtime.linux().ok().and_then(|l| l.sandbox_ip(&rec.uid));
     }
     apply(rec, Event::Started { container: i, at: now_ms() });
     if let Ok(r) = rec.plan.containers[i].image.parse() {
@@ -212,6 +218,14 @@ async fn start(mgr: &Manager, rec: &mut PodRecord, i: usize, tx: &mpsc::Unbounde
         save(mgr, rec);
         let _ = mgr.store.flush().await;
     }
+    tracing::debug!(
+        container = %c.name,
+        sandbox_us = t_sandbox.as_micros() as u64,
+        created_us = t_created.as_micros() as u64,
+        started_us = t_started.as_micros() as u64,
+        flushed_us = t0.elapsed().as_micros() as u64,
+        "container start phases (cumulative)"
+    );
     if rec.status.containers.iter().all(|c| matches!(c.state, state::State::Running { .. })) {
         mgr.started(&rec.uid);
     }

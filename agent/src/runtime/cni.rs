@@ -54,14 +54,6 @@ pub struct Network {
     chain: Value,
 }
 
-/// A pod's wired namespace.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Attachment {
-    pub netns: PathBuf,
-    pub ip: Option<String>,
-    pub ports: Vec<PortMapping>,
-}
-
 impl Network {
     pub fn new(config: NetworkConfig) -> Result<Self, String> {
         let text = CONFLIST
@@ -84,15 +76,24 @@ impl Network {
         self.config.netns_dir.join(pod)
     }
 
-    /// Makes the pod's namespace and runs the chain's ADD. On failure nothing is left.
-    pub async fn attach(&self, pod: &str, ports: &[PortMapping]) -> Result<Attachment, String> {
+    /// Checks the host ports and makes the pod's namespace (or finds it made).
+    pub fn prepare(&self, pod: &str, ports: &[PortMapping]) -> Result<PathBuf, String> {
         for p in ports {
             check_port_free(p)?;
         }
         let netns = self.netns_path(pod);
-        create_netns(&netns).map_err(|e| format!("network namespace {}: {e}", netns.display()))?;
+        if !netns.exists() {
+            create_netns(&netns).map_err(|e| format!("network namespace {}: {e}", netns.display()))?;
+        }
+        Ok(netns)
+    }
+
+    /// Runs the chain's ADD in the prepared namespace; returns the pod IP. On failure
+    /// the chain's DEL runs and the namespace is removed.
+    pub async fn wire(&self, pod: &str, ports: &[PortMapping]) -> Result<Option<String>, String> {
+        let netns = self.netns_path(pod);
         match self.add(pod, &netns, ports).await {
-            Ok(ip) => Ok(Attachment { netns, ip, ports: ports.to_vec() }),
+            Ok(ip) => Ok(ip),
             Err(e) => {
                 let _ = self.detach(pod, ports).await;
                 Err(e)

@@ -109,7 +109,11 @@ struct Inner {
     containers: PathBuf,
     sandboxes: PathBuf,
     network: Network,
+    /// Sandboxes whose CNI ADD is still running, and its result (the pod IP).
+    wiring: std::sync::Mutex<std::collections::HashMap<String, Wiring>>,
 }
+
+type Wiring = futures_util::future::Shared<futures_util::future::BoxFuture<'static, Result<Option<String>, String>>>;
 
 /// What is kept on disk about a container, beside its bundle.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -128,6 +132,9 @@ struct SandboxRecord {
     netns: PathBuf,
     ip: Option<String>,
     ports: Vec<PortMapping>,
+    /// CNI's ADD completed.
+    #[serde(default)]
+    wired: bool,
 }
 
 impl LinuxRuntime {
@@ -154,6 +161,7 @@ impl LinuxRuntime {
             containers: config.dir.join("containers"),
             sandboxes: config.dir.join("sandboxes"),
             network,
+            wiring: Default::default(),
         };
         for d in [&inner.runc_root, &inner.containers, &inner.sandboxes] {
             std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
@@ -186,6 +194,33 @@ impl LinuxRuntime {
     fn sandbox(&self, id: &str) -> Option<SandboxRecord> {
         let bytes = std::fs::read(self.inner.sandboxes.join(format!("{id}.json"))).ok()?;
         serde_json::from_slice(&bytes).ok()
+    }
+
+    /// The pod IP, once the sandbox's network is wired.
+    pub fn sandbox_ip(&self, id: &str) -> Option<String> {
+        self.sandbox(id).and_then(|r| r.ip)
+    }
+
+    fn save_sandbox(&self, rec: &SandboxRecord) -> Result<()> {
+        let path = self.inner.sandboxes.join(format!("{}.json", rec.config.id));
+        write_atomic(&path, &serde_json::to_vec(rec).unwrap_or_default()).map_err(|e| io_err("sandbox", &path, e))
+    }
+
+    /// Waits for the sandbox's network (if it is still being wired); fails if wiring
+    /// failed, in which case the sandbox is gone and the next create makes it anew.
+    async fn wired(&self, id: &str) -> Result<()> {
+        let pending = self.inner.wiring.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned();
+        if let Some(w) = pending {
+            let result = w.await;
+            self.inner.wiring.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+            result.map_err(|reason| Error::Create { id: id.into(), reason })?;
+        }
+        match self.sandbox(id) {
+            Some(rec) if !rec.wired => {
+                Err(Error::Create { id: id.into(), reason: "the pod network was not set up".into() })
+            }
+            _ => Ok(()),
+        }
     }
 
     async fn runc(&self, args: &[&str]) -> std::result::Result<std::process::Output, String> {
@@ -306,34 +341,62 @@ pub struct ExecSession {
 impl Runtime for LinuxRuntime {
     const KIND: RuntimeKind = RuntimeKind::Linux;
 
-    /// Wires the pod's network namespace (CNI) and writes its hosts, resolv.conf and
-    /// hostname. Idempotent: a sandbox already made (before an agent restart) is kept.
+    /// Makes the pod's network namespace and its hosts, resolv.conf and hostname files,
+    /// then wires the namespace (CNI ADD) in the background: containers are created
+    /// meanwhile, and `start_container` waits for it. Idempotent: a sandbox already
+    /// made (before an agent restart) is kept; one whose wiring failed is made anew.
     async fn create_sandbox(&self, config: &SandboxConfig) -> Result<SandboxStatus> {
-        if let Some(rec) = self.sandbox(&config.id) {
-            return Ok(SandboxStatus { ip: rec.ip });
+        let pending = self.inner.wiring.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&config.id);
+        match self.sandbox(&config.id) {
+            Some(rec) if rec.wired || pending => return Ok(SandboxStatus { ip: rec.ip }),
+            Some(_) => self.remove_sandbox(&config.id).await?,
+            None => {}
         }
         let files = self.inner.sandboxes.join(&config.id);
         std::fs::create_dir_all(&files).map_err(|e| io_err("sandbox", &files, e))?;
-        let att = self.inner.network.attach(&config.id, &config.ports).await.map_err(|reason| {
+        let fail = |reason: String| {
             let _ = std::fs::remove_dir_all(&files);
             Error::Create { id: config.id.clone(), reason }
-        })?;
-        let ip = att.ip.clone().unwrap_or_else(|| "127.0.0.1".into());
-        let hosts =
-            format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{}\n", config.hostname);
+        };
+        let netns = self.inner.network.prepare(&config.id, &config.ports).map_err(fail)?;
         let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        for (name, text) in [("hosts", hosts), ("resolv.conf", resolv), ("hostname", format!("{}\n", config.hostname))]
-        {
+        for (name, text) in [
+            ("hosts", hosts_file(&config.hostname, None)),
+            ("resolv.conf", resolv),
+            ("hostname", format!("{}\n", config.hostname)),
+        ] {
             let p = files.join(name);
             std::fs::write(&p, text).map_err(|e| io_err("sandbox file", &p, e))?;
         }
-        let rec = SandboxRecord { config: config.clone(), netns: att.netns, ip: att.ip.clone(), ports: att.ports };
-        let path = self.inner.sandboxes.join(format!("{}.json", config.id));
-        write_atomic(&path, &serde_json::to_vec(&rec).unwrap_or_default()).map_err(|e| io_err("sandbox", &path, e))?;
-        Ok(SandboxStatus { ip: att.ip })
+        let rec = SandboxRecord { config: config.clone(), netns, ip: None, ports: config.ports.clone(), wired: false };
+        self.save_sandbox(&rec)?;
+        let this = self.clone();
+        let wiring: futures_util::future::BoxFuture<'static, _> = Box::pin(async move {
+            let id = rec.config.id.clone();
+            match this.inner.network.wire(&id, &rec.ports).await {
+                Ok(ip) => {
+                    // the bind-mounted file is rewritten in place: same inode
+                    let hosts = this.inner.sandboxes.join(&id).join("hosts");
+                    let _ = std::fs::write(&hosts, hosts_file(&rec.config.hostname, ip.as_deref()));
+                    let rec = SandboxRecord { ip: ip.clone(), wired: true, ..rec };
+                    this.save_sandbox(&rec).map_err(|e| e.to_string())?;
+                    Ok(ip)
+                }
+                Err(reason) => {
+                    let _ = std::fs::remove_dir_all(this.inner.sandboxes.join(&id));
+                    let _ = std::fs::remove_file(this.inner.sandboxes.join(format!("{id}.json")));
+                    Err(reason)
+                }
+            }
+        });
+        let shared = futures_util::FutureExt::shared(wiring);
+        tokio::spawn(shared.clone());
+        self.inner.wiring.lock().unwrap_or_else(|e| e.into_inner()).insert(config.id.clone(), shared);
+        Ok(SandboxStatus { ip: None })
     }
 
     async fn remove_sandbox(&self, id: &str) -> Result<()> {
+        let _ = self.wired(id).await; // never DEL while an ADD runs
         let Some(rec) = self.sandbox(id) else { return Ok(()) };
         if let Err(reason) = self.inner.network.detach(id, &rec.ports).await {
             tracing::warn!(sandbox = id, "{reason}");
@@ -378,6 +441,7 @@ impl Runtime for LinuxRuntime {
 
     async fn start_container(&self, id: &str) -> Result<()> {
         let mut meta = self.meta(id)?;
+        self.wired(&meta.config.sandbox_id).await?;
         let started_at = now_ms();
         self.runc(&["start", id]).await.map_err(|reason| Error::Create { id: id.into(), reason })?;
         meta.started_at = Some(started_at);
@@ -561,6 +625,15 @@ impl LinuxRuntime {
         }
         Ok(sync.data)
     }
+}
+
+/// The pod's `/etc/hosts`: localhost, and the pod's name on its IP once it has one.
+fn hosts_file(hostname: &str, ip: Option<&str>) -> String {
+    let mut hosts = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    if let Some(ip) = ip {
+        hosts.push_str(&format!("{ip}\t{hostname}\n"));
+    }
+    hosts
 }
 
 /// runc's messages are logrus lines; keep the `msg` part.
