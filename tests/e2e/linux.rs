@@ -60,6 +60,11 @@ fn exit_codes_restart_back_off_and_image_defaults() {
     let p = agent.wait_pod("args", "Failed", |p| phase(p) == "Failed");
     assert_eq!(state(&p).1["exitCode"].as_i64(), Some(9));
     assert_eq!(agent.ok(&["logs", "args"]), "/bin/sh in /tmp\n");
+    // runAsUser: the uid, and (no runAsGroup, no passwd entry) group 0
+    let extra = "    securityContext:\n      runAsUser: 1000\n";
+    agent.apply(&sh_pod("user", &image, "Never", 0, "echo $(id -u) $(id -g)", extra));
+    agent.wait_pod("user", "Succeeded", |p| phase(p) == "Succeeded");
+    assert_eq!(agent.ok(&["logs", "user"]), "1000 0\n");
 }
 
 #[test]

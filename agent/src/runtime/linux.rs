@@ -758,23 +758,81 @@ fn check_cwd(cwd: &str) -> std::result::Result<String, String> {
     Ok(format!("/{}", parts.join("/")))
 }
 
-/// `uid[:gid]` as numbers, or `root`.
-fn parse_user(user: &str) -> std::result::Result<(u32, u32), String> {
+/// The image's USER (`user[:group]`, names or numbers) as uid and gid, the way the OCI
+/// image spec says: names from the image's `/etc/passwd` and `/etc/group`; without a
+/// group, the user's primary group there, else 0.
+fn resolve_user(user: &str, layers: &[PathBuf]) -> std::result::Result<(u32, u32), String> {
     let (u, g) = user.split_once(':').unwrap_or((user, ""));
-    let id = |s: &str| match s {
-        "" | "root" => Ok(0),
-        n => n.parse::<u32>().map_err(|_| format!("user {user:?}: only numeric uid[:gid] or root is supported")),
+    let passwd = image_file(layers, "passwd").unwrap_or_default();
+    let entries = |text: &str| -> Vec<Vec<String>> {
+        text.lines().filter(|l| !l.starts_with('#')).map(|l| l.split(':').map(str::to_string).collect()).collect()
     };
-    let uid = id(u)?;
-    let gid = if g.is_empty() { uid } else { id(g)? };
+    let users = entries(&passwd);
+    let uid = match u {
+        "" => 0,
+        n => match n.parse::<u32>() {
+            Ok(id) => id,
+            Err(_) => users
+                .iter()
+                .find(|e| e.first().is_some_and(|name| name == n))
+                .and_then(|e| e.get(2)?.parse().ok())
+                .ok_or_else(|| format!("user {n:?} is not in the image's /etc/passwd"))?,
+        },
+    };
+    let gid = match g {
+        "" => users
+            .iter()
+            .find(|e| e.get(2).and_then(|v| v.parse::<u32>().ok()) == Some(uid))
+            .and_then(|e| e.get(3)?.parse().ok())
+            .unwrap_or(0),
+        n => match n.parse::<u32>() {
+            Ok(id) => id,
+            Err(_) => entries(&image_file(layers, "group").unwrap_or_default())
+                .iter()
+                .find(|e| e.first().is_some_and(|name| name == n))
+                .and_then(|e| e.get(2)?.parse().ok())
+                .ok_or_else(|| format!("group {n:?} is not in the image's /etc/group"))?,
+        },
+    };
     Ok((uid, gid))
+}
+
+/// `/etc/NAME` as the image's layers (lowest first) make it, read without following any
+/// symlink: the topmost regular file wins; a whiteout, an opaque `/etc` or a symlink
+/// anywhere on the way ends the search.
+fn image_file(layers: &[PathBuf], name: &str) -> Option<String> {
+    use std::os::unix::fs::FileTypeExt;
+    for layer in layers.iter().rev() {
+        let etc = layer.join("etc");
+        let Ok(meta) = std::fs::symlink_metadata(&etc) else { continue };
+        if !meta.is_dir() {
+            return None;
+        }
+        let file = etc.join(name);
+        match std::fs::symlink_metadata(&file) {
+            Ok(m) if m.is_file() && m.len() <= 1 << 20 => return std::fs::read_to_string(&file).ok(),
+            Ok(m) if m.file_type().is_char_device() || !m.is_file() => return None,
+            Ok(_) => return None,
+            Err(_) => {}
+        }
+        let mut opaque = [0u8; 1];
+        if rustix::fs::lgetxattr(&etc, "trusted.overlay.opaque", &mut opaque).is_ok_and(|n| n == 1 && opaque[0] == b'y')
+        {
+            return None;
+        }
+    }
+    None
 }
 
 /// The bundle's `config.json`.
 fn build_spec(c: &ContainerConfig, sandbox: Option<&SandboxRecord>) -> std::result::Result<Spec, String> {
     let e = |e: oci_spec::OciSpecError| e.to_string();
     let cwd = check_cwd(c.working_dir.as_deref().filter(|w| !w.is_empty()).unwrap_or("/"))?;
-    let (uid, gid) = parse_user(c.user.as_deref().unwrap_or(""))?;
+    let layers = match &c.artifact {
+        Artifact::Rootfs { layers } => layers.as_slice(),
+        Artifact::Wasm { .. } => &[],
+    };
+    let (uid, gid) = resolve_user(c.user.as_deref().unwrap_or(""), layers)?;
     let mut env: Vec<String> = Vec::new();
     if !c.env.iter().any(|(k, _)| k == "PATH") {
         env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
@@ -888,10 +946,26 @@ mod tests {
     }
 
     #[test]
-    fn users() {
-        assert_eq!(parse_user("").unwrap(), (0, 0));
-        assert_eq!(parse_user("1000").unwrap(), (1000, 1000));
-        assert_eq!(parse_user("1000:50").unwrap(), (1000, 50));
-        assert!(parse_user("nobody").is_err());
+    fn users_resolve_through_the_image_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lower, upper) = (dir.path().join("lower"), dir.path().join("upper"));
+        std::fs::create_dir_all(lower.join("etc")).unwrap();
+        std::fs::create_dir_all(upper.join("etc")).unwrap();
+        std::fs::write(lower.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/:/bin/sh\n").unwrap();
+        std::fs::write(upper.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\nweb:x:33:34::/:/bin/sh\n").unwrap();
+        std::fs::write(lower.join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
+        let layers = [lower.clone(), upper.clone()];
+        assert_eq!(resolve_user("", &layers).unwrap(), (0, 0));
+        assert_eq!(resolve_user("web", &layers).unwrap(), (33, 34), "the top layer's passwd wins");
+        assert!(resolve_user("app", &layers).is_err(), "not in the topmost passwd");
+        assert_eq!(resolve_user("33", &layers).unwrap(), (33, 34), "a uid's primary group");
+        assert_eq!(resolve_user("4242", &layers).unwrap(), (4242, 0), "an unknown uid gets group 0");
+        assert_eq!(resolve_user("web:staff", &layers).unwrap(), (33, 50));
+        assert_eq!(resolve_user("1:2", &layers).unwrap(), (1, 2));
+        assert!(resolve_user("web:nogroup", &layers).unwrap_err().contains("/etc/group"));
+        // a symlinked passwd is never followed onto the host
+        std::fs::remove_file(upper.join("etc/passwd")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", upper.join("etc/passwd")).unwrap();
+        assert!(resolve_user("web", &layers).is_err());
     }
 }
