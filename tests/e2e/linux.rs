@@ -79,6 +79,8 @@ fn sigterm_is_handled_and_ignoring_it_costs_the_grace_period() {
         agent.wait_pod(pod, "running", |p| state(p).0 == "running");
         crate::common::wait_until(Duration::from_secs(10), "ready", || agent.ok(&["logs", pod]).contains("ready"));
     }
+    let uids: Vec<String> =
+        agent.pods().iter().map(|p| p["metadata"]["uid"].as_str().unwrap_or_default().to_string()).collect();
     let t = Instant::now();
     agent.ok(&["delete", "pod", "polite"]);
     let polite = t.elapsed();
@@ -95,6 +97,29 @@ fn sigterm_is_handled_and_ignoring_it_costs_the_grace_period() {
     assert_eq!(left, 0, "container directories left behind");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(agent.state_dir().to_str().unwrap()), "mounts left behind");
+    for uid in &uids {
+        let left = find_dir(std::path::Path::new("/sys/fs/cgroup"), uid, 6);
+        assert!(left.is_none(), "cgroup left behind: {left:?}");
+    }
+}
+
+/// A directory named `name` under `root`, at most `depth` levels down.
+fn find_dir(root: &std::path::Path, name: &str, depth: usize) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir(root).ok()?.flatten() {
+        let path = entry.path();
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        if entry.file_name() == name {
+            return Some(path);
+        }
+        if depth > 0
+            && let Some(found) = find_dir(&path, name, depth - 1)
+        {
+            return Some(found);
+        }
+    }
+    None
 }
 
 #[test]

@@ -483,6 +483,9 @@ impl Runtime for LinuxRuntime {
         {
             tracing::warn!(container = id, "runc delete: {e}");
         }
+        if let Ok(meta) = self.meta(id) {
+            remove_pod_cgroups(&meta.config.sandbox_id);
+        }
         let rootfs = dir.join("rootfs");
         match rustix::mount::unmount(&rootfs, rustix::mount::UnmountFlags::DETACH) {
             Ok(()) | Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOENT) => {}
@@ -726,6 +729,39 @@ fn escape_overlay(path: &str) -> String {
     path.replace('\\', "\\\\").replace(',', "\\,").replace(':', "\\:")
 }
 
+/// The cgroup path a container of `sandbox` gets (runc puts a relative path under its
+/// own cgroup, in each hierarchy).
+fn cgroup_path(sandbox: &str, id: &str) -> PathBuf {
+    PathBuf::from(format!("wasmlet/{sandbox}/{id}"))
+}
+
+/// Removes the pod's cgroup directory in every hierarchy once it is empty (runc removes
+/// only the container's own); while other containers of the pod run, rmdir fails and
+/// nothing changes.
+fn remove_pod_cgroups(sandbox: &str) {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let v2_root = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        "/sys/fs/cgroup"
+    } else {
+        "/sys/fs/cgroup/unified"
+    };
+    for line in own.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        let mount = if controllers.is_empty() {
+            PathBuf::from(v2_root)
+        } else {
+            let name = controllers.trim_start_matches("name=");
+            let candidates = std::iter::once(name).chain(name.split(','));
+            match candidates.map(|c| Path::new("/sys/fs/cgroup").join(c)).find(|p| p.is_dir()) {
+                Some(m) => m,
+                None => continue,
+            }
+        };
+        let _ = std::fs::remove_dir(mount.join(path.trim_start_matches('/')).join("wasmlet").join(sandbox));
+    }
+}
+
 /// `/sys/fs/cgroup/memory/<path>` (v1) or `/sys/fs/cgroup/<path>` (v2) of a process.
 fn memory_cgroup(pid: i32) -> Option<PathBuf> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
@@ -906,7 +942,7 @@ fn build_spec(c: &ContainerConfig, sandbox: Option<&SandboxRecord>) -> std::resu
     resources = resources.cpu(cpu.build().map_err(e)?).unified(unified);
     let linux = LinuxBuilder::default()
         .namespaces(namespaces)
-        .cgroups_path(PathBuf::from(format!("wasmlet/{}/{}", c.sandbox_id, c.id)))
+        .cgroups_path(cgroup_path(&c.sandbox_id, &c.id))
         .resources(resources.build().map_err(e)?)
         .masked_paths(oci_spec::runtime::get_default_maskedpaths())
         .readonly_paths(oci_spec::runtime::get_default_readonly_paths())
