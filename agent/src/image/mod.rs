@@ -79,12 +79,23 @@ pub struct ImageService {
     client: Client,
     layers: PathBuf,
     store: Store,
+    /// When each image's `last_used` was last written, so that a burst of starts writes
+    /// it once a minute rather than at every start (a pod start's hot path).
+    touched: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
+
+/// How stale a stored `last_used` may get: images are pruned by it over hours and days.
+const TOUCH_EVERY_MS: u64 = 60_000;
 
 impl ImageService {
     pub fn open(state_dir: &Path, config: Config, keychain: Keychain, store: Store) -> Result<Self> {
         let content = Arc::new(registry_client::Store::open(state_dir.join("content"))?);
-        Ok(ImageService { client: Client::new(config, keychain, content), layers: state_dir.join("layers"), store })
+        Ok(ImageService {
+            client: Client::new(config, keychain, content),
+            layers: state_dir.join("layers"),
+            store,
+            touched: Default::default(),
+        })
     }
 
     /// Pulls `reference`, unpacking filesystem layers, and records it.
@@ -112,8 +123,16 @@ impl ImageService {
 
     /// Records that a container started from the image.
     pub fn touch(&self, reference: &Reference) {
+        let (key, now) = (reference.to_string(), crate::runtime::now_ms());
+        {
+            let mut touched = self.touched.lock().unwrap_or_else(|e| e.into_inner());
+            if touched.get(&key).is_some_and(|&t| now.saturating_sub(t) < TOUCH_EVERY_MS) {
+                return;
+            }
+            touched.insert(key, now);
+        }
         if let Ok(Some(mut r)) = self.get(reference) {
-            r.last_used = Some(crate::runtime::now_ms());
+            r.last_used = Some(now);
             let _ = self.store.put(Table::Images, &r.reference, &r);
         }
     }
@@ -124,12 +143,13 @@ impl ImageService {
     pub async fn prune(&self, in_use: &HashSet<String>, mut enough: impl FnMut() -> bool) -> Result<Vec<ImageRecord>> {
         let mut all = self.list()?;
         all.sort_by_key(|r| r.last_used.unwrap_or(r.pulled_at));
-        let (mut keep, mut candidates): (Vec<_>, Vec<_>) = all.into_iter().partition(|r| in_use.contains(&r.reference));
+        let (keep, mut candidates): (Vec<_>, Vec<_>) = all.into_iter().partition(|r| in_use.contains(&r.reference));
         candidates.reverse(); // pop the least recently used first
         let mut removed = Vec::new();
         while !enough() {
             let Some(r) = candidates.pop() else { break };
             self.store.remove(Table::Images, &r.reference)?;
+            self.touched.lock().unwrap_or_else(|e| e.into_inner()).remove(&r.reference);
             self.store.flush().await?;
             let still: HashSet<Digest> = keep.iter().chain(candidates.iter()).flat_map(|k| k.blobs()).collect();
             for d in r.blobs().into_iter().filter(|d| !still.contains(d)) {
@@ -144,7 +164,6 @@ impl ImageService {
             }
             removed.push(r);
         }
-        keep.extend(candidates);
         Ok(removed)
     }
 

@@ -253,15 +253,14 @@ impl LinuxRuntime {
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or_else(now_ms, |d| d.as_millis() as u64);
-        let oom = dir.join("persist/oom").exists()
-            || meta.memory_cgroup.as_ref().is_some_and(|cg| {
-                std::fs::read_to_string(cg.join("memory.oom_control"))
-                    .ok()
-                    .is_some_and(|s| s.lines().any(|l| l.strip_prefix("oom_kill ").is_some_and(|n| n.trim() != "0")))
-                    || std::fs::read_to_string(cg.join("memory.events")).ok().is_some_and(|s| {
-                        s.lines().any(|l| l.strip_prefix("oom_kill ").is_some_and(|n| n.trim() != "0"))
-                    })
-            });
+        // conmon's marker, or the cgroup's own count (v1 `memory.oom_control`, v2 `memory.events`)
+        let oom_killed = |cg: &PathBuf| {
+            ["memory.oom_control", "memory.events"].iter().any(|f| {
+                std::fs::read_to_string(cg.join(f))
+                    .is_ok_and(|s| s.lines().any(|l| l.strip_prefix("oom_kill ").is_some_and(|n| n.trim() != "0")))
+            })
+        };
+        let oom = dir.join("persist/oom").exists() || meta.memory_cgroup.as_ref().is_some_and(oom_killed);
         let reason = match (exit_code, oom) {
             (_, true) => ExitReason::OOMKilled,
             (0, _) => ExitReason::Completed,
@@ -739,43 +738,44 @@ fn cgroup_path(sandbox: &str, id: &str) -> PathBuf {
 /// only the container's own); while other containers of the pod run, rmdir fails and
 /// nothing changes.
 fn remove_pod_cgroups(sandbox: &str) {
-    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-    let v2_root = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-        "/sys/fs/cgroup"
-    } else {
-        "/sys/fs/cgroup/unified"
-    };
-    for line in own.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next()) else { continue };
-        let mount = if controllers.is_empty() {
-            PathBuf::from(v2_root)
-        } else {
-            let name = controllers.trim_start_matches("name=");
-            let candidates = std::iter::once(name).chain(name.split(','));
-            match candidates.map(|c| Path::new("/sys/fs/cgroup").join(c)).find(|p| p.is_dir()) {
-                Some(m) => m,
-                None => continue,
-            }
-        };
-        let _ = std::fs::remove_dir(mount.join(path.trim_start_matches('/')).join("wasmlet").join(sandbox));
+    for (_, dir) in cgroup_dirs("self") {
+        let _ = std::fs::remove_dir(dir.join("wasmlet").join(sandbox));
     }
 }
 
 /// `/sys/fs/cgroup/memory/<path>` (v1) or `/sys/fs/cgroup/<path>` (v2) of a process.
 fn memory_cgroup(pid: i32) -> Option<PathBuf> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    for line in text.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-        if controllers.split(',').any(|c| c == "memory") {
-            return Some(Path::new("/sys/fs/cgroup/memory").join(path.trim_start_matches('/')));
-        }
-    }
-    let v2 = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-    Path::new("/sys/fs/cgroup/cgroup.controllers")
-        .exists()
-        .then(|| Path::new("/sys/fs/cgroup").join(v2.trim_start_matches('/')))
+    let dirs = cgroup_dirs(&pid.to_string());
+    let v1 = dirs.iter().find(|(controllers, _)| controllers.split(',').any(|c| c == "memory"));
+    let v2 = || dirs.iter().find(|(c, _)| c.is_empty()).filter(|_| pure_v2());
+    v1.or_else(v2).map(|(_, dir)| dir.clone())
+}
+
+fn pure_v2() -> bool {
+    Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+}
+
+/// Every cgroup hierarchy a process (`self` or a pid) is in: its controllers (empty for
+/// v2) and its directory there, from `/proc/<p>/cgroup`.
+fn cgroup_dirs(process: &str) -> Vec<(String, PathBuf)> {
+    let text = std::fs::read_to_string(format!("/proc/{process}/cgroup")).unwrap_or_default();
+    let v2_root = if pure_v2() { "/sys/fs/cgroup" } else { "/sys/fs/cgroup/unified" };
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let mount = if controllers.is_empty() {
+                PathBuf::from(v2_root)
+            } else {
+                let name = controllers.trim_start_matches("name=");
+                std::iter::once(name)
+                    .chain(name.split(','))
+                    .map(|c| Path::new("/sys/fs/cgroup").join(c))
+                    .find(|p| p.is_dir())?
+            };
+            Some((controllers.to_string(), mount.join(path.trim_start_matches('/'))))
+        })
+        .collect()
 }
 
 /// A working directory runc may be given: absolute, normalised, not under /proc
