@@ -5,6 +5,7 @@ use clap::Parser;
 mod api;
 mod cli;
 mod image;
+mod node;
 mod pod;
 mod runtime;
 mod spec;

@@ -7,6 +7,9 @@
 //! | `GET /v1/pods`, `GET /v1/pods/{ns}/{name}` | Kubernetes `v1/Pod` objects with status |
 //! | `DELETE /v1/pods/{ns}/{name}?gracePeriodSeconds=` | stops the pod within its grace period, then forgets it |
 //! | `GET /v1/pods/{ns}/{name}/events` | recorded events |
+//! | `GET /v1/events` | every pod's events |
+//! | `GET /v1/configmaps`, `GET /v1/secrets` | stored objects |
+//! | `DELETE /v1/configmaps/{ns}/{name}`, `DELETE /v1/secrets/{ns}/{name}` | forgets one |
 //! | `GET /v1/pods/{ns}/{name}/log?container=&previous=&tail=&timestamps=&follow=` | CRI log, as text |
 //! | `POST /v1/pods/{ns}/{name}/exec?container=&command=…&stdin=&tty=` | upgraded to a framed stream ([`exec`]) |
 //! | `POST /v1/images/pull?image=` | NDJSON progress, then the image |
@@ -157,6 +160,21 @@ async fn handle(mgr: Arc<Manager>, req: Request<Incoming>) -> Result<Response<Bo
                 &serde_json::to_value(mgr.events(&format!("{}/", rec.uid))?).expect("json"),
             ))
         }
+        (Method::GET, ["v1", "events"]) => {
+            Ok(json_response(StatusCode::OK, &serde_json::to_value(mgr.events("")?).expect("json")))
+        }
+        (Method::GET, ["v1", kind @ ("configmaps" | "secrets")]) => {
+            Ok(json_response(StatusCode::OK, &json!(mgr.objects(object_kind(kind))?)))
+        }
+        (Method::DELETE, ["v1", kind @ ("configmaps" | "secrets"), ns, name]) => {
+            if !mgr.delete_object(object_kind(kind), ns, name).await? {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("{kind} \"{name}\" not found in namespace \"{ns}\""),
+                ));
+            }
+            Ok(json_response(StatusCode::OK, &json!({"deleted": format!("{ns}/{name}")})))
+        }
         (Method::GET, ["v1", "pods", ns, name, "log"]) => logs::respond(mgr, ns, name, &query).await,
         (Method::POST, ["v1", "pods", ns, name, "exec"]) => {
             let (ns, name) = (ns.to_string(), name.to_string());
@@ -191,6 +209,10 @@ fn metrics(mgr: &Manager) -> String {
     out.push_str(&format!("wasmlet_pod_start_duration_seconds_count {}\n", samples.len()));
     out.push_str(&format!("# TYPE wasmlet_pods gauge\nwasmlet_pods {}\n", mgr.list().map(|l| l.len()).unwrap_or(0)));
     out
+}
+
+fn object_kind(plural: &str) -> &'static str {
+    if plural == "secrets" { "Secret" } else { "ConfigMap" }
 }
 
 fn not_found(ns: &str, name: &str) -> ApiError {

@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 
 use crate::pod::PodRecord;
-use crate::pod::state::{ContainerStatus, Phase, State, Terminated};
+use crate::pod::state::{ContainerStatus, Phase, Role, State, Terminated};
 
 /// RFC 3339 with seconds, as the API server writes times.
 fn time(ms: u64) -> String {
@@ -48,8 +48,11 @@ fn phase(p: Phase) -> &'static str {
     }
 }
 
-fn condition(kind: &str, ok: bool, reason: Option<&str>, since: u64) -> Value {
-    json!({"type": kind, "status": if ok { "True" } else { "False" }, "reason": reason, "lastTransitionTime": time(since)})
+fn condition(kind: &str, ok: bool, reason: Option<&str>, message: Option<String>, since: u64) -> Value {
+    json!({
+        "type": kind, "status": if ok { "True" } else { "False" }, "reason": reason, "message": message,
+        "lastTransitionTime": time(since),
+    })
 }
 
 /// The pod object with its status.
@@ -62,27 +65,57 @@ pub fn pod(rec: &PodRecord) -> Value {
         v["metadata"]["deletionTimestamp"] = json!(time(crate::runtime::now_ms()));
     }
     let s = &rec.status;
-    let all_ready = s.containers.iter().all(|c| c.ready);
     let terminal = s.phase.is_terminal();
+    let roles: Vec<Role> = rec.plan.containers.iter().map(|c| c.role).collect();
+    let pairs = || roles.iter().zip(&s.containers);
+    // readiness counts app containers and sidecars
+    let unready: Vec<&str> =
+        pairs().filter(|(r, c)| **r != Role::Init && !c.ready).map(|(_, c)| c.name.as_str()).collect();
+    let uninitialized: Vec<&str> = pairs()
+        .filter(|(r, c)| match r {
+            Role::Init => !matches!(&c.state, State::Terminated(t) if t.exit_code == 0),
+            Role::Sidecar => !c.started,
+            Role::App => false,
+        })
+        .map(|(_, c)| c.name.as_str())
+        .collect();
+    let initialized = s.initialized || uninitialized.is_empty();
+    let ready = unready.is_empty() && !terminal;
     let not_ready = if terminal {
-        Some(if s.phase == Phase::Succeeded { "PodCompleted" } else { "PodFailed" })
+        (if s.phase == Phase::Succeeded { "PodCompleted" } else { "PodFailed" }).to_string()
     } else {
-        Some("ContainersNotReady")
+        "ContainersNotReady".into()
     };
+    let message =
+        (!terminal && !unready.is_empty()).then(|| format!("containers with unready status: [{}]", unready.join(" ")));
     let conditions = vec![
-        condition("PodReadyToStartContainers", true, None, rec.created_at),
-        condition("Initialized", true, None, rec.created_at),
-        condition("Ready", all_ready, (!all_ready).then_some(not_ready).flatten(), rec.created_at),
-        condition("ContainersReady", all_ready, (!all_ready).then_some(not_ready).flatten(), rec.created_at),
-        condition("PodScheduled", true, None, rec.created_at),
+        condition("PodReadyToStartContainers", true, None, None, rec.created_at),
+        condition(
+            "Initialized",
+            initialized,
+            (!initialized).then_some("ContainersNotInitialized"),
+            (!initialized).then(|| format!("containers with incomplete status: [{}]", uninitialized.join(" "))),
+            rec.created_at,
+        ),
+        condition("Ready", ready, (!ready).then_some(not_ready.as_str()), message.clone(), rec.created_at),
+        condition("ContainersReady", ready, (!ready).then_some(not_ready.as_str()), message, rec.created_at),
+        condition("PodScheduled", true, None, None, rec.created_at),
     ];
+    let statuses = |want: &dyn Fn(Role) -> bool| -> Vec<Value> {
+        pairs().filter(|(r, _)| want(**r)).map(|(_, c)| container_status(c, &rec.uid)).collect()
+    };
+    let init = statuses(&|r| r != Role::App);
     v["status"] = json!({
         "phase": phase(s.phase),
+        "reason": s.reason,
+        "message": s.message,
         "conditions": conditions,
         "startTime": s.start_time.map(time),
         "podIP": rec.pod_ip,
         "podIPs": rec.pod_ip.as_ref().map(|ip| vec![json!({"ip": ip})]),
-        "containerStatuses": s.containers.iter().map(|c| container_status(c, &rec.uid)).collect::<Vec<_>>(),
+        "qosClass": crate::pod::qos_class(&rec.pod),
+        "initContainerStatuses": (!init.is_empty()).then_some(init),
+        "containerStatuses": statuses(&|r| r == Role::App),
     });
     v
 }

@@ -38,8 +38,9 @@ pub async fn run(global: &Global, args: ApplyArgs) -> anyhow::Result<()> {
 
 pub fn print_applied(applied: &serde_json::Value) {
     for a in applied.as_array().into_iter().flatten() {
-        let pod = a["pod"].as_str().unwrap_or_default();
-        let name = pod.rsplit('/').next().unwrap_or(pod);
-        println!("pod/{name} {}", a["action"].as_str().unwrap_or_default());
+        let key = a["pod"].as_str().unwrap_or_default();
+        let name = key.rsplit('/').next().unwrap_or(key);
+        let kind = a["kind"].as_str().unwrap_or("Pod").to_lowercase();
+        println!("{kind}/{name} {}", a["action"].as_str().unwrap_or_default());
     }
 }

@@ -1,4 +1,5 @@
-//! `wasmlet delete pod NAME...`: stop within the grace period, then forget.
+//! `wasmlet delete pod|configmap|secret NAME...`: pods stop within their grace
+//! period, then everything is forgotten.
 
 use bytes::Bytes;
 use clap::Args;
@@ -8,7 +9,7 @@ use super::Global;
 
 #[derive(Debug, Args)]
 pub struct DeleteArgs {
-    /// Resource type: pod.
+    /// Resource type: pod, configmap (cm) or secret.
     pub resource: String,
     #[arg(required = true)]
     pub names: Vec<String>,
@@ -21,8 +22,20 @@ pub struct DeleteArgs {
 }
 
 pub async fn run(global: &Global, args: DeleteArgs) -> anyhow::Result<()> {
-    super::ensure_pods(&args.resource)?;
     let client = global.client();
+    let plural = match args.resource.as_str() {
+        "configmap" | "configmaps" | "cm" => Some("configmaps"),
+        "secret" | "secrets" => Some("secrets"),
+        _ => None,
+    };
+    if let Some(plural) = plural {
+        for name in &args.names {
+            client.send(Method::DELETE, &format!("/v1/{plural}/{}/{name}", args.namespace), Bytes::new()).await?;
+            println!("{} \"{name}\" deleted", plural.trim_end_matches('s'));
+        }
+        return Ok(());
+    }
+    super::ensure_pods(&args.resource)?;
     for name in &args.names {
         let mut path = format!("/v1/pods/{}/{name}", args.namespace);
         if let Some(g) = args.grace_period {

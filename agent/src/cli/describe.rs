@@ -37,10 +37,27 @@ pub fn render(p: &Value, events: &Value) -> String {
     line("Start Time", s(&p["status"]["startTime"]));
     line("Status", &status(p));
     line("Phase", s(&p["status"]["phase"]));
+    if p["status"]["reason"].is_string() {
+        line("Reason", s(&p["status"]["reason"]));
+        line("Message", s(&p["status"]["message"]));
+    }
+    line("IP", s(&p["status"]["podIP"]));
+    line("QoS Class", s(&p["status"]["qosClass"]));
     line("Restart Policy", s(&p["spec"]["restartPolicy"]));
+    if p["spec"]["initContainers"].is_array() {
+        out.push_str("Init Containers:\n");
+        containers(&mut out, &p["spec"]["initContainers"], &p["status"]["initContainerStatuses"]);
+    }
     out.push_str("Containers:\n");
-    let specs = p["spec"]["containers"].as_array().cloned().unwrap_or_default();
-    let statuses = p["status"]["containerStatuses"].as_array().cloned().unwrap_or_default();
+    containers(&mut out, &p["spec"]["containers"], &p["status"]["containerStatuses"]);
+    conditions_and_events(&mut out, p, events);
+    out
+}
+
+/// One block per container: image, command, state, probes, environment, mounts.
+fn containers(out: &mut String, specs: &Value, statuses: &Value) {
+    let specs = specs.as_array().cloned().unwrap_or_default();
+    let statuses = statuses.as_array().cloned().unwrap_or_default();
     for (c, st) in specs.iter().zip(statuses.iter().chain(std::iter::repeat(&Value::Null))) {
         out.push_str(&format!("  {}:\n", s(&c["name"])));
         let mut field = |k: &str, v: String| out.push_str(&format!("    {:<18}{v}\n", format!("{k}:")));
@@ -85,7 +102,33 @@ pub fn render(p: &Value, events: &Value) -> String {
             })
             .collect();
         field("Mounts", if mounts.is_empty() { "<none>".into() } else { mounts.join(", ") });
+        for (key, title) in
+            [("livenessProbe", "Liveness"), ("readinessProbe", "Readiness"), ("startupProbe", "Startup")]
+        {
+            if c[key].is_object() {
+                field(title, probe(&c[key]));
+            }
+        }
     }
+}
+
+/// kubectl's one-line probe summary: `http-get http://:8080/healthz delay=0s timeout=1s period=10s #success=1 #failure=3`.
+fn probe(p: &Value) -> String {
+    let how = if let Some(cmd) = p["exec"]["command"].as_array() {
+        format!("exec [{}]", cmd.iter().map(|a| s(a).to_string()).collect::<Vec<_>>().join(" "))
+    } else if p["httpGet"].is_object() {
+        format!("http-get http://:{}{}", p["httpGet"]["port"], s(&p["httpGet"]["path"]))
+    } else {
+        format!("tcp-socket :{}", p["tcpSocket"]["port"])
+    };
+    format!(
+        "{how} delay={}s timeout={}s period={}s #success={} #failure={}",
+        p["initialDelaySeconds"], p["timeoutSeconds"], p["periodSeconds"], p["successThreshold"], p["failureThreshold"]
+    )
+    .replace('"', "")
+}
+
+fn conditions_and_events(out: &mut String, p: &Value, events: &Value) {
     out.push_str("Conditions:\n  Type                        Status\n");
     for c in p["status"]["conditions"].as_array().into_iter().flatten() {
         out.push_str(&format!("  {:<28}{}\n", s(&c["type"]), s(&c["status"])));
@@ -117,7 +160,6 @@ pub fn render(p: &Value, events: &Value) -> String {
             ));
         }
     }
-    out
 }
 
 fn state(label: &str, st: &Value) -> String {

@@ -1,4 +1,4 @@
-//! `wasmlet get pods [NAME] [-o wide|yaml|json]`.
+//! `wasmlet get pods|events|configmaps|secrets [NAME] [-o wide|yaml|json]`.
 
 use clap::Args;
 use serde_json::Value;
@@ -7,7 +7,7 @@ use super::Global;
 
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// Resource type: pods (po, pod).
+    /// Resource type: pods (po), events (ev), configmaps (cm) or secrets.
     pub resource: String,
     /// A pod name (all pods if omitted).
     pub name: Option<String>,
@@ -22,7 +22,12 @@ pub struct GetArgs {
 }
 
 pub async fn run(global: &Global, args: GetArgs) -> anyhow::Result<()> {
-    super::ensure_pods(&args.resource)?;
+    match args.resource.as_str() {
+        "events" | "event" | "ev" => return events(global, &args).await,
+        "configmaps" | "configmap" | "cm" => return objects(global, &args, "configmaps").await,
+        "secrets" | "secret" => return objects(global, &args, "secrets").await,
+        _ => super::ensure_pods(&args.resource)?,
+    }
     let client = global.client();
     let pods: Vec<Value> = match &args.name {
         Some(name) => vec![client.get(&format!("/v1/pods/{}/{name}", args.namespace)).await?],
@@ -49,6 +54,111 @@ pub async fn run(global: &Global, args: GetArgs) -> anyhow::Result<()> {
             "unable to match a printer suitable for the output format {other:?}, allowed formats are: json,wide,yaml"
         ),
     }
+    Ok(())
+}
+
+/// `get events`: the pods' events, oldest first, as kubectl prints them.
+async fn events(global: &Global, args: &GetArgs) -> anyhow::Result<()> {
+    let all = global.client().get("/v1/events").await?;
+    let mut events: Vec<Value> = all
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| {
+            let pod = e["pod"].as_str().unwrap_or_default();
+            args.all_namespaces || pod.split('/').next() == Some(args.namespace.as_str())
+        })
+        .filter(|e| {
+            args.name.as_deref().is_none_or(|n| e["pod"].as_str().unwrap_or_default().ends_with(&format!("/{n}")))
+        })
+        .collect();
+    events.sort_by_key(|e| e["last_seen"].as_u64().unwrap_or(0));
+    if matches!(args.output.as_deref(), Some("json")) {
+        println!("{}", serde_json::to_string_pretty(&events)?);
+        return Ok(());
+    }
+    if events.is_empty() {
+        eprintln!("No events found");
+        return Ok(());
+    }
+    let mut rows = vec![["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"].map(String::from).to_vec()];
+    if args.all_namespaces {
+        rows[0].insert(0, "NAMESPACE".into());
+    }
+    for e in events {
+        let pod = e["pod"].as_str().unwrap_or_default();
+        let (ns, name) = pod.split_once('/').unwrap_or(("default", pod));
+        let count = e["count"].as_u64().unwrap_or(1);
+        let seen = age_ms(e["last_seen"].as_u64().unwrap_or(0));
+        let mut row = vec![
+            if count > 1 {
+                format!("{seen} (x{count} over {})", age_ms(e["first_seen"].as_u64().unwrap_or(0)))
+            } else {
+                seen
+            },
+            e["kind"].as_str().unwrap_or_default().into(),
+            e["reason"].as_str().unwrap_or_default().into(),
+            format!("pod/{name}"),
+            e["message"].as_str().unwrap_or_default().into(),
+        ];
+        if args.all_namespaces {
+            row.insert(0, ns.into());
+        }
+        rows.push(row);
+    }
+    print_table(&rows);
+    Ok(())
+}
+
+/// `get configmaps|secrets`: name and key count (never the values).
+async fn objects(global: &Global, args: &GetArgs, kind: &str) -> anyhow::Result<()> {
+    let all = global.client().get(&format!("/v1/{kind}")).await?;
+    let items: Vec<Value> = all
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|o| args.all_namespaces || o["metadata"]["namespace"] == args.namespace.as_str())
+        .filter(|o| args.name.as_deref().is_none_or(|n| o["metadata"]["name"] == n))
+        .collect();
+    if let Some(name) = &args.name
+        && items.is_empty()
+    {
+        anyhow::bail!("{kind} \"{name}\" not found");
+    }
+    match args.output.as_deref() {
+        Some("json") => {
+            println!("{}", serde_json::to_string_pretty(&items)?);
+            return Ok(());
+        }
+        Some("yaml") => {
+            print!("{}", serde_yaml_ng::to_string(&items)?);
+            return Ok(());
+        }
+        _ => {}
+    }
+    if items.is_empty() {
+        eprintln!("No resources found");
+        return Ok(());
+    }
+    let secrets = kind == "secrets";
+    let mut rows = vec![
+        if secrets { vec!["NAME", "TYPE", "DATA"] } else { vec!["NAME", "DATA"] }
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>(),
+    ];
+    for o in items {
+        let count = ["data", "binaryData"].iter().filter_map(|k| o[k].as_object()).map(|m| m.len()).sum::<usize>();
+        let mut row = vec![o["metadata"]["name"].as_str().unwrap_or_default().to_string()];
+        if secrets {
+            row.push(o["type"].as_str().unwrap_or("Opaque").into());
+        }
+        row.push(count.to_string());
+        rows.push(row);
+    }
+    print_table(&rows);
     Ok(())
 }
 
@@ -98,13 +208,54 @@ fn statuses(p: &Value) -> Vec<Value> {
     p["status"]["containerStatuses"].as_array().cloned().unwrap_or_default()
 }
 
+fn init_statuses(p: &Value) -> Vec<Value> {
+    p["status"]["initContainerStatuses"].as_array().cloned().unwrap_or_default()
+}
+
+/// Whether init container `i` is a sidecar.
+fn sidecar(p: &Value, i: usize) -> bool {
+    p["spec"]["initContainers"][i]["restartPolicy"] == "Always"
+}
+
+/// Ready app containers and sidecars, over their number (kubectl counts sidecars).
 fn ready(p: &Value) -> String {
+    let init = init_statuses(p);
+    let sidecars: Vec<&Value> = init.iter().enumerate().filter(|(i, _)| sidecar(p, *i)).map(|(_, c)| c).collect();
     let s = statuses(p);
-    format!("{}/{}", s.iter().filter(|c| c["ready"] == true).count(), s.len())
+    let all = s.iter().chain(sidecars.iter().copied());
+    let ready = all.clone().filter(|c| c["ready"] == true).count();
+    format!("{ready}/{}", all.count())
 }
 
 fn restarts(p: &Value) -> String {
-    statuses(p).iter().map(|c| c["restartCount"].as_u64().unwrap_or(0)).sum::<u64>().to_string()
+    statuses(p)
+        .iter()
+        .chain(init_statuses(p).iter())
+        .map(|c| c["restartCount"].as_u64().unwrap_or(0))
+        .sum::<u64>()
+        .to_string()
+}
+
+/// kubectl's `Init:1/2`, `Init:CrashLoopBackOff`, `Init:Error`, while init containers run.
+fn init_status(p: &Value) -> Option<String> {
+    let init = init_statuses(p);
+    for (i, c) in init.iter().enumerate() {
+        let t = &c["state"]["terminated"];
+        if t["exitCode"] == 0 || (sidecar(p, i) && c["started"] == true) {
+            continue;
+        }
+        if t.is_object() {
+            return Some(format!(
+                "Init:{}",
+                t["reason"].as_str().map_or_else(|| format!("ExitCode:{}", t["exitCode"]), String::from)
+            ));
+        }
+        if let Some(r) = c["state"]["waiting"]["reason"].as_str().filter(|r| *r != "PodInitializing") {
+            return Some(format!("Init:{r}"));
+        }
+        return Some(format!("Init:{i}/{}", init.len()));
+    }
+    None
 }
 
 /// kubectl's STATUS: a container's waiting or terminated reason, else the phase; a
@@ -112,6 +263,14 @@ fn restarts(p: &Value) -> String {
 pub fn status(p: &Value) -> String {
     if p["metadata"]["deletionTimestamp"].is_string() {
         return "Terminating".into();
+    }
+    if let Some(r) = p["status"]["reason"].as_str() {
+        return r.into();
+    }
+    if p["status"]["phase"] == "Pending"
+        && let Some(s) = init_status(p)
+    {
+        return s;
     }
     let mut reason = p["status"]["phase"].as_str().unwrap_or("Unknown").to_string();
     let mut running = false;

@@ -50,9 +50,9 @@ pub struct Global {
 pub enum Command {
     /// Run the agent: the local API, the pods, the image store.
     Serve(serve::ServeArgs),
-    /// Create or update pods from a manifest (multi-document YAML).
+    /// Create or update Pods, ConfigMaps and Secrets from a manifest (multi-document YAML).
     Apply(apply::ApplyArgs),
-    /// List pods.
+    /// List pods, events, configmaps or secrets.
     Get(get::GetArgs),
     /// Show a pod in detail, with its events.
     Describe(describe::DescribeArgs),
@@ -60,7 +60,7 @@ pub enum Command {
     Logs(logs::LogsArgs),
     /// Run a command in a running Linux container; exits with its exit code.
     Exec(exec::ExecArgs),
-    /// Delete pods.
+    /// Delete pods, configmaps or secrets.
     Delete(delete::DeleteArgs),
     /// Run a manifest in the foreground, like `podman kube play`; Ctrl-C cleans up.
     Run(run::RunArgs),
@@ -72,6 +72,8 @@ pub enum Command {
     Image(images::ImageArgs),
     /// Push a .wasm module or component (or an OCI layout) to a registry.
     Push(push::PushArgs),
+    /// List the pod fields this node honours, ignores (scheduling) or rejects.
+    ExplainSupport,
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -81,6 +83,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         match cli.command {
             Command::Serve(args) => serve::run(g, args).await,
             Command::Apply(args) => apply::run(g, args).await,
+            Command::ExplainSupport => {
+                print!("{}", crate::spec::support::render());
+                Ok(())
+            }
             Command::Get(args) => get::run(g, args).await,
             Command::Describe(args) => describe::run(g, args).await,
             Command::Logs(args) => logs::run(g, args).await,

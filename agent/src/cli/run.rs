@@ -36,14 +36,14 @@ pub async fn run(global: &Global, args: RunArgs) -> anyhow::Result<()> {
 async fn run_embedded(
     global: &Global,
     runtime: &super::serve::RuntimeArgs,
-    pods: Vec<k8s_openapi::api::core::v1::Pod>,
+    pods: Vec<crate::spec::Object>,
 ) -> anyhow::Result<()> {
     let mgr = super::serve::start_agent(global, 1_000, runtime).await?;
     let applied = mgr.apply(pods).await?;
     for a in &applied {
-        eprintln!("pod/{} {}", a.pod.rsplit('/').next().unwrap_or(&a.pod), a.action);
+        eprintln!("{}/{} {}", a.kind.to_lowercase(), a.pod.rsplit('/').next().unwrap_or(&a.pod), a.action);
     }
-    let keys: Vec<String> = applied.iter().map(|a| a.pod.clone()).collect();
+    let keys: Vec<String> = applied.iter().filter(|a| a.kind == "Pod").map(|a| a.pod.clone()).collect();
     let mut offsets: HashMap<std::path::PathBuf, u64> = HashMap::new();
     let interrupted = tokio::select! {
         _ = super::serve::shutdown_signal() => true,

@@ -12,18 +12,23 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::image::ImageService;
+use crate::node::Node;
 use crate::runtime::{ContainerState, RuntimeKind, Runtimes};
+use crate::spec::Object;
 use crate::store::{Store, Table};
 
+pub mod env;
+mod probe;
 pub mod state;
+mod volume;
 mod worker;
 
-use state::{ContainerPlan, Plan, PodStatus, PullPolicy, RestartPolicy};
+use state::{ContainerPlan, Plan, PodStatus, PullPolicy, RestartPolicy, Role};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -69,6 +74,12 @@ impl PodRecord {
     pub fn name(&self) -> &str {
         self.pod.metadata.name.as_deref().unwrap_or_default()
     }
+    /// The spec of plan container `i`: init containers first, then the app containers.
+    pub fn container(&self, i: usize) -> Option<&Container> {
+        let spec = self.pod.spec.as_ref()?;
+        let init = spec.init_containers.as_deref().unwrap_or_default();
+        if i < init.len() { init.get(i) } else { spec.containers.get(i - init.len()) }
+    }
 }
 
 pub fn key(namespace: &str, name: &str) -> String {
@@ -87,16 +98,37 @@ pub struct Event {
     pub pod: String,
 }
 
-/// What `apply` did with each pod.
+/// What `apply` did with each object.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Applied {
+    #[serde(default = "pod_kind")]
+    pub kind: String,
+    /// `namespace/name`.
     pub pod: String,
     pub action: String,
 }
 
+fn pod_kind() -> String {
+    "Pod".into()
+}
+
 enum Msg {
-    Exited { container: usize, instance: u32, state: crate::runtime::ContainerState },
-    Delete { done: oneshot::Sender<()>, grace: Option<i64> },
+    Exited {
+        container: usize,
+        instance: u32,
+        state: crate::runtime::ContainerState,
+    },
+    Delete {
+        done: oneshot::Sender<()>,
+        grace: Option<i64>,
+    },
+    Probe {
+        container: usize,
+        instance: u32,
+        outcome: probe::Outcome,
+    },
+    /// A ConfigMap or Secret of the pod's namespace changed.
+    ConfigChanged,
 }
 
 /// Runs the pods.
@@ -110,6 +142,18 @@ pub struct Manager {
     accepted: Mutex<HashMap<String, std::time::Instant>>,
     /// Pod start latencies: accepted (stored) to every container running.
     start_latencies: Mutex<Vec<std::time::Duration>>,
+    node: Node,
+    /// Volume files are written by one writer at a time (workers and updates).
+    volume_lock: Mutex<()>,
+}
+
+impl env::Objects for Manager {
+    fn config_map(&self, namespace: &str, name: &str) -> Option<ConfigMap> {
+        self.store.get(Table::Objects, &format!("ConfigMap/{namespace}/{name}")).ok().flatten()
+    }
+    fn secret(&self, namespace: &str, name: &str) -> Option<Secret> {
+        self.store.get(Table::Objects, &format!("Secret/{namespace}/{name}")).ok().flatten()
+    }
 }
 
 impl std::fmt::Debug for Manager {
@@ -134,6 +178,8 @@ impl Manager {
             workers: Mutex::new(HashMap::new()),
             accepted: Mutex::new(HashMap::new()),
             start_latencies: Mutex::new(Vec::new()),
+            node: Node::detect(state_dir),
+            volume_lock: Mutex::new(()),
         });
         let records: Vec<(String, PodRecord)> = mgr.store.scan(Table::Pods, "")?;
         let now = crate::runtime::now_ms();
@@ -207,10 +253,37 @@ impl Manager {
         }
     }
 
-    /// Accepts pods: each is stored (durably) before this returns, then started.
-    /// A pod whose manifest is unchanged is left alone; a changed one is replaced.
-    pub async fn apply(self: &Arc<Self>, pods: Vec<Pod>) -> Result<Vec<Applied>> {
+    /// Accepts objects: ConfigMaps and Secrets first (a pod may refer to them), then
+    /// pods. Each is stored (durably) before this returns; pods are then started. An
+    /// unchanged object is left alone; a changed pod is replaced, a changed ConfigMap
+    /// or Secret reaches the volumes of running pods and wakes pods waiting for it.
+    pub async fn apply(self: &Arc<Self>, objects: Vec<Object>) -> Result<Vec<Applied>> {
         let mut out = Vec::new();
+        let mut pods = Vec::new();
+        let mut changed_namespaces = std::collections::BTreeSet::new();
+        for o in objects {
+            let (kind, key) = (o.kind(), o.key());
+            let value = match o {
+                Object::Pod(p) => {
+                    pods.push(*p);
+                    continue;
+                }
+                Object::ConfigMap(c) => serde_json::to_value(c).expect("serialises"),
+                Object::Secret(s) => serde_json::to_value(s).expect("serialises"),
+            };
+            let k = format!("{kind}/{key}");
+            let old: Option<serde_json::Value> = self.store.get(Table::Objects, &k)?;
+            let action = match old {
+                Some(old) if old == value => "unchanged",
+                Some(_) => "configured",
+                None => "created",
+            };
+            if action != "unchanged" {
+                self.store.put(Table::Objects, &k, &value)?;
+                changed_namespaces.insert(key.split('/').next().unwrap_or("default").to_string());
+            }
+            out.push(Applied { kind: kind.into(), pod: key, action: action.into() });
+        }
         let mut fresh = Vec::new();
         for pod in pods {
             let k = key(
@@ -220,7 +293,7 @@ impl Manager {
             let existing: Option<PodRecord> = self.store.get(Table::Pods, &k)?;
             let action = match existing {
                 Some(old) if same_manifest(&old.pod, &pod) && !old.deleting => {
-                    out.push(Applied { pod: k, action: "unchanged".into() });
+                    out.push(Applied { kind: "Pod".into(), pod: k, action: "unchanged".into() });
                     continue;
                 }
                 Some(_) => {
@@ -229,18 +302,93 @@ impl Manager {
                 }
                 None => "created",
             };
-            let rec = new_record(pod);
+            let mut rec = new_record(pod);
+            if let Some((reason, message)) = self.admit(&rec, &fresh)? {
+                rec.status
+                    .apply(&rec.plan.clone(), state::Event::Fail { reason: reason.clone(), message: message.clone() });
+                self.event(&rec, "Warning", &reason, &message);
+            }
             self.save(&rec)?;
             fresh.push(rec);
-            out.push(Applied { pod: k, action: action.into() });
+            out.push(Applied { kind: "Pod".into(), pod: k, action: action.into() });
         }
         self.store.flush().await?;
+        for ns in changed_namespaces {
+            self.config_changed(&ns);
+        }
         let now = std::time::Instant::now();
         self.accepted.lock().unwrap_or_else(|e| e.into_inner()).extend(fresh.iter().map(|r| (r.uid.clone(), now)));
         for rec in fresh {
             self.spawn(rec);
         }
         Ok(out)
+    }
+
+    /// The node's admission: a pod whose requests do not fit what is left of the
+    /// allocatable CPU and memory is refused with the kubelet's reason and message.
+    fn admit(&self, rec: &PodRecord, accepted: &[PodRecord]) -> Result<Option<(String, String)>> {
+        let others = self.list()?.into_iter().chain(accepted.iter().cloned());
+        let (mut cpu_used, mut mem_used) = (0, 0);
+        for r in others.filter(|r| !r.deleting && !r.status.phase.is_terminal()) {
+            let (c, m) = requests(&r.pod);
+            cpu_used += c;
+            mem_used += m;
+        }
+        let (cpu, mem) = requests(&rec.pod);
+        for (name, want, used, capacity) in
+            [("cpu", cpu, cpu_used, self.node.cpu_millis), ("memory", mem, mem_used, self.node.memory_bytes)]
+        {
+            if want > 0 && used + want > capacity {
+                return Ok(Some((
+                    format!("OutOf{name}"),
+                    format!(
+                        "Pod was rejected: Node didn't have enough resource: {name}, requested: {want}, used: {used}, capacity: {capacity}"
+                    ),
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A ConfigMap or Secret of `namespace` changed: volumes that show it are
+    /// rewritten (atomically) and waiting pods try again.
+    fn config_changed(&self, namespace: &str) {
+        for rec in self.list().unwrap_or_default() {
+            if rec.namespace() != namespace || rec.deleting || rec.status.phase.is_terminal() {
+                continue;
+            }
+            let root = self.pod_dir(&rec.uid).join("volumes");
+            for v in rec.pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+                if volume::is_projected(v) && root.join(&v.name).join("..data").exists() {
+                    let _guard = self.volume_lock.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Err(e) = volume::setup(self, &rec, &self.node, v, &root) {
+                        tracing::warn!(pod = %rec.key(), volume = %v.name, error = %e.message, "cannot update volume");
+                    }
+                }
+            }
+            if let Some(tx) = self.workers.lock().unwrap_or_else(|e| e.into_inner()).get(&rec.key()) {
+                let _ = tx.send(Msg::ConfigChanged);
+            }
+        }
+    }
+
+    /// Stored ConfigMaps (`kind` "ConfigMap") or Secrets, as API objects.
+    pub fn objects(&self, kind: &str) -> Result<Vec<serde_json::Value>> {
+        Ok(self
+            .store
+            .scan::<serde_json::Value>(Table::Objects, &format!("{kind}/"))?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect())
+    }
+
+    /// Forgets a ConfigMap or Secret; false when there was none.
+    pub async fn delete_object(&self, kind: &str, namespace: &str, name: &str) -> Result<bool> {
+        let k = format!("{kind}/{namespace}/{name}");
+        let existed = self.store.get::<serde_json::Value>(Table::Objects, &k)?.is_some();
+        self.store.remove(Table::Objects, &k)?;
+        self.store.flush().await?;
+        Ok(existed)
     }
 
     /// Stops a pod's containers within its grace period and forgets it. Waits until done.
@@ -366,8 +514,13 @@ impl Manager {
     /// Records an event; a repeat of the last one with the same reason and message
     /// counts up instead.
     fn event(&self, rec: &PodRecord, kind: &str, reason: &str, message: &str) {
+        self.event_for(&rec.uid, &rec.key(), kind, reason, message)
+    }
+
+    /// As [`Manager::event`], for the pod with `uid` and key `pod`.
+    fn event_for(&self, uid: &str, pod: &str, kind: &str, reason: &str, message: &str) {
         let now = crate::runtime::now_ms();
-        let prefix = format!("{}/", rec.uid);
+        let prefix = format!("{uid}/");
         let last = self
             .store
             .scan::<Event>(Table::Events, &prefix)
@@ -387,13 +540,13 @@ impl Manager {
                     count: 1,
                     first_seen: now,
                     last_seen: now,
-                    pod: rec.key(),
+                    pod: pod.to_string(),
                 };
                 self.store.put(Table::Events, &format!("{prefix}{id:020}"), &e)
             }),
         };
         if let Err(e) = result {
-            tracing::warn!(pod = %rec.key(), error = %e, "cannot record event");
+            tracing::warn!(pod = %pod, error = %e, "cannot record event");
         }
     }
 
@@ -405,6 +558,7 @@ impl Manager {
     }
 
     async fn teardown(&self, rec: &PodRecord) -> Result<()> {
+        volume::unmount_all(&self.pod_dir(&rec.uid).join("volumes"));
         let _ = std::fs::remove_dir_all(self.pod_dir(&rec.uid));
         self.store.remove(Table::Pods, &rec.key())?;
         self.store.remove_prefix(Table::Events, &format!("{}/", rec.uid))?;
@@ -434,9 +588,12 @@ fn new_record(pod: Pod) -> PodRecord {
             _ => RestartPolicy::Always,
         },
         containers: spec
-            .containers
+            .init_containers
             .iter()
-            .map(|c| ContainerPlan {
+            .flatten()
+            .map(|c| (c, if c.restart_policy.as_deref() == Some("Always") { Role::Sidecar } else { Role::Init }))
+            .chain(spec.containers.iter().map(|c| (c, Role::App)))
+            .map(|(c, role)| ContainerPlan {
                 name: c.name.clone(),
                 image: c.image.clone().unwrap_or_default(),
                 pull_policy: match c.image_pull_policy.as_deref() {
@@ -444,6 +601,9 @@ fn new_record(pod: Pod) -> PodRecord {
                     Some("Never") => PullPolicy::Never,
                     _ => PullPolicy::IfNotPresent,
                 },
+                role,
+                readiness_probe: c.readiness_probe.is_some(),
+                startup_probe: c.startup_probe.is_some(),
             })
             .collect(),
     };
@@ -461,6 +621,69 @@ fn new_record(pod: Pod) -> PodRecord {
         network: false,
         pod_ip: None,
     }
+}
+
+/// A pod's effective CPU (millicores) and memory (bytes) requests, as the scheduler
+/// counts them: the larger of the app containers' and sidecars' sum and any init
+/// container's; an unset request is the limit (the API server's default) or zero.
+pub fn requests(pod: &Pod) -> (u64, u64) {
+    let one = |c: &Container| {
+        let r = c.resources.as_ref();
+        let get = |what: &str| {
+            r.and_then(|r| r.requests.as_ref())
+                .and_then(|l| l.get(what))
+                .or_else(|| r.and_then(|r| r.limits.as_ref()).and_then(|l| l.get(what)))
+        };
+        (
+            get("cpu").and_then(|q| crate::spec::parse_millicores(&q.0)).unwrap_or(0),
+            get("memory").and_then(|q| crate::spec::parse_bytes(&q.0)).unwrap_or(0),
+        )
+    };
+    let Some(spec) = pod.spec.as_ref() else { return (0, 0) };
+    let init = spec.init_containers.iter().flatten();
+    let long_running = init.clone().filter(|c| c.restart_policy.as_deref() == Some("Always")).chain(&spec.containers);
+    let (mut cpu, mut mem) = long_running.map(one).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    for c in init.filter(|c| c.restart_policy.as_deref() != Some("Always")) {
+        let (c, m) = one(c);
+        cpu = cpu.max(c);
+        mem = mem.max(m);
+    }
+    (cpu, mem)
+}
+
+/// The QoS class: Guaranteed when every container's CPU and memory requests equal its
+/// limits, BestEffort when nothing is requested or limited, else Burstable.
+pub fn qos_class(pod: &Pod) -> &'static str {
+    let Some(spec) = pod.spec.as_ref() else { return "BestEffort" };
+    let all: Vec<&Container> = spec.init_containers.iter().flatten().chain(&spec.containers).collect();
+    let any = all.iter().any(|c| {
+        c.resources.as_ref().is_some_and(|r| {
+            r.requests.as_ref().is_some_and(|m| m.keys().any(|k| k == "cpu" || k == "memory"))
+                || r.limits.as_ref().is_some_and(|m| m.keys().any(|k| k == "cpu" || k == "memory"))
+        })
+    });
+    if !any {
+        return "BestEffort";
+    }
+    let guaranteed = all.iter().all(|c| {
+        let r = c.resources.as_ref();
+        ["cpu", "memory"].iter().all(|k| {
+            let limit = r.and_then(|r| r.limits.as_ref()).and_then(|l| l.get(*k));
+            let request = r.and_then(|r| r.requests.as_ref()).and_then(|l| l.get(*k)).or(limit);
+            let (parse_l, parse_r) = match *k {
+                "cpu" => (
+                    limit.and_then(|q| crate::spec::parse_millicores(&q.0)),
+                    request.and_then(|q| crate::spec::parse_millicores(&q.0)),
+                ),
+                _ => (
+                    limit.and_then(|q| crate::spec::parse_bytes(&q.0)),
+                    request.and_then(|q| crate::spec::parse_bytes(&q.0)),
+                ),
+            };
+            parse_l.is_some() && parse_l == parse_r
+        })
+    });
+    if guaranteed { "Guaranteed" } else { "Burstable" }
 }
 
 /// A random RFC 4122 version-4 UUID.

@@ -3,6 +3,11 @@
 //! (`shared/reference/kubelet-semantics.md` §1): crash back-off 10 s doubling to 300 s
 //! with the first restart immediate, reset after 10 minutes; image pull back-off 10 s
 //! doubling to 300 s; phases as `getPhase` computes them; terminal phases are sticky.
+//!
+//! Init containers come first in the plan, in order: each must exit 0 before the next
+//! starts. Sidecars (init containers with `restartPolicy: Always`) gate the next one
+//! on `started`, restart whatever the pod's policy, and are stopped once every app
+//! container is done. Readiness and startup follow probe results when there are probes.
 
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +17,9 @@ pub const MAX_BACKOFF_MS: u64 = 300_000;
 pub const BACKOFF_RESET_MS: u64 = 600_000;
 /// The reason given to an instance that was running when the agent died (the kubelet's).
 pub const LOST: &str = "ContainerStatusUnknown";
+/// How soon a container whose configuration could not be built is tried again (the
+/// kubelet's pod-worker back-off); a change to a ConfigMap or Secret retries at once.
+pub const CONFIG_RETRY_MS: u64 = 10_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RestartPolicy {
@@ -45,11 +53,28 @@ pub struct Plan {
     pub containers: Vec<ContainerPlan>,
 }
 
+/// Where a container sits in the pod.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    Init,
+    Sidecar,
+    #[default]
+    App,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerPlan {
     pub name: String,
     pub image: String,
     pub pull_policy: PullPolicy,
+    #[serde(default)]
+    pub role: Role,
+    /// With a readiness probe a container is not ready until it passes.
+    #[serde(default)]
+    pub readiness_probe: bool,
+    /// With a startup probe a container is not `started` until it passes.
+    #[serde(default)]
+    pub startup_probe: bool,
 }
 
 /// An exponential back-off entry: the current delay and when it last advanced.
@@ -113,6 +138,9 @@ pub struct ContainerStatus {
     pub crash_backoff: Option<Backoff>,
     pub pull_backoff: Option<Backoff>,
     pub pull_failed_at: Option<u64>,
+    /// The configuration could not be built; try again at this time.
+    #[serde(default)]
+    pub config_retry_at: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +148,14 @@ pub struct PodStatus {
     pub phase: Phase,
     pub containers: Vec<ContainerStatus>,
     pub start_time: Option<u64>,
+    /// Set once an app container has started: init containers never run again.
+    #[serde(default)]
+    pub initialized: bool,
+    /// Pod-level reason and message (`DeadlineExceeded`, `OutOfmemory`).
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
 }
 
 /// Something that happened to container `container` (an index into the plan).
@@ -156,6 +192,29 @@ pub enum Event {
         container: usize,
         at: u64,
     },
+    /// The container's configuration could not be built (a missing ConfigMap key, a
+    /// volume that cannot be set up): it waits with `reason` and is retried.
+    ConfigError {
+        container: usize,
+        reason: String,
+        message: String,
+        at: u64,
+    },
+    /// Something the container refers to changed: a waiting configuration is retried now.
+    ConfigChanged,
+    /// The running instance's readiness or startup probe result changed.
+    Ready {
+        container: usize,
+        ready: bool,
+    },
+    StartupPassed {
+        container: usize,
+    },
+    /// The pod is finished from outside (activeDeadlineSeconds, admission): Failed.
+    Fail {
+        reason: String,
+        message: String,
+    },
 }
 
 /// What the pod needs next.
@@ -169,6 +228,7 @@ pub enum Action {
 
 impl PodStatus {
     pub fn new(plan: &Plan) -> Self {
+        let has_init = plan.containers.iter().any(|c| c.role != Role::App);
         let containers = plan
             .containers
             .iter()
@@ -176,7 +236,7 @@ impl PodStatus {
                 name: c.name.clone(),
                 image: c.image.clone(),
                 image_id: None,
-                state: waiting("ContainerCreating", ""),
+                state: waiting(if has_init { "PodInitializing" } else { "ContainerCreating" }, ""),
                 last_state: None,
                 restart_count: 0,
                 instances: 0,
@@ -185,14 +245,28 @@ impl PodStatus {
                 crash_backoff: None,
                 pull_backoff: None,
                 pull_failed_at: None,
+                config_retry_at: None,
             })
             .collect();
-        PodStatus { phase: Phase::Pending, containers, start_time: None }
+        PodStatus {
+            phase: Phase::Pending,
+            containers,
+            start_time: None,
+            initialized: !has_init,
+            reason: None,
+            message: None,
+        }
     }
 
-    /// Applies one event. Events for a pod in a terminal phase change nothing.
+    /// Applies one event. A pod in a terminal phase only records its containers'
+    /// exits (sidecars and deadline kills end after the phase is decided).
     pub fn apply(&mut self, plan: &Plan, event: Event) {
         if self.phase.is_terminal() {
+            match event {
+                Event::Exited { container, term } => self.exited(container, term),
+                Event::Lost { container, at } => self.lost(container, at),
+                _ => {}
+            }
             return;
         }
         match event {
@@ -215,6 +289,7 @@ impl PodStatus {
             }
             Event::Starting { container, at } => {
                 let c = &mut self.containers[container];
+                c.config_retry_at = None;
                 if let State::Terminated(t) = &c.state {
                     c.last_state = Some(t.clone());
                 }
@@ -229,11 +304,47 @@ impl PodStatus {
                 c.instances += 1;
             }
             Event::Started { container, at } => {
+                let spec = &plan.containers[container];
                 let c = &mut self.containers[container];
                 c.state = State::Running { started_at: at };
-                c.started = true;
-                c.ready = true;
+                c.started = !spec.startup_probe;
+                c.ready = !spec.readiness_probe && c.started;
                 self.start_time.get_or_insert(at);
+                if spec.role == Role::App {
+                    self.initialized = true;
+                }
+            }
+            Event::ConfigError { container, reason, message, at } => {
+                let c = &mut self.containers[container];
+                c.state = waiting(&reason, &message);
+                c.config_retry_at = Some(at + CONFIG_RETRY_MS);
+            }
+            Event::ConfigChanged => {
+                for c in &mut self.containers {
+                    if c.config_retry_at.is_some() {
+                        c.config_retry_at = Some(0);
+                    }
+                }
+            }
+            Event::Ready { container, ready } => {
+                let c = &mut self.containers[container];
+                if matches!(c.state, State::Running { .. }) {
+                    c.ready = ready && c.started;
+                }
+            }
+            Event::StartupPassed { container } => {
+                let readiness = plan.containers[container].readiness_probe;
+                let c = &mut self.containers[container];
+                if matches!(c.state, State::Running { .. }) {
+                    c.started = true;
+                    c.ready = !readiness;
+                }
+            }
+            Event::Fail { reason, message } => {
+                self.phase = Phase::Failed;
+                self.reason = Some(reason);
+                self.message = Some(message);
+                return;
             }
             Event::Exited { container, term } => {
                 self.exited(container, term);
@@ -242,22 +353,24 @@ impl PodStatus {
                     self.containers[container].image_id = None;
                 }
             }
-            Event::Lost { container, at } => {
-                let started_at = match &self.containers[container].state {
-                    State::Running { started_at } => *started_at,
-                    _ => at,
-                };
-                let term = Terminated {
-                    exit_code: 137,
-                    reason: LOST.into(),
-                    message: "The container could not be located when the agent restarted".into(),
-                    started_at,
-                    finished_at: at,
-                };
-                self.exited(container, term);
-            }
+            Event::Lost { container, at } => self.lost(container, at),
         }
         self.phase = phase(plan, self);
+    }
+
+    fn lost(&mut self, container: usize, at: u64) {
+        let started_at = match &self.containers[container].state {
+            State::Running { started_at } => *started_at,
+            _ => at,
+        };
+        let term = Terminated {
+            exit_code: 137,
+            reason: LOST.into(),
+            message: "The container could not be located when the agent restarted".into(),
+            started_at,
+            finished_at: at,
+        };
+        self.exited(container, term);
     }
 
     fn exited(&mut self, container: usize, term: Terminated) {
@@ -267,6 +380,7 @@ impl PodStatus {
         }
         c.state = State::Terminated(term);
         c.ready = false;
+        c.started = false;
     }
 }
 
@@ -289,14 +403,37 @@ pub fn plan(plan: &Plan, status: &mut PodStatus, now: u64, present: impl Fn(usiz
     if status.phase.is_terminal() {
         return actions;
     }
+    // false once an init container or sidecar is not done (or not started) yet
+    let mut gate = true;
     for (i, spec) in plan.containers.iter().enumerate() {
         let c = &mut status.containers[i];
-        if matches!(c.state, State::Running { .. }) {
-            continue;
+        let running = matches!(c.state, State::Running { .. });
+        match spec.role {
+            Role::Init if status.initialized => continue,
+            Role::Init | Role::Sidecar | Role::App if !gate => {
+                if !running && c.instances == 0 {
+                    c.state = waiting("PodInitializing", "");
+                }
+                continue;
+            }
+            Role::Init if last_exit(c).is_some_and(|t| t.exit_code == 0) && !running => continue,
+            Role::Sidecar if running => {
+                gate &= c.started;
+                continue;
+            }
+            _ if running => {
+                gate &= spec.role == Role::App;
+                continue;
+            }
+            _ => {}
+        }
+        if spec.role != Role::App {
+            gate = false;
         }
         let previous = last_exit(c).cloned();
+        let restarts = |code| spec.role == Role::Sidecar || plan.restart_policy.restarts(code);
         if let Some(t) = &previous
-            && !plan.restart_policy.restarts(t.exit_code)
+            && !restarts(t.exit_code)
         {
             continue;
         }
@@ -311,6 +448,12 @@ pub fn plan(plan: &Plan, status: &mut PodStatus, now: u64, present: impl Fn(usiz
             }
             c.state = waiting("CrashLoopBackOff", &msg);
             actions.push(Action::WakeAt(t.finished_at + b.delay_ms));
+            continue;
+        }
+        if let Some(at) = c.config_retry_at
+            && now < at
+        {
+            actions.push(Action::WakeAt(at));
             continue;
         }
         if c.image_id.is_none() {
@@ -332,22 +475,33 @@ pub fn plan(plan: &Plan, status: &mut PodStatus, now: u64, present: impl Fn(usiz
     actions
 }
 
-/// The pod phase from its container states (kubelet `getPhase`, app containers).
+/// The pod phase from its container states (kubelet `getPhase`).
 pub fn phase(plan: &Plan, status: &PodStatus) -> Phase {
     let (mut running, mut waiting_fresh, mut stopped, mut succeeded) = (0, 0, 0, 0);
-    for c in &status.containers {
-        match (&c.state, last_exit(c)) {
-            (State::Running { .. }, _) => running += 1,
-            (_, Some(t)) => {
-                stopped += 1;
-                if t.exit_code == 0 {
-                    succeeded += 1;
+    let mut init_pending = false;
+    for (spec, c) in plan.containers.iter().zip(&status.containers) {
+        match spec.role {
+            Role::Init => {
+                let failed = last_exit(c).is_some_and(|t| t.exit_code != 0);
+                if failed && plan.restart_policy == RestartPolicy::Never && !status.initialized {
+                    return Phase::Failed;
                 }
+                init_pending |= last_exit(c).is_none_or(|t| t.exit_code != 0);
             }
-            (_, None) => waiting_fresh += 1,
+            Role::Sidecar => init_pending |= !c.started,
+            Role::App => match (&c.state, last_exit(c)) {
+                (State::Running { .. }, _) => running += 1,
+                (_, Some(t)) => {
+                    stopped += 1;
+                    if t.exit_code == 0 {
+                        succeeded += 1;
+                    }
+                }
+                (_, None) => waiting_fresh += 1,
+            },
         }
     }
-    if waiting_fresh > 0 {
+    if (init_pending && !status.initialized) || waiting_fresh > 0 {
         return Phase::Pending;
     }
     if running > 0 {
@@ -369,15 +523,167 @@ mod tests {
     use super::*;
 
     fn plan_of(policy: RestartPolicy) -> Plan {
-        Plan {
+        Plan { pod: "web_default(uid)".into(), restart_policy: policy, containers: vec![container("app", Role::App)] }
+    }
+
+    fn container(name: &str, role: Role) -> ContainerPlan {
+        ContainerPlan {
+            name: name.into(),
+            image: format!("reg/{name}:v1"),
+            pull_policy: PullPolicy::IfNotPresent,
+            role,
+            readiness_probe: false,
+            startup_probe: false,
+        }
+    }
+
+    /// A pod of init `i0`, sidecar `side`, init `i1` and app `app`, all images present.
+    fn with_init(policy: RestartPolicy) -> (Plan, PodStatus) {
+        let p = Plan {
             pod: "web_default(uid)".into(),
             restart_policy: policy,
-            containers: vec![ContainerPlan {
-                name: "app".into(),
-                image: "reg/app:v1".into(),
-                pull_policy: PullPolicy::IfNotPresent,
-            }],
+            containers: vec![
+                container("i0", Role::Init),
+                container("side", Role::Sidecar),
+                container("i1", Role::Init),
+                container("app", Role::App),
+            ],
+        };
+        let mut s = PodStatus::new(&p);
+        for i in 0..4 {
+            s.apply(&p, Event::Pulled { container: i, image_id: "x".into() });
         }
+        (p, s)
+    }
+
+    fn start_n(p: &Plan, s: &mut PodStatus, i: usize, at: u64) {
+        s.apply(p, Event::Starting { container: i, at });
+        s.apply(p, Event::Started { container: i, at });
+    }
+
+    fn exit_n(i: usize, code: i32, at: u64) -> Event {
+        let reason = if code == 0 { "Completed" } else { "Error" };
+        let term = Terminated {
+            exit_code: code,
+            reason: reason.into(),
+            message: String::new(),
+            started_at: 0,
+            finished_at: at,
+        };
+        Event::Exited { container: i, term }
+    }
+
+    #[test]
+    fn init_containers_run_in_order_and_sidecars_gate_on_started() {
+        let (mut p, mut s) = with_init(RestartPolicy::Always);
+        p.containers[1].startup_probe = true;
+        assert_eq!(plan(&p, &mut s, 0, |_| true), [Action::Start(0)]);
+        assert_eq!(s.phase, Phase::Pending);
+        let waiting = |s: &PodStatus, i: usize| match &s.containers[i].state {
+            State::Waiting { reason, .. } => reason.clone(),
+            _ => "-".into(),
+        };
+        assert_eq!(waiting(&s, 3), "PodInitializing");
+        start_n(&p, &mut s, 0, 1);
+        assert!(plan(&p, &mut s, 1, |_| true).is_empty(), "i0 runs alone");
+        s.apply(&p, exit_n(0, 1, 2)); // fails: retried (Always), not Failed
+        assert_eq!(s.phase, Phase::Pending);
+        assert_eq!(plan(&p, &mut s, 2, |_| true), [Action::Start(0)]);
+        start_n(&p, &mut s, 0, 3);
+        s.apply(&p, exit_n(0, 0, 4));
+        assert_eq!(plan(&p, &mut s, 4, |_| true), [Action::Start(1)], "then the sidecar");
+        start_n(&p, &mut s, 1, 5);
+        assert!(plan(&p, &mut s, 5, |_| true).is_empty(), "i1 waits for the sidecar's startup probe");
+        s.apply(&p, Event::StartupPassed { container: 1 });
+        assert_eq!(plan(&p, &mut s, 6, |_| true), [Action::Start(2)]);
+        start_n(&p, &mut s, 2, 6);
+        s.apply(&p, exit_n(2, 0, 7));
+        assert_eq!(plan(&p, &mut s, 7, |_| true), [Action::Start(3)]);
+        start_n(&p, &mut s, 3, 8);
+        assert_eq!(s.phase, Phase::Running);
+        assert!(s.initialized);
+        // a sidecar that exits is restarted; finished init containers never run again
+        s.apply(&p, exit_n(1, 0, 9));
+        assert_eq!(plan(&p, &mut s, 9, |_| true), [Action::Start(1)]);
+        start_n(&p, &mut s, 1, 9);
+        s.apply(&p, exit_n(1, 0, 10));
+        assert_eq!(plan(&p, &mut s, 10, |_| true), [Action::WakeAt(10 + INITIAL_BACKOFF_MS)]);
+    }
+
+    #[test]
+    fn a_failed_init_container_fails_a_never_pod() {
+        let (p, mut s) = with_init(RestartPolicy::Never);
+        plan(&p, &mut s, 0, |_| true);
+        start_n(&p, &mut s, 0, 1);
+        s.apply(&p, exit_n(0, 2, 2));
+        assert_eq!(s.phase, Phase::Failed);
+        assert!(plan(&p, &mut s, 2, |_| true).is_empty());
+    }
+
+    #[test]
+    fn sidecars_stop_in_reverse_once_the_apps_are_done() {
+        let mut p = Plan {
+            pod: "job_default(uid)".into(),
+            restart_policy: RestartPolicy::Never,
+            containers: vec![
+                container("s0", Role::Sidecar),
+                container("s1", Role::Sidecar),
+                container("app", Role::App),
+            ],
+        };
+        p.containers[2].readiness_probe = true;
+        let mut s = PodStatus::new(&p);
+        for i in 0..3 {
+            s.apply(&p, Event::Pulled { container: i, image_id: "x".into() });
+        }
+        assert_eq!(plan(&p, &mut s, 0, |_| true), [Action::Start(0)]);
+        start_n(&p, &mut s, 0, 0);
+        assert_eq!(plan(&p, &mut s, 0, |_| true), [Action::Start(1)]);
+        start_n(&p, &mut s, 1, 0);
+        assert_eq!(plan(&p, &mut s, 0, |_| true), [Action::Start(2)]);
+        start_n(&p, &mut s, 2, 1);
+        assert!(!s.containers[2].ready, "not ready before its readiness probe passes");
+        s.apply(&p, Event::Ready { container: 2, ready: true });
+        assert!(s.containers[2].ready);
+        s.apply(&p, exit_n(2, 0, 5));
+        assert_eq!(s.phase, Phase::Succeeded, "sidecars do not hold the pod");
+        // the worker stops what still runs once the phase is terminal
+        s.apply(&p, exit_n(1, 137, 6));
+        assert!(matches!(s.containers[1].state, State::Terminated(_)));
+        assert_eq!(s.phase, Phase::Succeeded);
+    }
+
+    #[test]
+    fn config_errors_wait_and_retry_sooner_on_change() {
+        let p = plan_of(RestartPolicy::Always);
+        let mut s = PodStatus::new(&p);
+        s.apply(&p, Event::Pulled { container: 0, image_id: "x".into() });
+        let e = Event::ConfigError {
+            container: 0,
+            reason: "CreateContainerConfigError".into(),
+            message: "configmap \"cfg\" not found".into(),
+            at: 100,
+        };
+        s.apply(&p, e);
+        assert_eq!(reason(&s), "CreateContainerConfigError");
+        assert_eq!(s.phase, Phase::Pending);
+        assert_eq!(plan(&p, &mut s, 200, |_| true), [Action::WakeAt(100 + CONFIG_RETRY_MS)]);
+        s.apply(&p, Event::ConfigChanged);
+        assert_eq!(plan(&p, &mut s, 200, |_| true), [Action::Start(0)]);
+    }
+
+    #[test]
+    fn a_failed_pod_keeps_its_reason() {
+        let p = plan_of(RestartPolicy::Always);
+        let mut s = PodStatus::new(&p);
+        s.apply(&p, Event::Pulled { container: 0, image_id: "x".into() });
+        run(&p, &mut s, 0);
+        s.apply(&p, Event::Fail { reason: "DeadlineExceeded".into(), message: "too long".into() });
+        assert_eq!((s.phase, s.reason.as_deref()), (Phase::Failed, Some("DeadlineExceeded")));
+        assert!(plan(&p, &mut s, 1, |_| true).is_empty());
+        s.apply(&p, exit(137, 0, 2));
+        assert_eq!(reason(&s), "Error");
+        assert_eq!(s.phase, Phase::Failed);
     }
 
     fn exit(code: i32, started: u64, finished: u64) -> Event {

@@ -1,16 +1,24 @@
-//! One task per pod: plan, act, wait for an exit, a timer or a deletion, repeat.
+//! One task per pod: plan, act, wait for an exit, a probe result, a timer or a
+//! deletion, repeat.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Container;
 use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
 use tracing::Instrument;
 
-use super::state::{self, Action, Event, PullPolicy, Terminated};
-use super::{Manager, Msg, PodRecord};
+use super::probe::{self, Outcome};
+use super::state::{self, Action, Event, PullPolicy, Role, Terminated};
+use super::{Manager, Msg, PodRecord, env, volume};
 use crate::runtime::cni::PortMapping;
 use crate::runtime::{Artifact, ContainerConfig, ContainerState, Mount, RuntimeKind, SandboxConfig, now_ms};
+
+/// Probe tasks of the running instances, by container index.
+type Probes = HashMap<usize, AbortHandle>;
 
 pub(super) async fn run(
     mgr: Arc<Manager>,
@@ -25,13 +33,18 @@ pub(super) async fn run(
             stop_and_teardown(&mgr, &mut rec).await;
             return;
         }
+        let mut probes = Probes::new();
         rec.runtimes.resize(rec.plan.containers.len(), None);
-        // Linux containers adopted after an agent restart: wait on them again
-        for (i, c) in rec.status.containers.iter().enumerate() {
+        // Linux containers adopted after an agent restart: wait on them and probe them again
+        for i in 0..rec.status.containers.len() {
+            let c = &rec.status.containers[i];
             if matches!(c.state, state::State::Running { .. }) && rec.runtimes[i] == Some(RuntimeKind::Linux) {
-                watch(&mgr, &rec, i, c.instances, &tx);
+                let instance = c.instances;
+                watch(&mgr, &rec, i, instance, &tx);
+                start_probes(&mgr, &rec, i, instance, &tx, &mut probes);
             }
         }
+        let mut stopping = false;
         loop {
             let actions = {
                 let images = &mgr.images;
@@ -42,8 +55,27 @@ pub(super) async fn run(
                 state::plan(&plan, &mut rec.status, now_ms(), present)
             };
             rec.status.phase = state::phase(&rec.plan, &rec.status).max_sticky(rec.status.phase);
-            save(&mgr, &rec);
             let mut wake: Option<u64> = None;
+            if let Some(deadline) = deadline(&rec)
+                && !rec.status.phase.is_terminal()
+            {
+                if now_ms() >= deadline {
+                    let message = "Pod was active on the node longer than the specified deadline";
+                    mgr.event(&rec, "Normal", "DeadlineExceeded", message);
+                    apply(&mut rec, Event::Fail { reason: "DeadlineExceeded".into(), message: message.into() });
+                    save(&mgr, &rec);
+                    continue;
+                }
+                wake = Some(deadline);
+            }
+            save(&mgr, &rec);
+            if rec.status.phase.is_terminal() && !stopping && running(&rec).next().is_some() {
+                // what still runs of a finished pod (sidecars, a deadline's victims) stops
+                stopping = true;
+                let rec2 = rec.clone();
+                let mgr2 = mgr.clone();
+                tokio::spawn(async move { stop_all(&mgr2, &rec2, None).await });
+            }
             let mut acted = false;
             for action in actions {
                 match action {
@@ -52,7 +84,7 @@ pub(super) async fn run(
                         acted = true;
                     }
                     Action::Start(i) => {
-                        start(&mgr, &mut rec, i, &tx).await;
+                        start(&mgr, &mut rec, i, &tx, &mut probes).await;
                         acted = true;
                     }
                     Action::WakeAt(t) => wake = Some(wake.map_or(t, |w: u64| w.min(t))),
@@ -71,9 +103,21 @@ pub(super) async fn run(
             };
             match msg {
                 Some(Msg::Exited { container, instance, state }) => {
+                    if rec.status.containers.get(container).is_some_and(|c| c.instances == instance)
+                        && let Some(p) = probes.remove(&container)
+                    {
+                        p.abort();
+                    }
                     exited(&mgr, &mut rec, container, instance, state).await
                 }
+                Some(Msg::Probe { container, instance, outcome }) => {
+                    probed(&mgr, &mut rec, container, instance, outcome);
+                }
+                Some(Msg::ConfigChanged) => apply(&mut rec, Event::ConfigChanged),
                 Some(Msg::Delete { done, grace }) => {
+                    for (_, p) in probes.drain() {
+                        p.abort();
+                    }
                     if let (Some(g), Some(spec)) = (grace, rec.pod.spec.as_mut()) {
                         spec.termination_grace_period_seconds = Some(g.max(0));
                     }
@@ -98,6 +142,21 @@ impl Sticky for state::Phase {
     fn max_sticky(self, previous: Self) -> Self {
         if previous.is_terminal() { previous } else { self }
     }
+}
+
+/// When `activeDeadlineSeconds` runs out, counted from the pod's acceptance.
+fn deadline(rec: &PodRecord) -> Option<u64> {
+    let secs = rec.pod.spec.as_ref()?.active_deadline_seconds?;
+    Some(rec.created_at + secs.max(0) as u64 * 1000)
+}
+
+fn running(rec: &PodRecord) -> impl Iterator<Item = usize> + '_ {
+    rec.status
+        .containers
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| matches!(c.state, state::State::Running { .. }))
+        .map(|(i, _)| i)
 }
 
 fn save(mgr: &Manager, rec: &PodRecord) {
@@ -147,6 +206,7 @@ async fn pull(mgr: &Manager, rec: &mut PodRecord, i: usize) {
         }
         Err(e) => {
             mgr.event(rec, "Warning", "Failed", &format!("Failed to pull image \"{}\": {e}", spec.image));
+            mgr.event(rec, "Warning", "Failed", "Error: ErrImagePull");
             apply(rec, Event::PullFailed { container: i, message: e.to_string(), at: now_ms() });
         }
     }
@@ -156,29 +216,39 @@ pub(super) fn container_id(uid: &str, name: &str, instance: u32) -> String {
     format!("{uid}-{name}-{instance}")
 }
 
-async fn start(mgr: &Manager, rec: &mut PodRecord, i: usize, tx: &mpsc::UnboundedSender<Msg>) {
-    let t0 = std::time::Instant::now();
-    let restarting = rec.status.containers[i].instances > 0;
-    apply(rec, Event::Starting { container: i, at: now_ms() });
+/// The container's configuration could not be built: it waits and is retried.
+fn config_error(mgr: &Manager, rec: &mut PodRecord, i: usize, e: volume::VolumeError) {
+    let message = if e.event == "Failed" { format!("Error: {}", e.message) } else { e.message.clone() };
+    mgr.event(rec, "Warning", e.event, &message);
+    apply(rec, Event::ConfigError { container: i, reason: e.reason.into(), message: e.message, at: now_ms() });
     save(mgr, rec);
-    if restarting {
-        // the new instance and the advanced back-off are durable before it runs
-        let _ = mgr.store.flush().await;
-    }
-    let instance = rec.status.containers[i].instances;
-    let spec = rec.pod.spec.clone().unwrap_or_default();
-    let c = &spec.containers[i];
-    let (kind, config) = match container_config(mgr, rec, c, instance) {
-        Ok(cfg) => cfg,
-        Err(message) => return start_failed(mgr, rec, i, "CreateContainerConfigError", message),
+}
+
+fn config_failed(message: String) -> volume::VolumeError {
+    volume::VolumeError { reason: "CreateContainerConfigError", event: "Failed", message }
+}
+
+async fn start(
+    mgr: &Arc<Manager>,
+    rec: &mut PodRecord,
+    i: usize,
+    tx: &mpsc::UnboundedSender<Msg>,
+    probes: &mut Probes,
+) {
+    let t0 = std::time::Instant::now();
+    let Some(c) = rec.container(i).cloned() else { return };
+    let image = match image_of(mgr, &c) {
+        Ok(img) => img,
+        Err(message) => return config_error(mgr, rec, i, config_failed(message)),
     };
-    rec.runtimes[i] = Some(kind);
+    let kind = image.0;
     if kind == RuntimeKind::Linux {
+        let spec = rec.pod.spec.clone().unwrap_or_default();
         let sandbox = SandboxConfig {
             id: rec.uid.clone(),
             namespace: rec.namespace().into(),
             name: rec.name().into(),
-            hostname: rec.name().into(),
+            hostname: spec.hostname.clone().unwrap_or_else(|| rec.name().into()),
             ports: host_ports(&spec),
         };
         if !rec.network {
@@ -190,10 +260,27 @@ async fn start(mgr: &Manager, rec: &mut PodRecord, i: usize, tx: &mpsc::Unbounde
         // created); later calls find it
         if let Err(e) = mgr.runtime.create_sandbox(kind, &sandbox).await {
             mgr.event(rec, "Warning", "FailedCreatePodSandBox", &format!("Failed to create pod sandbox: {e}"));
+            apply(rec, Event::Starting { container: i, at: now_ms() });
             return start_failed(mgr, rec, i, "CreatePodSandboxError", e.to_string());
+        }
+        if rec.pod_ip.is_none() {
+            rec.pod_ip = mgr.runtime.linux().ok().and_then(|l| l.sandbox_ip(&rec.uid));
         }
     }
     let t_sandbox = t0.elapsed();
+    let instance = rec.status.containers[i].instances + 1;
+    let config = match container_config(mgr, rec, &c, instance, image) {
+        Ok(cfg) => cfg,
+        Err(e) => return config_error(mgr, rec, i, e),
+    };
+    let restarting = rec.status.containers[i].instances > 0;
+    apply(rec, Event::Starting { container: i, at: now_ms() });
+    save(mgr, rec);
+    if restarting {
+        // the new instance and the advanced back-off are durable before it runs
+        let _ = mgr.store.flush().await;
+    }
+    rec.runtimes[i] = Some(kind);
     let id = config.id.clone();
     if let Err(e) = mgr.runtime.create_container(kind, config).await {
         return start_failed(mgr, rec, i, "CreateContainerError", e.to_string());
@@ -205,8 +292,21 @@ async fn start(mgr: &Manager, rec: &mut PodRecord, i: usize, tx: &mpsc::Unbounde
         return start_failed(mgr, rec, i, "RunContainerError", e.to_string());
     }
     let t_started = t0.elapsed();
-    if kind == RuntimeKind::Linux && rec.pod_ip.is_none() {
-        rec.pod_ip = mgr.runtime.linux().ok().and_then(|l| l.sandbox_ip(&rec.uid));
+    // postStart runs before the container counts as running; a failure kills it
+    if let Some(h) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+        let target = target(mgr, rec, kind, &id);
+        let result = match probe::hook_handler(h, &c) {
+            Ok(h) => probe::run(&h, &target, Duration::from_secs(grace_seconds(rec, None))).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            mgr.event(rec, "Warning", "FailedPostStartHook", &format!("PostStartHook failed: {e}"));
+            let runtime = mgr.runtime.clone();
+            let (kid, grace) = (id.clone(), Duration::from_secs(grace_seconds(rec, None)));
+            tokio::spawn(async move {
+                let _ = runtime.stop_container(kind, &kid, grace).await;
+            });
+        }
     }
     apply(rec, Event::Started { container: i, at: now_ms() });
     if let Ok(r) = rec.plan.containers[i].image.parse() {
@@ -232,6 +332,89 @@ async fn start(mgr: &Manager, rec: &mut PodRecord, i: usize, tx: &mpsc::Unbounde
     mgr.event(rec, "Normal", "Started", &format!("Started container {}", c.name));
     save(mgr, rec);
     watch(mgr, rec, i, instance, tx);
+    start_probes(mgr, rec, i, instance, tx, probes);
+}
+
+/// Where handlers of this pod act: its IP, or loopback for a pod without one.
+fn target(mgr: &Manager, rec: &PodRecord, kind: RuntimeKind, id: &str) -> probe::Target {
+    probe::Target {
+        runtime: mgr.runtime.clone(),
+        kind,
+        id: id.to_string(),
+        host: rec.pod_ip.clone().unwrap_or_else(|| "127.0.0.1".into()),
+    }
+}
+
+/// Starts the probe loop of a running instance, if it has probes.
+fn start_probes(
+    mgr: &Manager,
+    rec: &PodRecord,
+    i: usize,
+    instance: u32,
+    tx: &mpsc::UnboundedSender<Msg>,
+    probes: &mut Probes,
+) {
+    let (Some(c), Some(kind)) = (rec.container(i), rec.runtimes[i]) else { return };
+    let spec = |p: &Option<k8s_openapi::api::core::v1::Probe>| p.as_ref().map(|p| probe::Spec::new(p, c));
+    let (startup, liveness, readiness) = (spec(&c.startup_probe), spec(&c.liveness_probe), spec(&c.readiness_probe));
+    if startup.is_none() && liveness.is_none() && readiness.is_none() {
+        return;
+    }
+    let (startup, liveness, readiness) = match (startup.transpose(), liveness.transpose(), readiness.transpose()) {
+        (Ok(s), Ok(l), Ok(r)) => (s, l, r),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            mgr.event(rec, "Warning", "Unhealthy", &format!("Probe cannot run: {e}"));
+            return;
+        }
+    };
+    let target = target(mgr, rec, kind, &container_id(&rec.uid, &c.name, instance));
+    let tx = tx.clone();
+    let task = tokio::spawn(probe::probe_loop(startup, liveness, readiness, target, move |outcome| {
+        let _ = tx.send(Msg::Probe { container: i, instance, outcome });
+    }));
+    if let Some(old) = probes.insert(i, task.abort_handle()) {
+        old.abort();
+    }
+}
+
+/// A probe result for instance `instance` of container `i`.
+fn probed(mgr: &Arc<Manager>, rec: &mut PodRecord, i: usize, instance: u32, outcome: Outcome) {
+    let current = rec
+        .status
+        .containers
+        .get(i)
+        .is_some_and(|c| c.instances == instance && matches!(c.state, state::State::Running { .. }));
+    if !current {
+        return;
+    }
+    let name = rec.plan.containers[i].name.clone();
+    match outcome {
+        Outcome::Failed { kind, message } => {
+            mgr.event(rec, "Warning", "Unhealthy", &format!("{} probe failed: {message}", kind.title()));
+        }
+        Outcome::Ready(ready) => apply(rec, Event::Ready { container: i, ready }),
+        Outcome::StartupPassed => apply(rec, Event::StartupPassed { container: i }),
+        Outcome::Kill(kind) => {
+            let what = match kind {
+                probe::Kind::Startup => "startup",
+                _ => "liveness",
+            };
+            mgr.event(rec, "Normal", "Killing", &format!("Container {name} failed {what} probe, will be restarted"));
+            let probe_grace = rec.container(i).and_then(|c| match kind {
+                probe::Kind::Startup => c.startup_probe.as_ref(),
+                _ => c.liveness_probe.as_ref(),
+            });
+            let grace = grace_seconds(rec, probe_grace.and_then(|p| p.termination_grace_period_seconds));
+            let (mgr, rec) = (mgr.clone(), rec.clone());
+            tokio::spawn(async move { stop_one(&mgr, &rec, i, Duration::from_secs(grace)).await });
+        }
+    }
+    save(mgr, rec);
+}
+
+/// The grace period: an override (a probe's), else the pod's.
+fn grace_seconds(rec: &PodRecord, over: Option<i64>) -> u64 {
+    over.or_else(|| rec.pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds)).unwrap_or(30).max(0) as u64
 }
 
 /// Reports the instance's exit to the worker.
@@ -248,7 +431,8 @@ fn watch(mgr: &Manager, rec: &PodRecord, i: usize, instance: u32, tx: &mpsc::Unb
 
 /// Every container's `hostPort`s, for the pod's network.
 fn host_ports(spec: &k8s_openapi::api::core::v1::PodSpec) -> Vec<PortMapping> {
-    let ports = spec.containers.iter().flat_map(|c| c.ports.iter().flatten());
+    let containers = spec.init_containers.iter().flatten().chain(&spec.containers);
+    let ports = containers.flat_map(|c| c.ports.iter().flatten());
     ports
         .filter_map(|p| {
             let host_port = u16::try_from(p.host_port?).ok().filter(|&h| h > 0)?;
@@ -281,9 +465,11 @@ async fn exited(mgr: &Manager, rec: &mut PodRecord, i: usize, instance: u32, sta
         return; // a stale report from an instance already replaced
     }
     let ContainerState::Exited { exit_code, reason, message, started_at, finished_at } = state else { return };
-    let term = Terminated { exit_code, reason: reason.as_str().into(), message, started_at, finished_at };
     let name = rec.plan.containers[i].name.clone();
-    if exit_code != 0 {
+    let message = termination_message(mgr, rec, i, instance, exit_code).unwrap_or(message);
+    let term = Terminated { exit_code, reason: reason.as_str().into(), message, started_at, finished_at };
+    let restarts = rec.plan.containers[i].role == Role::Sidecar || rec.plan.restart_policy.restarts(exit_code);
+    if exit_code != 0 && restarts && !rec.status.phase.is_terminal() {
         mgr.event(
             rec,
             "Warning",
@@ -299,29 +485,113 @@ async fn exited(mgr: &Manager, rec: &mut PodRecord, i: usize, instance: u32, sta
     let _ = mgr.store.flush().await;
 }
 
-async fn stop_and_teardown(mgr: &Manager, rec: &mut PodRecord) {
-    let grace = Duration::from_secs(
-        rec.pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30).max(0) as u64,
-    );
-    let mut stops = Vec::new();
-    for (i, c) in rec.status.containers.clone().iter().enumerate() {
-        let Some(kind) = rec.runtimes.get(i).copied().flatten() else { continue };
-        if c.instances == 0 {
-            continue;
-        }
-        let id = container_id(&rec.uid, &rec.plan.containers[i].name, c.instances);
-        if matches!(c.state, state::State::Running { .. }) {
-            mgr.event(rec, "Normal", "Killing", &format!("Stopping container {}", c.name));
-        }
-        let runtime = mgr.runtime.clone();
-        // containers stop together, each within the grace period
-        stops.push(tokio::spawn(async move {
-            let _ = runtime.stop_container(kind, &id, grace).await;
-            let _ = runtime.remove_container(kind, &id).await;
-        }));
+/// The message of an ended instance: what it wrote to its termination-message file,
+/// else (with `FallbackToLogsOnError` and a failure) the end of its log; at most
+/// 4096 bytes. `None` leaves the runtime's message.
+fn termination_message(mgr: &Manager, rec: &PodRecord, i: usize, instance: u32, exit_code: i32) -> Option<String> {
+    const MAX: usize = 4096;
+    let c = rec.container(i)?;
+    let kind = rec.runtimes.get(i).copied().flatten()?;
+    let (_, file) = termination_paths(mgr, rec, c, instance, kind);
+    let written = std::fs::read(&file).ok().filter(|b| !b.is_empty());
+    if let Some(mut b) = written {
+        b.truncate(MAX);
+        return Some(String::from_utf8_lossy(&b).into_owned());
     }
-    for s in stops {
-        let _ = s.await;
+    if c.termination_message_policy.as_deref() != Some("FallbackToLogsOnError") || exit_code == 0 {
+        return None;
+    }
+    let log = std::fs::read_to_string(mgr.log_path(rec, &c.name, instance)).ok()?;
+    let mut text = String::new();
+    for line in log.lines().filter_map(crate::runtime::log::parse) {
+        text.push_str(line.line);
+        if line.full {
+            text.push('\n');
+        }
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let mut tail = lines[lines.len().saturating_sub(80)..].join("\n");
+    if tail.len() > 2048 {
+        let mut cut = tail.len() - 2048;
+        while !tail.is_char_boundary(cut) {
+            cut += 1;
+        }
+        tail = tail[cut..].to_string();
+    }
+    (!tail.is_empty()).then_some(tail)
+}
+
+/// The host side of an instance's termination-message file: what is mounted (the
+/// file for Linux, a directory holding it for Wasm, whose mounts are directories) and
+/// the file itself.
+fn termination_paths(
+    mgr: &Manager,
+    rec: &PodRecord,
+    c: &Container,
+    instance: u32,
+    kind: RuntimeKind,
+) -> (PathBuf, PathBuf) {
+    let base = mgr.pod_dir(&rec.uid).join("termination").join(format!("{}-{instance}", c.name));
+    let path = c.termination_message_path.as_deref().unwrap_or("/dev/termination-log");
+    let file_name = path.rsplit('/').next().unwrap_or("termination-log");
+    match kind {
+        RuntimeKind::Linux => (base.clone(), base),
+        RuntimeKind::Wasm => (base.clone(), base.join(file_name)),
+    }
+}
+
+/// Stops one container: its preStop hook first (within the grace period), then the
+/// stop signal with what is left of it (at least 2 s after a hook, as the kubelet).
+async fn stop_one(mgr: &Manager, rec: &PodRecord, i: usize, grace: Duration) {
+    let (Some(c), Some(kind)) = (rec.container(i), rec.runtimes.get(i).copied().flatten()) else { return };
+    let st = &rec.status.containers[i];
+    if st.instances == 0 {
+        return;
+    }
+    let id = container_id(&rec.uid, &c.name, st.instances);
+    let mut remaining = grace;
+    if matches!(st.state, state::State::Running { .. })
+        && !grace.is_zero()
+        && let Some(h) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref())
+    {
+        let t0 = std::time::Instant::now();
+        let result = match probe::hook_handler(h, c) {
+            Ok(h) => probe::run(&h, &target(mgr, rec, kind, &id), grace).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            mgr.event_for(&rec.uid, &rec.key(), "Warning", "FailedPreStopHook", &format!("PreStopHook failed: {e}"));
+        }
+        remaining = grace.saturating_sub(t0.elapsed()).max(Duration::from_secs(2));
+    }
+    let _ = mgr.runtime.stop_container(kind, &id, remaining).await;
+}
+
+/// Stops every running container: app (and init) containers together, then sidecars
+/// one by one in reverse order, as the kubelet does. `grace` overrides the pod's.
+async fn stop_all(mgr: &Arc<Manager>, rec: &PodRecord, grace: Option<u64>) {
+    let grace = Duration::from_secs(grace.unwrap_or_else(|| grace_seconds(rec, None)));
+    let running: Vec<usize> = running(rec).collect();
+    for &i in &running {
+        let name = &rec.plan.containers[i].name;
+        mgr.event_for(&rec.uid, &rec.key(), "Normal", "Killing", &format!("Stopping container {name}"));
+    }
+    let (sidecars, others): (Vec<usize>, Vec<usize>) =
+        running.into_iter().partition(|&i| rec.plan.containers[i].role == Role::Sidecar);
+    let stops = others.into_iter().map(|i| stop_one(mgr, rec, i, grace));
+    futures_util::future::join_all(stops).await;
+    for i in sidecars.into_iter().rev() {
+        stop_one(mgr, rec, i, grace).await;
+    }
+}
+
+async fn stop_and_teardown(mgr: &Arc<Manager>, rec: &mut PodRecord) {
+    stop_all(mgr, rec, None).await;
+    for (i, c) in rec.status.containers.iter().enumerate() {
+        let Some(kind) = rec.runtimes.get(i).copied().flatten() else { continue };
+        if c.instances > 0 {
+            let _ = mgr.runtime.remove_container(kind, &container_id(&rec.uid, &c.name, c.instances)).await;
+        }
     }
     if rec.network
         && let Err(e) = mgr.runtime.remove_sandbox(RuntimeKind::Linux, &rec.uid).await
@@ -333,14 +603,10 @@ async fn stop_and_teardown(mgr: &Manager, rec: &mut PodRecord) {
     }
 }
 
-/// The runtime's view of one container instance: which runtime, artifact, argv, env,
-/// mounts, limits.
-fn container_config(
-    mgr: &Manager,
-    rec: &PodRecord,
-    c: &Container,
-    instance: u32,
-) -> Result<(RuntimeKind, ContainerConfig), String> {
+/// Which runtime runs the container's image, what it runs and the image's config.
+type ImageParts = (RuntimeKind, Artifact, registry_client::manifest::ContainerConfig, String);
+
+fn image_of(mgr: &Manager, c: &Container) -> Result<ImageParts, String> {
     let reference: registry_client::Reference =
         c.image.as_deref().unwrap_or_default().parse().map_err(|e| format!("{e}"))?;
     let image = mgr.images.get(&reference).map_err(|e| e.to_string())?.ok_or("image is not pulled")?;
@@ -362,22 +628,57 @@ fn container_config(
         }
     };
     let cfg = image.image.config.config.clone().unwrap_or_default();
-    let args = argv(c, cfg.entrypoint.as_deref(), cfg.cmd.as_deref());
+    Ok((kind, artifact, cfg, image.reference.to_string()))
+}
+
+/// The runtime's view of one container instance: argv, env, mounts, limits.
+fn container_config(
+    mgr: &Manager,
+    rec: &PodRecord,
+    c: &Container,
+    instance: u32,
+    (kind, artifact, cfg, reference): ImageParts,
+) -> Result<ContainerConfig, volume::VolumeError> {
     if kind == RuntimeKind::Linux
         && c.command.as_ref().is_none_or(|v| v.is_empty())
         && cfg.entrypoint.is_none()
         && cfg.cmd.is_none()
         && c.args.as_ref().is_none_or(|v| v.is_empty())
     {
-        return Err(format!("no command specified: image {} has no ENTRYPOINT or CMD", image.reference));
+        return Err(config_failed(format!("no command specified: image {reference} has no ENTRYPOINT or CMD")));
     }
+    let pod_env = env::container_env(mgr, rec, c, &mgr.node).map_err(config_failed)?;
+    let lookup = |n: &str| pod_env.iter().rev().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    let expand = |v: &Option<Vec<String>>| v.as_ref().map(|v| v.iter().map(|a| env::expand(a, lookup)).collect());
+    let expanded = Container { command: expand(&c.command), args: expand(&c.args), ..c.clone() };
+    let args = argv(&expanded, cfg.entrypoint.as_deref(), cfg.cmd.as_deref());
     let mut env: Vec<(String, String)> =
         cfg.env.iter().flatten().filter_map(|e| e.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect();
-    for e in c.env.iter().flatten() {
-        env.retain(|(k, _)| k != &e.name);
-        env.push((e.name.clone(), e.value.clone().unwrap_or_default()));
+    for (k, v) in &pod_env {
+        env.retain(|(n, _)| n != k);
+        env.push((k.clone(), v.clone()));
     }
-    let mounts = mounts(mgr, rec, c)?;
+    let mut mounts = mounts(mgr, rec, c, kind)?;
+    // the termination-message file, fresh for each instance
+    let (host, file) = termination_paths(mgr, rec, c, instance, kind);
+    let tm = c.termination_message_path.clone().unwrap_or_else(|| "/dev/termination-log".into());
+    let made = match kind {
+        RuntimeKind::Linux => {
+            std::fs::create_dir_all(host.parent().expect("has a parent")).and_then(|_| std::fs::write(&file, b""))
+        }
+        RuntimeKind::Wasm => std::fs::create_dir_all(&host).and_then(|_| std::fs::write(&file, b"")),
+    };
+    made.map_err(|e| config_failed(format!("termination message file {}: {e}", file.display())))?;
+    let container_path = match kind {
+        RuntimeKind::Linux => tm,
+        RuntimeKind::Wasm => tm
+            .rsplit_once('/')
+            .map(|(d, _)| if d.is_empty() { "/".to_string() } else { d.to_string() })
+            .unwrap_or_default(),
+    };
+    if !mounts.iter().any(|m| m.container_path == container_path) {
+        mounts.push(Mount { host_path: host, container_path, read_only: false });
+    }
     let memory_limit = c
         .resources
         .as_ref()
@@ -390,30 +691,37 @@ fn container_config(
         q.and_then(|q| crate::spec::parse_millicores(&q.0))
     };
     let sc = c.security_context.as_ref();
-    let user = match (sc.and_then(|s| s.run_as_user), sc.and_then(|s| s.run_as_group)) {
+    let psc = rec.pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let run_as_user = sc.and_then(|s| s.run_as_user).or_else(|| psc.and_then(|s| s.run_as_user));
+    let run_as_group = sc.and_then(|s| s.run_as_group).or_else(|| psc.and_then(|s| s.run_as_group));
+    let user = match (run_as_user, run_as_group) {
         (Some(u), Some(g)) => Some(format!("{u}:{g}")),
         (Some(u), None) => Some(u.to_string()),
         (None, _) => cfg.user.clone().filter(|u| !u.is_empty()),
     };
-    Ok((
-        kind,
-        ContainerConfig {
-            id: container_id(&rec.uid, &c.name, instance),
-            sandbox_id: rec.uid.clone(),
-            name: c.name.clone(),
-            artifact,
-            args,
-            env,
-            mounts,
-            memory_limit,
-            log_path: mgr.log_path(rec, &c.name, instance),
-            working_dir: c.working_dir.clone().or_else(|| cfg.working_dir.clone()).filter(|w| !w.is_empty()),
-            user,
-            stop_signal: cfg.stop_signal.clone(),
-            cpu_limit_millis: millis(limits.and_then(|l| l.get("cpu"))),
-            cpu_request_millis: millis(requests.and_then(|l| l.get("cpu"))),
-        },
-    ))
+    let non_root = sc.and_then(|s| s.run_as_non_root).or_else(|| psc.and_then(|s| s.run_as_non_root)) == Some(true);
+    if non_root && kind == RuntimeKind::Linux && run_as_user == Some(0) {
+        return Err(config_failed("container's runAsUser breaks non-root policy".into()));
+    }
+    Ok(ContainerConfig {
+        id: container_id(&rec.uid, &c.name, instance),
+        sandbox_id: rec.uid.clone(),
+        name: c.name.clone(),
+        artifact,
+        args,
+        env,
+        mounts,
+        memory_limit,
+        log_path: mgr.log_path(rec, &c.name, instance),
+        working_dir: c.working_dir.clone().or_else(|| cfg.working_dir.clone()).filter(|w| !w.is_empty()),
+        user,
+        stop_signal: cfg.stop_signal.clone(),
+        cpu_limit_millis: millis(limits.and_then(|l| l.get("cpu"))),
+        cpu_request_millis: millis(requests.and_then(|l| l.get("cpu"))),
+        read_only_rootfs: sc.and_then(|s| s.read_only_root_filesystem) == Some(true),
+        allow_privilege_escalation: sc.and_then(|s| s.allow_privilege_escalation) == Some(true),
+        run_as_non_root: non_root,
+    })
 }
 
 /// Kubernetes' rules: `command` replaces the image's ENTRYPOINT (and drops its CMD);
@@ -432,28 +740,32 @@ fn argv(c: &Container, entrypoint: Option<&[String]>, cmd: Option<&[String]>) ->
     argv
 }
 
-fn mounts(mgr: &Manager, rec: &PodRecord, c: &Container) -> Result<Vec<Mount>, String> {
+/// The container's volume mounts on the host; volumes are made (or brought up to
+/// date) here, before the container starts.
+fn mounts(mgr: &Manager, rec: &PodRecord, c: &Container, kind: RuntimeKind) -> Result<Vec<Mount>, volume::VolumeError> {
     let volumes = rec.pod.spec.as_ref().and_then(|s| s.volumes.clone()).unwrap_or_default();
+    let root = mgr.pod_dir(&rec.uid).join("volumes");
     let mut out = Vec::new();
     for m in c.volume_mounts.iter().flatten() {
-        let v = volumes.iter().find(|v| v.name == m.name).ok_or_else(|| format!("volume {:?} not found", m.name))?;
-        let host = if v.empty_dir.is_some() {
-            let dir = mgr.pod_dir(&rec.uid).join("volumes").join(&v.name);
-            std::fs::create_dir_all(&dir).map_err(|e| format!("emptyDir {}: {e}", v.name))?;
-            dir
-        } else if let Some(h) = &v.host_path {
-            let path = std::path::PathBuf::from(&h.path);
-            match h.type_.as_deref() {
-                Some("DirectoryOrCreate") => {
-                    std::fs::create_dir_all(&path).map_err(|e| format!("hostPath {}: {e}", h.path))?
-                }
-                _ if path.is_dir() => {}
-                _ => return Err(format!("hostPath {} is not a directory", h.path)),
-            }
-            path
-        } else {
-            return Err(format!("volume {:?}: unsupported type", v.name));
+        let v = volumes
+            .iter()
+            .find(|v| v.name == m.name)
+            .ok_or_else(|| config_failed(format!("volume {:?} not found", m.name)))?;
+        let mut host = {
+            let _guard = mgr.volume_lock.lock().unwrap_or_else(|e| e.into_inner());
+            volume::setup(mgr, rec, &mgr.node, v, &root)?
         };
+        if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+            host = volume::sub_path(&host, sub)?;
+        }
+        if kind == RuntimeKind::Wasm && !host.is_dir() {
+            return Err(config_failed(format!(
+                "volume {:?} at {}: Wasm containers can mount directories only, and {} is not one",
+                m.name,
+                m.mount_path,
+                host.display()
+            )));
+        }
         out.push(Mount {
             host_path: host,
             container_path: m.mount_path.clone(),

@@ -45,6 +45,9 @@ fn config(id: &str, p: &Program, dir: &Path) -> ContainerConfig {
         stop_signal: None,
         cpu_limit_millis: None,
         cpu_request_millis: None,
+        read_only_rootfs: false,
+        allow_privilege_escalation: false,
+        run_as_non_root: false,
     }
 }
 

@@ -869,6 +869,10 @@ fn build_spec(c: &ContainerConfig, sandbox: Option<&SandboxRecord>) -> std::resu
         Artifact::Wasm { .. } => &[],
     };
     let (uid, gid) = resolve_user(c.user.as_deref().unwrap_or(""), layers)?;
+    if c.run_as_non_root && uid == 0 {
+        // the kubelet's wording
+        return Err("container has runAsNonRoot and image will run as root".into());
+    }
     let mut env: Vec<String> = Vec::new();
     if !c.env.iter().any(|(k, _)| k == "PATH") {
         env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
@@ -891,7 +895,7 @@ fn build_spec(c: &ContainerConfig, sandbox: Option<&SandboxRecord>) -> std::resu
         .cwd(cwd)
         .user(UserBuilder::default().uid(uid).gid(gid).build().map_err(e)?)
         .capabilities(capabilities)
-        .no_new_privileges(true)
+        .no_new_privileges(!c.allow_privilege_escalation)
         .build()
         .map_err(e)?;
 
@@ -951,7 +955,7 @@ fn build_spec(c: &ContainerConfig, sandbox: Option<&SandboxRecord>) -> std::resu
 
     let mut spec = Spec::default();
     spec.set_process(Some(process));
-    spec.set_root(Some(RootBuilder::default().path("rootfs").readonly(false).build().map_err(e)?));
+    spec.set_root(Some(RootBuilder::default().path("rootfs").readonly(c.read_only_rootfs).build().map_err(e)?));
     spec.set_hostname(sandbox.map(|s| s.config.hostname.clone()).or_else(|| Some(c.name.clone())));
     spec.set_mounts(Some(mounts));
     spec.set_linux(Some(linux));

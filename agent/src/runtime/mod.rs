@@ -95,6 +95,14 @@ pub struct ContainerConfig {
     pub cpu_limit_millis: Option<u64>,
     #[serde(default)]
     pub cpu_request_millis: Option<u64>,
+    /// Linux: `securityContext` fields: a read-only root, whether privileges may be
+    /// gained (`allowPrivilegeEscalation`, default false here) and `runAsNonRoot`.
+    #[serde(default)]
+    pub read_only_rootfs: bool,
+    #[serde(default)]
+    pub allow_privilege_escalation: bool,
+    #[serde(default)]
+    pub run_as_non_root: bool,
 }
 
 /// The executable part of an image, as the image service stored it.
@@ -209,6 +217,9 @@ impl Runtimes {
     }
     pub async fn wait_container(&self, kind: RuntimeKind, id: &str) -> Result<ContainerState> {
         dispatch!(self, kind, r => r.wait_container(id).await)
+    }
+    pub async fn exec(&self, kind: RuntimeKind, id: &str, command: &[String]) -> Result<i32> {
+        dispatch!(self, kind, r => r.exec(id, command).await)
     }
 }
 

@@ -1,11 +1,14 @@
-//! Pod manifests: multi-document YAML parsed into Kubernetes `Pod` objects, defaulted as
-//! the API server would, and validated. Errors name the field path the way kubectl does
-//! (`spec.containers[0].image: Required value`); one bad document rejects the whole file.
+//! Manifests: multi-document YAML parsed into Kubernetes objects (Pods, ConfigMaps,
+//! Secrets), defaulted as the API server would, and validated. Errors name the field
+//! path the way kubectl does (`spec.containers[0].image: Required value`); one bad
+//! document rejects the whole file.
 
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use serde_json::Value;
 
+mod pod;
 mod quantity;
+pub mod support;
 
 pub use quantity::{parse_bytes, parse_millicores};
 
@@ -29,23 +32,41 @@ impl FieldError {
     }
 }
 
-/// Fields that change behaviour and are not implemented yet: rejected, never ignored.
-const NOT_YET: &[(&str, &str)] = &[
-    ("spec.initContainers", "init containers"),
-    ("spec.ephemeralContainers", "ephemeral containers"),
-    ("spec.activeDeadlineSeconds", "activeDeadlineSeconds"),
-    ("spec.hostNetwork", "hostNetwork"),
-    ("spec.hostPID", "hostPID"),
-    ("spec.hostIPC", "hostIPC"),
-    ("spec.imagePullSecrets", "imagePullSecrets"),
-    ("spec.readinessGates", "readiness gates"),
-];
-const CONTAINER_NOT_YET: &[&str] =
-    &["livenessProbe", "readinessProbe", "startupProbe", "lifecycle", "envFrom", "stdin", "tty", "restartPolicy"];
+/// One object of a manifest.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Object {
+    Pod(Box<Pod>),
+    ConfigMap(ConfigMap),
+    Secret(Secret),
+}
 
-/// Parses every document of a manifest file into validated, defaulted pods.
-pub fn parse(text: &str) -> Result<Vec<Pod>, FieldError> {
-    let mut pods = Vec::new();
+impl Object {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Object::Pod(_) => "Pod",
+            Object::ConfigMap(_) => "ConfigMap",
+            Object::Secret(_) => "Secret",
+        }
+    }
+    pub fn metadata(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        match self {
+            Object::Pod(p) => &p.metadata,
+            Object::ConfigMap(c) => &c.metadata,
+            Object::Secret(s) => &s.metadata,
+        }
+    }
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        let m = self.metadata();
+        format!("{}/{}", m.namespace.as_deref().unwrap_or("default"), m.name.as_deref().unwrap_or_default())
+    }
+}
+
+const KINDS: &str = "\"Pod\", \"ConfigMap\", \"Secret\"";
+
+/// Parses every document of a manifest file into validated, defaulted objects.
+pub fn parse(text: &str) -> Result<Vec<Object>, FieldError> {
+    let mut objects = Vec::new();
     let docs = serde_yaml_ng::Deserializer::from_str(text);
     let multi = text.contains("\n---");
     for (i, doc) in docs.enumerate() {
@@ -58,36 +79,106 @@ pub fn parse(text: &str) -> Result<Vec<Pod>, FieldError> {
         if value.is_null() {
             continue;
         }
-        pods.push(parse_pod(value).map_err(at)?);
+        objects.push(parse_object(value).map_err(at)?);
     }
-    if pods.is_empty() {
+    if objects.is_empty() {
         return Err(FieldError::new("<yaml>", "no objects found"));
     }
-    Ok(pods)
+    Ok(objects)
 }
 
-fn parse_pod(value: Value) -> Result<Pod, FieldError> {
+fn parse_object(value: Value) -> Result<Object, FieldError> {
     let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default();
     let api = value.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
     if kind.is_empty() {
         return Err(FieldError::new("kind", "Required value"));
     }
-    if kind != "Pod" {
-        return Err(FieldError::new("kind", format!("Unsupported value: {kind:?}: supported values: \"Pod\"")));
+    if !["Pod", "ConfigMap", "Secret"].contains(&kind) {
+        return Err(FieldError::new("kind", format!("Unsupported value: {kind:?}: supported values: {KINDS}")));
     }
     if api != "v1" {
         return Err(FieldError::new("apiVersion", format!("Unsupported value: {api:?}: supported values: \"v1\"")));
     }
-    let pod: Pod = serde_path_to_error::deserialize(&value)
+    match kind {
+        "Pod" => {
+            let mut p: Pod = typed(&value)?;
+            pod::default(&mut p);
+            pod::validate(&p)?;
+            Ok(Object::Pod(Box::new(p)))
+        }
+        "ConfigMap" => {
+            let mut c: ConfigMap = typed(&value)?;
+            c.metadata.namespace.get_or_insert_with(|| "default".into());
+            validate_meta(&c.metadata)?;
+            let keys = c.data.iter().flatten().map(|(k, _)| ("data", k));
+            let binary = c.binary_data.iter().flatten().map(|(k, _)| ("binaryData", k));
+            let mut seen = std::collections::HashSet::new();
+            for (field, k) in keys.chain(binary) {
+                config_key(k).map_err(|m| FieldError::new(format!("{field}[{k}]"), m))?;
+                if !seen.insert(k) {
+                    return Err(FieldError::new(format!("{field}[{k}]"), "Invalid value: duplicate of key in data"));
+                }
+            }
+            Ok(Object::ConfigMap(c))
+        }
+        _ => {
+            let mut s: Secret = typed(&value)?;
+            s.metadata.namespace.get_or_insert_with(|| "default".into());
+            validate_meta(&s.metadata)?;
+            // the API server folds stringData into data and never returns it
+            let strings = s.string_data.take().unwrap_or_default();
+            let data = s.data.get_or_insert_with(Default::default);
+            for (k, v) in strings {
+                data.insert(k, k8s_openapi::ByteString(v.into_bytes()));
+            }
+            for k in data.keys() {
+                config_key(k).map_err(|m| FieldError::new(format!("data[{k}]"), m))?;
+            }
+            let t = s.type_.get_or_insert_with(|| "Opaque".into());
+            if t == "kubernetes.io/dockerconfigjson" && !data.contains_key(".dockerconfigjson") {
+                return Err(FieldError::new("data[.dockerconfigjson]", "Required value"));
+            }
+            Ok(Object::Secret(s))
+        }
+    }
+}
+
+/// The typed object, or the path of the first field that does not fit it (a wrong
+/// type, or a key the API does not have).
+fn typed<T: serde::de::DeserializeOwned + serde::Serialize>(value: &Value) -> Result<T, FieldError> {
+    let t: T = serde_path_to_error::deserialize(value)
         .map_err(|e| FieldError::new(json_path(&e.path().to_string()), e.inner().to_string()))?;
-    let round_trip = serde_json::to_value(&pod).expect("pods serialise");
-    if let Some(path) = unknown_field(&value, &round_trip, String::new()) {
+    let round_trip = serde_json::to_value(&t).expect("objects serialise");
+    if let Some(path) = unknown_field(value, &round_trip, String::new()) {
         return Err(FieldError::new(path, "unknown field"));
     }
-    let mut pod = pod;
-    default(&mut pod);
-    validate(&pod)?;
-    Ok(pod)
+    Ok(t)
+}
+
+fn validate_meta(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Result<(), FieldError> {
+    let name = m.name.as_deref().unwrap_or_default();
+    if name.is_empty() {
+        return Err(FieldError::new("metadata.name", "Required value: name or generateName is required"));
+    }
+    dns_subdomain(name).map_err(|m| FieldError::new("metadata.name", format!("Invalid value: {name:?}: {m}")))?;
+    let ns = m.namespace.as_deref().unwrap_or("default");
+    dns_label(ns).map_err(|m| FieldError::new("metadata.namespace", format!("Invalid value: {ns:?}: {m}")))
+}
+
+/// ConfigMap and Secret keys: `[-._a-zA-Z0-9]+`, at most 253, not `.` or `..`.
+fn config_key(k: &str) -> Result<(), String> {
+    let ok = !k.is_empty()
+        && k.len() <= 253
+        && k != "."
+        && k != ".."
+        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "Invalid value: {k:?}: a valid config key must consist of alphanumeric characters, '-', '_' or '.'"
+        ))
+    }
 }
 
 /// `spec.containers[0].image` from serde_path_to_error's `spec.containers[0].image`.
@@ -96,7 +187,7 @@ fn json_path(p: &str) -> String {
 }
 
 /// The first key present in `original` (and not null) but absent after a round trip
-/// through the typed Pod: a field the API does not have.
+/// through the typed object: a field the API does not have.
 fn unknown_field(original: &Value, typed: &Value, path: String) -> Option<String> {
     match (original, typed) {
         (Value::Object(o), Value::Object(t)) => o.iter().find_map(|(k, v)| {
@@ -112,166 +203,6 @@ fn unknown_field(original: &Value, typed: &Value, path: String) -> Option<String
         }
         _ => None,
     }
-}
-
-/// The defaults the API server applies at creation.
-fn default(pod: &mut Pod) {
-    pod.metadata.namespace.get_or_insert_with(|| "default".into());
-    let spec = pod.spec.get_or_insert_with(Default::default);
-    spec.restart_policy.get_or_insert_with(|| "Always".into());
-    spec.termination_grace_period_seconds.get_or_insert(30);
-    for c in &mut spec.containers {
-        if c.image_pull_policy.is_none() {
-            c.image_pull_policy = Some(default_pull_policy(c.image.as_deref().unwrap_or_default()).into());
-        }
-    }
-}
-
-/// `Always` for `:latest` or no tag (and no digest), `IfNotPresent` otherwise.
-pub fn default_pull_policy(image: &str) -> &'static str {
-    match image.parse::<registry_client::Reference>() {
-        Ok(r) if r.is_latest() => "Always",
-        _ => "IfNotPresent",
-    }
-}
-
-fn validate(pod: &Pod) -> Result<(), FieldError> {
-    let name = pod.metadata.name.as_deref().unwrap_or_default();
-    if name.is_empty() {
-        return Err(FieldError::new("metadata.name", "Required value: name or generateName is required"));
-    }
-    dns_subdomain(name).map_err(|m| FieldError::new("metadata.name", format!("Invalid value: {name:?}: {m}")))?;
-    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
-    dns_label(ns).map_err(|m| FieldError::new("metadata.namespace", format!("Invalid value: {ns:?}: {m}")))?;
-    let spec = pod.spec.as_ref().ok_or_else(|| FieldError::new("spec", "Required value"))?;
-    let raw = serde_json::to_value(spec).expect("spec serialises");
-    for (field, what) in NOT_YET {
-        let key = field.trim_start_matches("spec.");
-        if raw.get(key).is_some_and(|v| !v.is_null() && v != &Value::Bool(false)) {
-            return Err(FieldError::new(*field, format!("Forbidden: {what} are not supported by wasmlet yet")));
-        }
-    }
-    if spec.containers.is_empty() {
-        return Err(FieldError::new("spec.containers", "Required value"));
-    }
-    let policy = spec.restart_policy.as_deref().unwrap_or("Always");
-    one_of("spec.restartPolicy", policy, &["Always", "OnFailure", "Never"])?;
-    let volumes = validate_volumes(spec)?;
-    let mut names = std::collections::HashSet::new();
-    for (i, c) in spec.containers.iter().enumerate() {
-        let at = |f: &str| format!("spec.containers[{i}].{f}");
-        if !names.insert(c.name.as_str()) {
-            return Err(FieldError::new(at("name"), format!("Duplicate value: {:?}", c.name)));
-        }
-        validate_container(c, &at, &volumes)?;
-    }
-    Ok(())
-}
-
-fn validate_container(c: &Container, at: &dyn Fn(&str) -> String, volumes: &[String]) -> Result<(), FieldError> {
-    if c.name.is_empty() {
-        return Err(FieldError::new(at("name"), "Required value"));
-    }
-    dns_label(&c.name).map_err(|m| FieldError::new(at("name"), format!("Invalid value: {:?}: {m}", c.name)))?;
-    let image = c.image.as_deref().unwrap_or_default();
-    if image.trim().is_empty() {
-        return Err(FieldError::new(at("image"), "Required value"));
-    }
-    image
-        .parse::<registry_client::Reference>()
-        .map_err(|e| FieldError::new(at("image"), format!("Invalid value: {image:?}: {e}")))?;
-    one_of(
-        &at("imagePullPolicy"),
-        c.image_pull_policy.as_deref().unwrap_or("IfNotPresent"),
-        &["Always", "IfNotPresent", "Never"],
-    )?;
-    let raw = serde_json::to_value(c).expect("container serialises");
-    for key in CONTAINER_NOT_YET {
-        if raw.get(*key).is_some_and(|v| !v.is_null() && v != &Value::Bool(false)) {
-            return Err(FieldError::new(at(key), "Forbidden: not supported by wasmlet yet"));
-        }
-    }
-    for (j, e) in c.env.iter().flatten().enumerate() {
-        if e.value_from.is_some() {
-            return Err(FieldError::new(at(&format!("env[{j}].valueFrom")), "Forbidden: not supported by wasmlet yet"));
-        }
-        if e.name.is_empty() {
-            return Err(FieldError::new(at(&format!("env[{j}].name")), "Required value"));
-        }
-    }
-    if let Some(limits) = c.resources.as_ref().and_then(|r| r.limits.as_ref()) {
-        for (k, q) in limits {
-            if k == "memory" && parse_bytes(&q.0).is_none() {
-                return Err(FieldError::new(
-                    at("resources.limits.memory"),
-                    format!("Invalid value: {:?}: must be a quantity such as 64Mi", q.0),
-                ));
-            }
-        }
-    }
-    for (j, m) in c.volume_mounts.iter().flatten().enumerate() {
-        let mat = |f: &str| at(&format!("volumeMounts[{j}].{f}"));
-        if !volumes.contains(&m.name) {
-            return Err(FieldError::new(mat("name"), format!("Not found: {:?}", m.name)));
-        }
-        if !m.mount_path.starts_with('/') {
-            return Err(FieldError::new(
-                mat("mountPath"),
-                format!("Invalid value: {:?}: must be an absolute path", m.mount_path),
-            ));
-        }
-        if m.sub_path.as_deref().is_some_and(|s| !s.is_empty()) || m.sub_path_expr.is_some() {
-            return Err(FieldError::new(mat("subPath"), "Forbidden: not supported by wasmlet yet"));
-        }
-    }
-    Ok(())
-}
-
-/// Volume names; only emptyDir and hostPath so far.
-fn validate_volumes(spec: &k8s_openapi::api::core::v1::PodSpec) -> Result<Vec<String>, FieldError> {
-    let mut names = Vec::new();
-    for (i, v) in spec.volumes.iter().flatten().enumerate() {
-        dns_label(&v.name).map_err(|m| {
-            FieldError::new(format!("spec.volumes[{i}].name"), format!("Invalid value: {:?}: {m}", v.name))
-        })?;
-        if names.contains(&v.name) {
-            return Err(FieldError::new(format!("spec.volumes[{i}].name"), format!("Duplicate value: {:?}", v.name)));
-        }
-        let raw = serde_json::to_value(v).expect("volume serialises");
-        let kinds: Vec<&String> =
-            raw.as_object().map(|o| o.keys().filter(|k| *k != "name").collect()).unwrap_or_default();
-        match kinds.as_slice() {
-            [k] if *k == "emptyDir" || *k == "hostPath" => {}
-            [] => {
-                return Err(FieldError::new(
-                    format!("spec.volumes[{i}]"),
-                    "Required value: must specify a volume type",
-                ));
-            }
-            [k] => {
-                return Err(FieldError::new(
-                    format!("spec.volumes[{i}].{k}"),
-                    "Forbidden: not supported by wasmlet yet (supported: emptyDir, hostPath)",
-                ));
-            }
-            _ => {
-                return Err(FieldError::new(
-                    format!("spec.volumes[{i}]"),
-                    "Forbidden: may not specify more than 1 volume type",
-                ));
-            }
-        }
-        if let Some(h) = &v.host_path
-            && !h.path.starts_with('/')
-        {
-            return Err(FieldError::new(
-                format!("spec.volumes[{i}].hostPath.path"),
-                "Invalid value: must be an absolute path",
-            ));
-        }
-        names.push(v.name.clone());
-    }
-    Ok(names)
 }
 
 fn one_of(field: &str, value: &str, allowed: &[&str]) -> Result<(), FieldError> {
@@ -308,13 +239,21 @@ mod tests {
 
     const GOOD: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: hello\nspec:\n  containers:\n  - name: app\n    image: 127.0.0.1:5000/apps/hello:v1\n";
 
+    fn pod(o: &Object) -> &Pod {
+        match o {
+            Object::Pod(p) => p,
+            other => panic!("not a pod: {other:?}"),
+        }
+    }
+
     fn err(yaml: &str) -> String {
         parse(yaml).unwrap_err().to_string()
     }
 
     #[test]
     fn defaults_are_applied() {
-        let pod = &parse(GOOD).unwrap()[0];
+        let objects = parse(GOOD).unwrap();
+        let pod = pod(&objects[0]);
         let spec = pod.spec.as_ref().unwrap();
         assert_eq!(pod.metadata.namespace.as_deref(), Some("default"));
         assert_eq!(spec.restart_policy.as_deref(), Some("Always"));
@@ -322,7 +261,9 @@ mod tests {
         assert_eq!(spec.containers[0].image_pull_policy.as_deref(), Some("IfNotPresent"));
         let latest = GOOD.replace("hello:v1", "hello");
         assert_eq!(
-            parse(&latest).unwrap()[0].spec.as_ref().unwrap().containers[0].image_pull_policy.as_deref(),
+            super::tests::pod(&parse(&latest).unwrap()[0]).spec.as_ref().unwrap().containers[0]
+                .image_pull_policy
+                .as_deref(),
             Some("Always")
         );
     }
@@ -345,9 +286,40 @@ mod tests {
             err(&format!("{GOOD}  restartPolicy: Sometimes\n"))
                 .starts_with("spec.restartPolicy: Unsupported value: \"Sometimes\"")
         );
+        assert_eq!(
+            err(&format!("{GOOD}    livenessProbe:\n      initialDelaySeconds: 1\n")),
+            "spec.containers[0].livenessProbe: Required value: must specify a handler type"
+        );
         assert!(
-            err(&format!("{GOOD}    livenessProbe:\n      tcpSocket:\n        port: 80\n"))
-                .starts_with("spec.containers[0].livenessProbe: Forbidden")
+            err(&format!("{GOOD}    livenessProbe:\n      grpc:\n        port: 80\n"))
+                .starts_with("spec.containers[0].livenessProbe.grpc: Forbidden")
+        );
+        assert!(
+            err(&format!("{GOOD}    startupProbe:\n      tcpSocket:\n        port: 80\n      successThreshold: 2\n"))
+                .starts_with("spec.containers[0].startupProbe.successThreshold: Invalid value")
+        );
+        assert!(
+            err(&format!("{GOOD}    readinessProbe:\n      httpGet:\n        port: web\n"))
+                .starts_with("spec.containers[0].readinessProbe.httpGet.port: Invalid value: \"web\"")
+        );
+        assert!(err(&format!("{GOOD}  hostNetwork: true\n")).starts_with("spec.hostNetwork: Forbidden"));
+        assert!(
+            err(&format!("{GOOD}    securityContext:\n      privileged: true\n"))
+                .starts_with("spec.containers[0].securityContext.privileged: Forbidden")
+        );
+        assert!(
+            err(&format!("{GOOD}    restartPolicy: Always\n"))
+                .starts_with("spec.containers[0].restartPolicy: Forbidden")
+        );
+        let init = GOOD.replace("  containers:", "  initContainers:\n  - name: app\n    image: x/y:1\n  containers:");
+        assert_eq!(err(&init), "spec.containers[0].name: Duplicate value: \"app\"");
+        let env = format!(
+            "{GOOD}    env:\n    - name: A\n      valueFrom:\n        fieldRef:\n          fieldPath: spec.hostname\n"
+        );
+        assert!(
+            err(&env).starts_with("spec.containers[0].env[0].valueFrom.fieldRef.fieldPath: Unsupported value"),
+            "{}",
+            err(&env)
         );
         let typed = err(&GOOD.replace("  containers:", "  terminationGracePeriodSeconds: soon\n  containers:"));
         assert!(typed.starts_with("spec.terminationGracePeriodSeconds: invalid type"), "{typed}");
@@ -371,6 +343,31 @@ mod tests {
         let ok = format!("{with_mount}  volumes:\n  - name: data\n    emptyDir: {{}}\n");
         parse(&ok).unwrap();
         let cm = format!("{with_mount}  volumes:\n  - name: data\n    configMap:\n      name: x\n");
-        assert!(err(&cm).starts_with("spec.volumes[0].configMap: Forbidden"));
+        parse(&cm).unwrap();
+        let nfs = format!("{with_mount}  volumes:\n  - name: data\n    nfs:\n      server: x\n      path: /\n");
+        assert!(err(&nfs).starts_with("spec.volumes[0].nfs: Forbidden"));
+        let up = format!("{with_mount}      subPath: ../x\n  volumes:\n  - name: data\n    emptyDir: {{}}\n");
+        assert!(err(&up).starts_with("spec.containers[0].volumeMounts[0].subPath: Invalid value"), "{}", err(&up));
+        let item = format!(
+            "{with_mount}  volumes:\n  - name: data\n    secret:\n      secretName: s\n      items:\n      - key: k\n        path: ../k\n"
+        );
+        assert!(err(&item).starts_with("spec.volumes[0].secret.items[0].path: Invalid value"), "{}", err(&item));
+    }
+
+    #[test]
+    fn config_maps_and_secrets_parse_with_the_api_server_rules() {
+        let text = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cfg\ndata:\n  a.txt: one\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: s\n  namespace: prod\ndata:\n  b64: aGk=\nstringData:\n  plain: there\n";
+        let objects = parse(text).unwrap();
+        assert_eq!(objects[0].key(), "default/cfg");
+        let Object::Secret(s) = &objects[1] else { panic!() };
+        assert_eq!(objects[1].key(), "prod/s");
+        let data = s.data.as_ref().unwrap();
+        assert_eq!((data["b64"].0.as_slice(), data["plain"].0.as_slice()), (&b"hi"[..], &b"there"[..]));
+        assert!(s.string_data.is_none(), "stringData is folded into data");
+        assert_eq!(s.type_.as_deref(), Some("Opaque"));
+        let bad = text.replace("a.txt", "a/b");
+        assert!(err(&bad).starts_with("document 1: data[a/b]: Invalid value"), "{}", err(&bad));
+        let docker = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: s\ntype: kubernetes.io/dockerconfigjson\n";
+        assert_eq!(err(docker), "data[.dockerconfigjson]: Required value");
     }
 }

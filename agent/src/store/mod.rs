@@ -1,7 +1,8 @@
 //! Durable state in sled: the only module that imports it.
 //!
 //! Trees: `pods` (key `namespace/name`), `images` (key: image reference), `events`
-//! (key: pod uid + sequence). Every value is versioned and checksummed:
+//! (key: pod uid + sequence), `objects` (ConfigMaps and Secrets, key
+//! `Kind/namespace/name`). Every value is versioned and checksummed:
 //! `[schema: u16 LE][crc32 of payload: u32 LE][JSON payload]`, so a value from another
 //! schema or a corrupted one is refused, never misread.
 
@@ -38,6 +39,7 @@ pub struct Store {
     pods: sled::Tree,
     images: sled::Tree,
     events: sled::Tree,
+    objects: sled::Tree,
 }
 
 /// A tree's name, for errors.
@@ -46,6 +48,8 @@ pub enum Table {
     Pods,
     Images,
     Events,
+    /// ConfigMaps and Secrets, keyed `ConfigMap/<ns>/<name>`.
+    Objects,
 }
 
 impl Table {
@@ -54,6 +58,7 @@ impl Table {
             Table::Pods => "pods",
             Table::Images => "images",
             Table::Events => "events",
+            Table::Objects => "objects",
         }
     }
 }
@@ -73,6 +78,7 @@ impl Store {
             pods: db.open_tree("pods")?,
             images: db.open_tree("images")?,
             events: db.open_tree("events")?,
+            objects: db.open_tree("objects")?,
             db,
             flushing: Default::default(),
         })
@@ -83,6 +89,7 @@ impl Store {
             Table::Pods => &self.pods,
             Table::Images => &self.images,
             Table::Events => &self.events,
+            Table::Objects => &self.objects,
         }
     }
 

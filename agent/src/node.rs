@@ -1,0 +1,50 @@
+//! This node as pods see it: its name, address and allocatable resources (the downward
+//! API's unset limits, and admission).
+
+/// Facts about the node, read once at start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    /// The address other hosts reach this one at (`status.hostIP`).
+    pub ip: String,
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    /// Free-able disk under the state directory.
+    pub ephemeral_bytes: u64,
+}
+
+impl Node {
+    /// Reads the host: hostname, the source address of the default route, CPUs the
+    /// process may use, and MemTotal.
+    pub fn detect(state_dir: &std::path::Path) -> Node {
+        let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_lowercase())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        let cpus = std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1);
+        let memory_bytes = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                let line = m.lines().find(|l| l.starts_with("MemTotal:"))?.to_string();
+                line.split_whitespace().nth(1)?.parse::<u64>().ok()
+            })
+            .map_or(0, |kib| kib * 1024);
+        let ephemeral_bytes = rustix::fs::statvfs(state_dir)
+            .or_else(|_| rustix::fs::statvfs("/"))
+            .map(|s| s.f_blocks * s.f_frsize)
+            .unwrap_or(0);
+        Node { name, ip: host_ip(), cpu_millis: cpus * 1000, memory_bytes, ephemeral_bytes }
+    }
+}
+
+/// The local address of the default route, found by connecting (no packet is sent) a
+/// UDP socket; loopback when the host has no route.
+fn host_ip() -> String {
+    let probe = || -> std::io::Result<std::net::IpAddr> {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        s.connect("192.0.2.1:9")?;
+        Ok(s.local_addr()?.ip())
+    };
+    probe().map(|ip| ip.to_string()).unwrap_or_else(|_| "127.0.0.1".into())
+}

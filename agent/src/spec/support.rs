@@ -1,0 +1,134 @@
+//! Which pod fields this node honours. One table serves validation (a field that is
+//! not listed, or listed as rejected, fails `apply` with its path) and
+//! `wasmlet explain-support`, so the two cannot drift apart.
+
+/// What wasmlet does with a field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Support {
+    /// Implemented with the kubelet's semantics (the note says where it differs).
+    Honoured(&'static str),
+    /// Accepted and without effect on a single node, as on the kubelet (scheduling
+    /// hints the scheduler has already used, say).
+    NoEffect(&'static str),
+    /// Refused at `apply`: it would change behaviour and wasmlet does not do it.
+    Rejected(&'static str),
+}
+
+use Support::{Honoured, NoEffect, Rejected};
+
+/// Every field of the pod spec a manifest may set, by path (`[]` marks a list).
+pub const FIELDS: &[(&str, Support)] = &[
+    ("spec.containers", Honoured("Wasm modules/components (wasmtime) and Linux images (runc), by image kind")),
+    ("spec.initContainers", Honoured("in order, each to completion; `restartPolicy: Always` makes a sidecar")),
+    ("spec.volumes", Honoured("see spec.volumes[] below")),
+    ("spec.restartPolicy", Honoured("Always, OnFailure, Never; back-off 10 s doubling to 300 s")),
+    ("spec.terminationGracePeriodSeconds", Honoured("default 30; preStop time is taken from it")),
+    ("spec.activeDeadlineSeconds", Honoured("the pod is killed and Failed with reason DeadlineExceeded")),
+    ("spec.hostname", Honoured("the container hostname (Linux)")),
+    ("spec.securityContext", Honoured("see spec.securityContext below")),
+    ("spec.serviceAccountName", Honoured("for the downward API only; no tokens are mounted in local mode")),
+    ("spec.serviceAccount", Honoured("deprecated alias of serviceAccountName")),
+    ("spec.automountServiceAccountToken", NoEffect("local mode has no API server to issue tokens")),
+    ("spec.enableServiceLinks", NoEffect("local mode has no Services to link")),
+    (
+        "spec.dnsPolicy",
+        NoEffect("no cluster DNS in local mode: pods get the host's resolver, as the kubelet does without clusterDNS"),
+    ),
+    ("spec.nodeName", NoEffect("every pod runs on this node")),
+    ("spec.nodeSelector", NoEffect("scheduling: this node runs what it is given")),
+    ("spec.affinity", NoEffect("scheduling")),
+    ("spec.tolerations", NoEffect("scheduling")),
+    ("spec.topologySpreadConstraints", NoEffect("scheduling")),
+    ("spec.schedulerName", NoEffect("scheduling")),
+    ("spec.schedulingGates", NoEffect("scheduling")),
+    ("spec.priority", NoEffect("scheduling and preemption")),
+    ("spec.priorityClassName", NoEffect("scheduling and preemption")),
+    ("spec.preemptionPolicy", NoEffect("scheduling and preemption")),
+    ("spec.imagePullSecrets", Rejected("not supported by wasmlet yet")),
+    ("spec.ephemeralContainers", Rejected("ephemeral containers are not supported by wasmlet yet")),
+    ("spec.hostNetwork", Rejected("hostNetwork is not supported by wasmlet yet")),
+    ("spec.hostPID", Rejected("hostPID is not supported by wasmlet yet")),
+    ("spec.hostIPC", Rejected("hostIPC is not supported by wasmlet yet")),
+    ("spec.hostUsers", Rejected("user namespaces are not supported by wasmlet yet")),
+    ("spec.hostAliases", Rejected("hostAliases are not supported by wasmlet yet")),
+    ("spec.dnsConfig", Rejected("dnsConfig is not supported by wasmlet yet")),
+    ("spec.readinessGates", Rejected("readiness gates need a controller; not supported")),
+    ("spec.runtimeClassName", Rejected("the runtime follows the image kind; RuntimeClass is not supported yet")),
+    ("spec.shareProcessNamespace", Rejected("not supported by wasmlet yet")),
+    ("spec.setHostnameAsFQDN", Rejected("not supported by wasmlet yet")),
+    ("spec.subdomain", Rejected("not supported by wasmlet yet")),
+    ("spec.os", Rejected("not supported by wasmlet yet")),
+    ("spec.overhead", Rejected("not supported by wasmlet yet")),
+    ("spec.resources", Rejected("pod-level resources are not supported by wasmlet yet")),
+    ("spec.resourceClaims", Rejected("dynamic resource allocation is not supported")),
+    ("spec.securityContext.runAsUser", Honoured("Linux; the containers' default")),
+    ("spec.securityContext.runAsGroup", Honoured("Linux; the containers' default")),
+    ("spec.securityContext.runAsNonRoot", Honoured("a container that would run as uid 0 is not started")),
+    ("spec.securityContext.fsGroup", Rejected("not supported by wasmlet yet")),
+    ("spec.securityContext.supplementalGroups", Rejected("not supported by wasmlet yet")),
+    ("spec.securityContext.sysctls", Rejected("not supported by wasmlet yet")),
+    ("spec.securityContext.seccompProfile", Rejected("not supported by wasmlet yet")),
+    ("spec.securityContext.seLinuxOptions", Rejected("not supported by wasmlet yet")),
+    ("spec.securityContext.appArmorProfile", Rejected("not supported by wasmlet yet")),
+    ("spec.containers[].name", Honoured("")),
+    ("spec.containers[].image", Honoured("Wasm artifacts and Linux images from OCI registries")),
+    ("spec.containers[].imagePullPolicy", Honoured("Always, IfNotPresent, Never; defaulted from the tag")),
+    ("spec.containers[].command", Honoured("with `$(VAR)` expansion")),
+    ("spec.containers[].args", Honoured("with `$(VAR)` expansion")),
+    ("spec.containers[].workingDir", Honoured("Linux")),
+    ("spec.containers[].env", Honoured("value, configMapKeyRef, secretKeyRef, fieldRef, resourceFieldRef")),
+    ("spec.containers[].envFrom", Honoured("configMapRef and secretRef, with prefix and optional")),
+    ("spec.containers[].ports", Honoured("hostPort is published for Linux pods")),
+    ("spec.containers[].resources", Honoured("memory limit for both runtimes; CPU limit and request for Linux")),
+    ("spec.containers[].volumeMounts", Honoured("readOnly and subPath; Wasm mounts are preopened directories")),
+    ("spec.containers[].livenessProbe", Honoured("exec (Linux), httpGet, tcpSocket")),
+    ("spec.containers[].readinessProbe", Honoured("exec (Linux), httpGet, tcpSocket")),
+    ("spec.containers[].startupProbe", Honoured("exec (Linux), httpGet, tcpSocket")),
+    ("spec.containers[].lifecycle", Honoured("postStart and preStop: exec (Linux), httpGet, sleep")),
+    ("spec.containers[].terminationMessagePath", Honoured("a file the container may write; read at exit")),
+    ("spec.containers[].terminationMessagePolicy", Honoured("File and FallbackToLogsOnError")),
+    ("spec.containers[].restartPolicy", Honoured("only `Always`, on init containers (sidecars)")),
+    ("spec.containers[].securityContext", Honoured("see below")),
+    ("spec.containers[].securityContext.runAsUser", Honoured("Linux")),
+    ("spec.containers[].securityContext.runAsGroup", Honoured("Linux")),
+    ("spec.containers[].securityContext.runAsNonRoot", Honoured("a container that would run as uid 0 is not started")),
+    ("spec.containers[].securityContext.readOnlyRootFilesystem", Honoured("Linux")),
+    ("spec.containers[].securityContext.allowPrivilegeEscalation", Honoured("Linux; false is the default here")),
+    ("spec.containers[].securityContext.privileged", Rejected("not supported by wasmlet yet")),
+    ("spec.containers[].securityContext.capabilities", Rejected("not supported by wasmlet yet")),
+    ("spec.containers[].securityContext.seccompProfile", Rejected("not supported by wasmlet yet")),
+    ("spec.containers[].securityContext.seLinuxOptions", Rejected("not supported by wasmlet yet")),
+    ("spec.containers[].securityContext.appArmorProfile", Rejected("not supported by wasmlet yet")),
+    ("spec.containers[].securityContext.procMount", Rejected("not supported by wasmlet yet")),
+    ("spec.containers[].stdin", Rejected("attach is not supported by wasmlet yet")),
+    ("spec.containers[].stdinOnce", Rejected("attach is not supported by wasmlet yet")),
+    ("spec.containers[].tty", Rejected("attach is not supported by wasmlet yet")),
+    ("spec.containers[].resizePolicy", Rejected("in-place resize is not supported by wasmlet yet")),
+    ("spec.containers[].volumeDevices", Rejected("block devices are not supported")),
+    ("spec.volumes[].emptyDir", Honoured("node disk, or tmpfs for `medium: Memory` (size = sizeLimit)")),
+    ("spec.volumes[].hostPath", Honoured("with the type checks")),
+    ("spec.volumes[].configMap", Honoured("items, defaultMode, optional; updated in place (atomic ..data swap)")),
+    ("spec.volumes[].secret", Honoured("as configMap, on tmpfs")),
+    ("spec.volumes[].downwardAPI", Honoured("metadata fields and resourceFieldRef")),
+    ("spec.volumes[].projected", Honoured("configMap, secret and downwardAPI sources")),
+];
+
+/// How a field is treated; `None` for a field that is not listed (so refused).
+pub fn lookup(path: &str) -> Option<Support> {
+    FIELDS.iter().find(|(p, _)| *p == path).map(|(_, s)| *s)
+}
+
+/// The table, for `wasmlet explain-support`.
+pub fn render() -> String {
+    let mut out = String::from("FIELD                                                         SUPPORT     NOTE\n");
+    for (path, s) in FIELDS {
+        let (what, note) = match s {
+            Honoured(n) => ("honoured", *n),
+            NoEffect(n) => ("no effect", *n),
+            Rejected(n) => ("rejected", *n),
+        };
+        out.push_str(&format!("{path:<62}{what:<12}{note}\n"));
+    }
+    out.push_str("\nInit containers take the fields of spec.containers[]. Any field not listed is rejected.\n");
+    out
+}
