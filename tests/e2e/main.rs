@@ -11,3 +11,4 @@ mod images;
 mod linux;
 mod pods;
 mod run;
+mod semantics;

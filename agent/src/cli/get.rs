@@ -267,9 +267,7 @@ pub fn status(p: &Value) -> String {
     if let Some(r) = p["status"]["reason"].as_str() {
         return r.into();
     }
-    if p["status"]["phase"] == "Pending"
-        && let Some(s) = init_status(p)
-    {
+    if let Some(s) = init_status(p) {
         return s;
     }
     let mut reason = p["status"]["phase"].as_str().unwrap_or("Unknown").to_string();

@@ -328,17 +328,17 @@ impl Manager {
     /// allocatable CPU and memory is refused with the kubelet's reason and message.
     fn admit(&self, rec: &PodRecord, accepted: &[PodRecord]) -> Result<Option<(String, String)>> {
         let others = self.list()?.into_iter().chain(accepted.iter().cloned());
-        let (mut cpu_used, mut mem_used) = (0, 0);
+        let (mut cpu_used, mut mem_used) = (0u64, 0u64);
         for r in others.filter(|r| !r.deleting && !r.status.phase.is_terminal()) {
             let (c, m) = requests(&r.pod);
-            cpu_used += c;
-            mem_used += m;
+            cpu_used = cpu_used.saturating_add(c);
+            mem_used = mem_used.saturating_add(m);
         }
         let (cpu, mem) = requests(&rec.pod);
         for (name, want, used, capacity) in
             [("cpu", cpu, cpu_used, self.node.cpu_millis), ("memory", mem, mem_used, self.node.memory_bytes)]
         {
-            if want > 0 && used + want > capacity {
+            if want > 0 && used.saturating_add(want) > capacity {
                 return Ok(Some((
                     format!("OutOf{name}"),
                     format!(
@@ -642,7 +642,8 @@ pub fn requests(pod: &Pod) -> (u64, u64) {
     let Some(spec) = pod.spec.as_ref() else { return (0, 0) };
     let init = spec.init_containers.iter().flatten();
     let long_running = init.clone().filter(|c| c.restart_policy.as_deref() == Some("Always")).chain(&spec.containers);
-    let (mut cpu, mut mem) = long_running.map(one).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    let (mut cpu, mut mem) =
+        long_running.map(one).fold((0u64, 0u64), |a, b| (a.0.saturating_add(b.0), a.1.saturating_add(b.1)));
     for c in init.filter(|c| c.restart_policy.as_deref() != Some("Always")) {
         let (c, m) = one(c);
         cpu = cpu.max(c);

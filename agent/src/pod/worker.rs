@@ -263,8 +263,23 @@ async fn start(
             apply(rec, Event::Starting { container: i, at: now_ms() });
             return start_failed(mgr, rec, i, "CreatePodSandboxError", e.to_string());
         }
-        if rec.pod_ip.is_none() {
-            rec.pod_ip = mgr.runtime.linux().ok().and_then(|l| l.sandbox_ip(&rec.uid));
+        // the network is wired in the background; wait for it only when the
+        // container's environment needs the pod IP
+        let wants_ip = c.env.iter().flatten().any(|e| {
+            e.value_from
+                .as_ref()
+                .and_then(|f| f.field_ref.as_ref())
+                .is_some_and(|f| f.field_path.starts_with("status.podIP"))
+        });
+        if wants_ip
+            && rec.pod_ip.is_none()
+            && let Ok(linux) = mgr.runtime.linux()
+        {
+            if let Err(e) = linux.wired(&rec.uid).await {
+                apply(rec, Event::Starting { container: i, at: now_ms() });
+                return start_failed(mgr, rec, i, "CreatePodSandboxError", e.to_string());
+            }
+            rec.pod_ip = linux.sandbox_ip(&rec.uid);
         }
     }
     let t_sandbox = t0.elapsed();
@@ -292,6 +307,9 @@ async fn start(
         return start_failed(mgr, rec, i, "RunContainerError", e.to_string());
     }
     let t_started = t0.elapsed();
+    if kind == RuntimeKind::Linux && rec.pod_ip.is_none() {
+        rec.pod_ip = mgr.runtime.linux().ok().and_then(|l| l.sandbox_ip(&rec.uid));
+    }
     // postStart runs before the container counts as running; a failure kills it
     if let Some(h) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
         let target = target(mgr, rec, kind, &id);
@@ -766,11 +784,9 @@ fn mounts(mgr: &Manager, rec: &PodRecord, c: &Container, kind: RuntimeKind) -> R
                 host.display()
             )));
         }
-        out.push(Mount {
-            host_path: host,
-            container_path: m.mount_path.clone(),
-            read_only: m.read_only.unwrap_or(false),
-        });
+        // configMap, secret, downwardAPI and projected volumes are always read-only
+        let read_only = m.read_only.unwrap_or(false) || volume::is_projected(v);
+        out.push(Mount { host_path: host, container_path: m.mount_path.clone(), read_only });
     }
     Ok(out)
 }

@@ -208,7 +208,7 @@ impl LinuxRuntime {
 
     /// Waits for the sandbox's network (if it is still being wired); fails if wiring
     /// failed, in which case the sandbox is gone and the next create makes it anew.
-    async fn wired(&self, id: &str) -> Result<()> {
+    pub async fn wired(&self, id: &str) -> Result<()> {
         let pending = self.inner.wiring.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned();
         if let Some(w) = pending {
             let result = w.await;

@@ -79,12 +79,37 @@ pub fn parse(text: &str) -> Result<Vec<Object>, FieldError> {
         if value.is_null() {
             continue;
         }
+        let mut value = value;
+        octal_modes(&mut value);
         objects.push(parse_object(value).map_err(at)?);
     }
     if objects.is_empty() {
         return Err(FieldError::new("<yaml>", "no objects found"));
     }
     Ok(objects)
+}
+
+/// `defaultMode: 0644` is octal in the YAML 1.1 kubectl reads; our YAML 1.2 parser
+/// keeps such a scalar as the string "0644". File modes are made numbers again.
+fn octal_modes(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map.iter_mut() {
+                if (k == "defaultMode" || k == "mode")
+                    && let Value::String(s) = child
+                    && s.len() > 1
+                    && s.starts_with('0')
+                    && let Ok(n) = i64::from_str_radix(&s[1..], 8)
+                {
+                    *child = Value::from(n);
+                } else {
+                    octal_modes(child);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(octal_modes),
+        _ => {}
+    }
 }
 
 fn parse_object(value: Value) -> Result<Object, FieldError> {
@@ -352,6 +377,13 @@ mod tests {
             "{with_mount}  volumes:\n  - name: data\n    secret:\n      secretName: s\n      items:\n      - key: k\n        path: ../k\n"
         );
         assert!(err(&item).starts_with("spec.volumes[0].secret.items[0].path: Invalid value"), "{}", err(&item));
+    }
+
+    #[test]
+    fn octal_modes_read_as_kubectl_reads_them() {
+        let mut v: Value = serde_yaml_ng::from_str("mode: 0400\nx:\n  defaultMode: 0644\n  mode: 420\n").unwrap();
+        octal_modes(&mut v);
+        assert_eq!(v, serde_json::json!({"mode": 0o400, "x": {"defaultMode": 0o644, "mode": 420}}));
     }
 
     #[test]
