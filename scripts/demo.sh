@@ -59,7 +59,7 @@ for _ in $(seq 100); do wasmlet get pods >/dev/null 2>&1 && break; sleep 0.1; do
 step "applying the pods in examples/ (pointed at this registry)"
 mkdir -p "$work/examples" /tmp/wasmlet-demo-data
 echo "hello from a hostPath volume" > /tmp/wasmlet-demo-data/message.txt
-for f in hello hello-component crashloop memory-limit volume mixed; do
+for f in hello hello-component crashloop memory-limit volume mixed config; do
     sed "s/127.0.0.1:5000/$reg/" "examples/$f.yaml" > "$work/examples/$f.yaml"
     show wasmlet apply -f "$work/examples/$f.yaml"
 done
@@ -69,6 +69,11 @@ show wasmlet get pods
 show wasmlet logs hello
 show wasmlet logs hello-component
 show wasmlet logs reader
+step "ConfigMaps, Secrets, the downward API and an init container"
+for _ in $(seq 100); do wasmlet get pods configured 2>/dev/null | grep -q Completed && break; sleep 0.1; done
+show wasmlet get pods configured
+show wasmlet logs configured -c app
+show wasmlet get events
 show wasmlet get pods memory-hog -o wide
 step "a mixed pod: a Wasm module wrote the page, a Linux container (runc) serves it"
 for _ in $(seq 100); do wasmlet get pods web 2>/dev/null | grep -q Running && break; sleep 0.1; done
