@@ -269,7 +269,7 @@ fn termination_prestop_deadline_and_messages() {
 
     // preStop runs before SIGTERM, inside the grace period
     let hook = format!(
-        "    volumeMounts:\n    - name: host\n      mountPath: /host\n    lifecycle:\n      preStop:\n        exec:\n          command: [\"sh\", \"-c\", \"echo stopping > /host/prestop\"]\n  volumes:\n  - name: host\n    hostPath:\n      path: {hp}\n"
+        "    volumeMounts:\n    - name: host\n      mountPath: /host\n    lifecycle:\n      postStart:\n        exec:\n          command: [\"sh\", \"-c\", \"echo started > /host/poststart\"]\n      preStop:\n        exec:\n          command: [\"sh\", \"-c\", \"echo stopping > /host/prestop\"]\n  volumes:\n  - name: host\n    hostPath:\n      path: {hp}\n"
     );
     agent.apply(&linux(
         "hooked",
@@ -277,6 +277,8 @@ fn termination_prestop_deadline_and_messages() {
         &hook,
     ));
     agent.wait_pod("hooked", "Running", |p| state(p).0 == "running");
+    // running is reported only after postStart returned
+    assert_eq!(std::fs::read_to_string(host.path().join("poststart")).unwrap(), "started\n");
     agent.ok(&["delete", "pod", "hooked"]);
     let written = std::fs::read_to_string(host.path().join("prestop")).unwrap();
     assert_eq!(written, "stopping\nterm\n", "the hook ran, then SIGTERM");
