@@ -285,6 +285,8 @@ impl Manager {
             out.push(Applied { kind: kind.into(), pod: key, action: action.into() });
         }
         let mut fresh = Vec::new();
+        // what admitted pods request, read only once a pod requests something
+        let mut used: Option<(u64, u64)> = None;
         for pod in pods {
             let k = key(
                 pod.metadata.namespace.as_deref().unwrap_or("default"),
@@ -303,10 +305,21 @@ impl Manager {
                 None => "created",
             };
             let mut rec = new_record(pod);
-            if let Some((reason, message)) = self.admit(&rec, &fresh)? {
-                rec.status
-                    .apply(&rec.plan.clone(), state::Event::Fail { reason: reason.clone(), message: message.clone() });
-                self.event(&rec, "Warning", &reason, &message);
+            let wants = requests(&rec.pod);
+            if wants != (0, 0) {
+                let u = match used {
+                    Some(u) => u,
+                    None => self.requested()?,
+                };
+                match self.admit(wants, u) {
+                    Some((reason, message)) => {
+                        let fail = state::Event::Fail { reason: reason.clone(), message: message.clone() };
+                        rec.status.apply(&rec.plan.clone(), fail);
+                        self.event(&rec, "Warning", &reason, &message);
+                        used = Some(u);
+                    }
+                    None => used = Some((u.0.saturating_add(wants.0), u.1.saturating_add(wants.1))),
+                }
             }
             self.save(&rec)?;
             fresh.push(rec);
@@ -324,30 +337,34 @@ impl Manager {
         Ok(out)
     }
 
-    /// The node's admission: a pod whose requests do not fit what is left of the
-    /// allocatable CPU and memory is refused with the kubelet's reason and message.
-    fn admit(&self, rec: &PodRecord, accepted: &[PodRecord]) -> Result<Option<(String, String)>> {
-        let others = self.list()?.into_iter().chain(accepted.iter().cloned());
-        let (mut cpu_used, mut mem_used) = (0u64, 0u64);
-        for r in others.filter(|r| !r.deleting && !r.status.phase.is_terminal()) {
+    /// CPU (millicores) and memory (bytes) requested by the pods that hold the node.
+    fn requested(&self) -> Result<(u64, u64)> {
+        let (mut cpu, mut mem) = (0u64, 0u64);
+        for r in self.list()?.iter().filter(|r| !r.deleting && !r.status.phase.is_terminal()) {
             let (c, m) = requests(&r.pod);
-            cpu_used = cpu_used.saturating_add(c);
-            mem_used = mem_used.saturating_add(m);
+            cpu = cpu.saturating_add(c);
+            mem = mem.saturating_add(m);
         }
-        let (cpu, mem) = requests(&rec.pod);
+        Ok((cpu, mem))
+    }
+
+    /// The node's admission: a pod whose requests (CPU millicores, memory bytes) do not
+    /// fit what is left of the allocatable (`used`: what admitted pods request) is
+    /// refused with the kubelet's reason and message.
+    fn admit(&self, (cpu, mem): (u64, u64), (cpu_used, mem_used): (u64, u64)) -> Option<(String, String)> {
         for (name, want, used, capacity) in
             [("cpu", cpu, cpu_used, self.node.cpu_millis), ("memory", mem, mem_used, self.node.memory_bytes)]
         {
             if want > 0 && used.saturating_add(want) > capacity {
-                return Ok(Some((
+                return Some((
                     format!("OutOf{name}"),
                     format!(
                         "Pod was rejected: Node didn't have enough resource: {name}, requested: {want}, used: {used}, capacity: {capacity}"
                     ),
-                )));
+                ));
             }
         }
-        Ok(None)
+        None
     }
 
     /// A ConfigMap or Secret of `namespace` changed: volumes that show it are
