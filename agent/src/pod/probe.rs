@@ -216,44 +216,15 @@ pub async fn probe_loop(
     target: Target,
     report: impl Fn(Outcome) + Send + Sync,
 ) {
-    if let Some(s) = startup {
-        tokio::time::sleep(s.initial_delay).await;
-        let mut fails = 0;
-        loop {
-            match run(&s.handler, &target, s.timeout).await {
-                Ok(()) => {
-                    report(Outcome::StartupPassed);
-                    break;
-                }
-                Err(message) => {
-                    fails += 1;
-                    report(Outcome::Failed { kind: Kind::Startup, message });
-                    if fails >= s.failure_threshold {
-                        report(Outcome::Kill(Kind::Startup));
-                        return;
-                    }
-                }
-            }
-            tokio::time::sleep(s.period).await;
-        }
+    // startup: done at the first success; liveness: runs until it kills
+    if let Some(s) = &startup
+        && !until_threshold(s, Kind::Startup, &target, &report, true).await
+    {
+        return;
     }
     let live = async {
-        let Some(s) = &liveness else { return };
-        tokio::time::sleep(s.initial_delay).await;
-        let mut fails = 0;
-        loop {
-            match run(&s.handler, &target, s.timeout).await {
-                Ok(()) => fails = 0,
-                Err(message) => {
-                    fails += 1;
-                    report(Outcome::Failed { kind: Kind::Liveness, message });
-                    if fails >= s.failure_threshold {
-                        report(Outcome::Kill(Kind::Liveness));
-                        return;
-                    }
-                }
-            }
-            tokio::time::sleep(s.period).await;
+        if let Some(s) = &liveness {
+            until_threshold(s, Kind::Liveness, &target, &report, false).await;
         }
     };
     let ready = async {
@@ -282,6 +253,38 @@ pub async fn probe_loop(
         }
     };
     tokio::join!(live, ready);
+}
+
+/// Runs `s` every period, reporting each failure; after `failureThreshold` failures in
+/// a row reports a kill and returns false. With `pass_ends`, the first success reports
+/// `StartupPassed` and returns true; otherwise a success only resets the count.
+async fn until_threshold(
+    s: &Spec,
+    kind: Kind,
+    target: &Target,
+    report: &(impl Fn(Outcome) + Sync),
+    pass_ends: bool,
+) -> bool {
+    tokio::time::sleep(s.initial_delay).await;
+    let mut fails = 0;
+    loop {
+        match run(&s.handler, target, s.timeout).await {
+            Ok(()) if pass_ends => {
+                report(Outcome::StartupPassed);
+                return true;
+            }
+            Ok(()) => fails = 0,
+            Err(message) => {
+                fails += 1;
+                report(Outcome::Failed { kind, message });
+                if fails >= s.failure_threshold {
+                    report(Outcome::Kill(kind));
+                    return false;
+                }
+            }
+        }
+        tokio::time::sleep(s.period).await;
+    }
 }
 
 #[cfg(test)]

@@ -434,11 +434,10 @@ fn validate_probe(p: &Probe, path: &str, kind: &str, ports: &[&str]) -> Result<(
     if kind == "readiness" && p.termination_grace_period_seconds.is_some() {
         return Err(forbid(format!("{path}.terminationGracePeriodSeconds"), "may not be set for readiness probes"));
     }
-    validate_handler(p.exec.is_some(), p.http_get.as_ref(), p.tcp_socket.as_ref().map(|t| &t.port), path, ports)
+    validate_handler(p.http_get.as_ref(), p.tcp_socket.as_ref().map(|t| &t.port), path, ports)
 }
 
 fn validate_handler(
-    _exec: bool,
     http: Option<&k8s_openapi::api::core::v1::HTTPGetAction>,
     tcp_port: Option<&k8s_openapi::apimachinery::pkg::util::intstr::IntOrString>,
     path: &str,
@@ -510,7 +509,7 @@ fn validate_hook(h: &LifecycleHandler, path: &str, ports: &[&str]) -> Result<(),
     {
         return Err(FieldError::new(format!("{path}.sleep.seconds"), "Invalid value: must be >= 0"));
     }
-    validate_handler(h.exec.is_some(), h.http_get.as_ref(), None, path, ports)
+    validate_handler(h.http_get.as_ref(), None, path, ports)
 }
 
 fn validate_items(items: Option<&Vec<KeyToPath>>, path: &str) -> Result<(), FieldError> {
