@@ -10,6 +10,7 @@ mod pod;
 mod runtime;
 mod spec;
 mod store;
+mod workload;
 
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();

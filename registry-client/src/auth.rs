@@ -142,6 +142,65 @@ impl DockerAuth {
     }
 }
 
+/// The credentials of a pull secret, by the registry key they are for: the
+/// `.dockerconfigjson` form (`{"auths": {...}}`) or the legacy `.dockercfg` form (the
+/// `auths` map alone). Entries without a credential are skipped.
+pub fn pull_secret_entries(data: &[u8]) -> std::result::Result<Vec<(String, Credential)>, String> {
+    let value: serde_json::Value = serde_json::from_slice(data).map_err(|e| format!("invalid JSON: {e}"))?;
+    let auths = match value.get("auths") {
+        Some(a) => a.clone(),
+        None => value,
+    };
+    let auths: HashMap<String, DockerAuth> =
+        serde_json::from_value(auths).map_err(|e| format!("invalid auths: {e}"))?;
+    let mut out = Vec::new();
+    for (key, entry) in auths {
+        if let Some(c) = entry.credential().map_err(|r| format!("auths.{key:?}: {r}"))? {
+            out.push((key, c));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Whether a pull-secret key (`host[:port][/path]`, a scheme allowed, `*` globs in host
+/// labels) names the registry and repository of `reference`, as the kubelet's keyring
+/// matches them: same number of host labels, each matching; the same port (none
+/// matches none); the key's path a prefix of the repository. Returns how specific the
+/// match is (longer keys first), or `None`.
+pub fn key_matches(key: &str, reference: &crate::Reference) -> Option<usize> {
+    let key = key.trim();
+    let key = key.strip_prefix("https://").or_else(|| key.strip_prefix("http://")).unwrap_or(key);
+    let (host, path) = key.split_once('/').unwrap_or((key, ""));
+    let host = normalize_host(host);
+    // Docker Hub's legacy key carries an API path (`/v1/`), not a repository
+    let path = if host == DOCKER_HUB { "" } else { path.trim_end_matches('/') };
+    let (key_name, key_port) = host.rsplit_once(':').map_or((host.as_str(), None), |(h, p)| (h, Some(p)));
+    let target = reference.registry().to_ascii_lowercase();
+    let (name, port) = target.rsplit_once(':').map_or((target.as_str(), None), |(h, p)| (h, Some(p)));
+    if key_port != port {
+        return None;
+    }
+    let (kl, tl): (Vec<&str>, Vec<&str>) = (key_name.split('.').collect(), name.split('.').collect());
+    if kl.len() != tl.len() || !kl.iter().zip(&tl).all(|(k, t)| glob(k, t)) {
+        return None;
+    }
+    let repo = reference.repository();
+    let in_path = path.is_empty() || repo == path || repo.starts_with(&format!("{path}/"));
+    in_path.then_some(key.len())
+}
+
+/// `*` matches any run of characters within one host label.
+fn glob(pattern: &str, s: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == s,
+        Some((head, tail)) => {
+            s.starts_with(head)
+                && (head.len()..=s.len()).any(|i| s.is_char_boundary(i) && glob(tail, &s[i..]))
+        }
+    }
+}
+
 /// `https://index.docker.io/v1/` → `docker.io`, `http://host:5000/x` → `host:5000`.
 pub(crate) fn normalize_host(key: &str) -> String {
     let key = key.trim();
@@ -286,6 +345,29 @@ mod tests {
         assert_eq!(k.get("127.0.0.1:5001").unwrap(), Some(Credential::new("bob", "pw")));
         assert_eq!(k.get("127.0.0.1:5000").unwrap(), None, "another port is another registry");
         assert_eq!(k.get("reg.lan:5000").unwrap(), None);
+    }
+
+    #[test]
+    fn pull_secret_keys_match_as_the_kubelet_matches_them() {
+        let r = |s: &str| s.parse::<crate::Reference>().unwrap();
+        let img = r("registry.example.com:5000/team/app:v1");
+        assert!(key_matches("registry.example.com:5000", &img).is_some());
+        assert!(key_matches("https://registry.example.com:5000/v2/", &img).is_none(), "a path is a repository prefix");
+        assert!(key_matches("registry.example.com:5000/team", &img).is_some());
+        assert!(key_matches("registry.example.com:5000/tea", &img).is_none(), "whole path segments");
+        assert!(key_matches("registry.example.com", &img).is_none(), "another port is another registry");
+        assert!(key_matches("*.example.com:5000", &img).is_some());
+        assert!(key_matches("*.com:5000", &img).is_none(), "a glob spans one label");
+        assert!(key_matches("evil.com:5000", &img).is_none());
+        assert!(key_matches("https://index.docker.io/v1/", &r("busybox")).is_some());
+        let (a, b) = (key_matches("registry.example.com:5000/team", &img), key_matches("registry.example.com:5000", &img));
+        assert!(a > b, "the more specific key first");
+        let b64 = base64::engine::general_purpose::STANDARD.encode("u:p");
+        let json = format!(r#"{{"auths":{{"reg:5000":{{"auth":"{b64}"}},"other":{{}}}}}}"#);
+        assert_eq!(pull_secret_entries(json.as_bytes()).unwrap(), vec![("reg:5000".into(), Credential::new("u", "p"))]);
+        let legacy = format!(r#"{{"reg:5000":{{"auth":"{b64}"}}}}"#);
+        assert_eq!(pull_secret_entries(legacy.as_bytes()).unwrap().len(), 1);
+        assert!(pull_secret_entries(b"{").unwrap_err().starts_with("invalid JSON"));
     }
 
     #[test]

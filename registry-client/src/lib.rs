@@ -31,7 +31,7 @@ mod session;
 mod store;
 pub mod unpack;
 
-pub use auth::{Challenge, Credential, Keychain};
+pub use auth::{Challenge, Credential, Keychain, key_matches, pull_secret_entries};
 pub use client::Client;
 pub use config::{Config, Retry};
 pub use digest::{Algorithm, Digest, Hasher};

@@ -27,7 +27,7 @@ fn run_streams_logs_and_exits_when_pods_finish() {
     std::fs::write(&file, pod_yaml("bad", &apps.image("exit", "v1"), "Never", "    args: [\"4\"]\n")).unwrap();
     let out = Command::new(WASMLET).args(["run", "-f", file.to_str().unwrap()]).output().unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("pod(s) failed: bad"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("failed: pod/bad"));
 }
 
 #[test]

@@ -8,8 +8,8 @@
 //! | `DELETE /v1/pods/{ns}/{name}?gracePeriodSeconds=` | stops the pod within its grace period, then forgets it |
 //! | `GET /v1/pods/{ns}/{name}/events` | recorded events |
 //! | `GET /v1/events` | every pod's events |
-//! | `GET /v1/configmaps`, `GET /v1/secrets` | stored objects |
-//! | `DELETE /v1/configmaps/{ns}/{name}`, `DELETE /v1/secrets/{ns}/{name}` | forgets one |
+//! | `GET /v1/{configmaps,secrets,deployments,jobs}` | stored objects (Deployments and Jobs with status) |
+//! | `DELETE /v1/{configmaps,secrets,deployments,jobs}/{ns}/{name}` | forgets one; a Deployment's or Job's pods are deleted first |
 //! | `GET /v1/pods/{ns}/{name}/log?container=&previous=&tail=&timestamps=&follow=` | CRI log, as text |
 //! | `POST /v1/pods/{ns}/{name}/exec?container=&command=…&stdin=&tty=` | upgraded to a framed stream ([`exec`]) |
 //! | `POST /v1/images/pull?image=` | NDJSON progress, then the image |
@@ -54,6 +54,7 @@ impl From<crate::pod::Error> for ApiError {
     fn from(e: crate::pod::Error) -> Self {
         let status = match e {
             crate::pod::Error::NotFound(_) => StatusCode::NOT_FOUND,
+            crate::pod::Error::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
@@ -163,10 +164,10 @@ async fn handle(mgr: Arc<Manager>, req: Request<Incoming>) -> Result<Response<Bo
         (Method::GET, ["v1", "events"]) => {
             Ok(json_response(StatusCode::OK, &serde_json::to_value(mgr.events("")?).expect("json")))
         }
-        (Method::GET, ["v1", kind @ ("configmaps" | "secrets")]) => {
+        (Method::GET, ["v1", kind @ ("configmaps" | "secrets" | "deployments" | "jobs")]) => {
             Ok(json_response(StatusCode::OK, &json!(mgr.objects(object_kind(kind))?)))
         }
-        (Method::DELETE, ["v1", kind @ ("configmaps" | "secrets"), ns, name]) => {
+        (Method::DELETE, ["v1", kind @ ("configmaps" | "secrets" | "deployments" | "jobs"), ns, name]) => {
             if !mgr.delete_object(object_kind(kind), ns, name).await? {
                 return Err(ApiError::new(
                     StatusCode::NOT_FOUND,
@@ -212,7 +213,12 @@ fn metrics(mgr: &Manager) -> String {
 }
 
 fn object_kind(plural: &str) -> &'static str {
-    if plural == "secrets" { "Secret" } else { "ConfigMap" }
+    match plural {
+        "secrets" => "Secret",
+        "deployments" => "Deployment",
+        "jobs" => "Job",
+        _ => "ConfigMap",
+    }
 }
 
 fn not_found(ns: &str, name: &str) -> ApiError {

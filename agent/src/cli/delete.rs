@@ -1,5 +1,6 @@
-//! `wasmlet delete pod|configmap|secret NAME...`: pods stop within their grace
-//! period, then everything is forgotten.
+//! `wasmlet delete pod|configmap|secret|deployment|job NAME...`: pods stop within
+//! their grace period, then everything is forgotten. A Deployment's or Job's pods are
+//! deleted with it.
 
 use bytes::Bytes;
 use clap::Args;
@@ -9,7 +10,7 @@ use super::Global;
 
 #[derive(Debug, Args)]
 pub struct DeleteArgs {
-    /// Resource type: pod, configmap (cm) or secret.
+    /// Resource type: pod, configmap (cm), secret, deployment (deploy) or job.
     pub resource: String,
     #[arg(required = true)]
     pub names: Vec<String>,
@@ -21,17 +22,32 @@ pub struct DeleteArgs {
     pub grace_period: Option<u32>,
 }
 
+/// The API group kubectl names a kind with (`deployment.apps "web" deleted`).
+fn api_group(plural: &str) -> &'static str {
+    match plural {
+        "deployments" => "apps",
+        "jobs" => "batch",
+        _ => "",
+    }
+}
+
 pub async fn run(global: &Global, args: DeleteArgs) -> anyhow::Result<()> {
     let client = global.client();
     let plural = match args.resource.as_str() {
         "configmap" | "configmaps" | "cm" => Some("configmaps"),
         "secret" | "secrets" => Some("secrets"),
+        "deployment" | "deployments" | "deploy" => Some("deployments"),
+        "job" | "jobs" => Some("jobs"),
         _ => None,
     };
     if let Some(plural) = plural {
         for name in &args.names {
             client.send(Method::DELETE, &format!("/v1/{plural}/{}/{name}", args.namespace), Bytes::new()).await?;
-            println!("{} \"{name}\" deleted", plural.trim_end_matches('s'));
+            let singular = plural.trim_end_matches('s');
+            match api_group(plural) {
+                "" => println!("{singular} \"{name}\" deleted"),
+                group => println!("{singular}.{group} \"{name}\" deleted"),
+            }
         }
         return Ok(());
     }

@@ -1,4 +1,4 @@
-//! `wasmlet get pods|events|configmaps|secrets [NAME] [-o wide|yaml|json]`.
+//! `wasmlet get pods|events|configmaps|secrets|deployments|jobs [NAME] [-o wide|yaml|json]`.
 
 use clap::Args;
 use serde_json::Value;
@@ -7,7 +7,7 @@ use super::Global;
 
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// Resource type: pods (po), events (ev), configmaps (cm) or secrets.
+    /// Resource type: pods (po), events (ev), configmaps (cm), secrets, deployments (deploy) or jobs.
     pub resource: String,
     /// A pod name (all pods if omitted).
     pub name: Option<String>,
@@ -26,6 +26,8 @@ pub async fn run(global: &Global, args: GetArgs) -> anyhow::Result<()> {
         "events" | "event" | "ev" => return events(global, &args).await,
         "configmaps" | "configmap" | "cm" => return objects(global, &args, "configmaps").await,
         "secrets" | "secret" => return objects(global, &args, "secrets").await,
+        "deployments" | "deployment" | "deploy" => return objects(global, &args, "deployments").await,
+        "jobs" | "job" => return objects(global, &args, "jobs").await,
         _ => super::ensure_pods(&args.resource)?,
     }
     let client = global.client();
@@ -99,7 +101,7 @@ async fn events(global: &Global, args: &GetArgs) -> anyhow::Result<()> {
             },
             e["kind"].as_str().unwrap_or_default().into(),
             e["reason"].as_str().unwrap_or_default().into(),
-            format!("pod/{name}"),
+            format!("{}/{name}", e["object"].as_str().unwrap_or("pod")),
             e["message"].as_str().unwrap_or_default().into(),
         ];
         if args.all_namespaces {
@@ -111,7 +113,8 @@ async fn events(global: &Global, args: &GetArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `get configmaps|secrets`: name and key count (never the values).
+/// `get configmaps|secrets|deployments|jobs`: a row each, as kubectl prints them
+/// (never a Secret's values).
 async fn objects(global: &Global, args: &GetArgs, kind: &str) -> anyhow::Result<()> {
     let all = global.client().get(&format!("/v1/{kind}")).await?;
     let items: Vec<Value> = all
@@ -142,24 +145,67 @@ async fn objects(global: &Global, args: &GetArgs, kind: &str) -> anyhow::Result<
         eprintln!("No resources found");
         return Ok(());
     }
-    let secrets = kind == "secrets";
-    let mut rows = vec![
-        if secrets { vec!["NAME", "TYPE", "DATA"] } else { vec!["NAME", "DATA"] }
-            .into_iter()
-            .map(String::from)
-            .collect::<Vec<_>>(),
-    ];
+    let header: &[&str] = match kind {
+        "secrets" => &["NAME", "TYPE", "DATA"],
+        "deployments" => &["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
+        "jobs" => &["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"],
+        _ => &["NAME", "DATA"],
+    };
+    let mut rows = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
     for o in items {
+        let name = o["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let created = age(o["metadata"]["creationTimestamp"].as_str().unwrap_or_default());
+        let n = |v: &Value| v.as_i64().unwrap_or(0);
         let count = ["data", "binaryData"].iter().filter_map(|k| o[k].as_object()).map(|m| m.len()).sum::<usize>();
-        let mut row = vec![o["metadata"]["name"].as_str().unwrap_or_default().to_string()];
-        if secrets {
-            row.push(o["type"].as_str().unwrap_or("Opaque").into());
-        }
-        row.push(count.to_string());
-        rows.push(row);
+        rows.push(match kind {
+            "secrets" => vec![name, o["type"].as_str().unwrap_or("Opaque").into(), count.to_string()],
+            "deployments" => {
+                let (spec, st) = (&o["spec"], &o["status"]);
+                vec![
+                    name,
+                    format!("{}/{}", n(&st["readyReplicas"]), spec["replicas"].as_i64().unwrap_or(1)),
+                    n(&st["updatedReplicas"]).to_string(),
+                    n(&st["availableReplicas"]).to_string(),
+                    created,
+                ]
+            }
+            "jobs" => vec![name, job_status(&o), job_completions(&o), job_duration(&o), created],
+            _ => vec![name, count.to_string()],
+        });
     }
     print_table(&rows);
     Ok(())
+}
+
+/// kubectl's Job STATUS column.
+fn job_status(job: &Value) -> String {
+    let conditions = job["status"]["conditions"].as_array().cloned().unwrap_or_default();
+    let holds = |t: &str| conditions.iter().any(|c| c["type"] == t && c["status"] == "True");
+    let status = if holds("Complete") {
+        "Complete"
+    } else if holds("Failed") {
+        "Failed"
+    } else if holds("Suspended") {
+        "Suspended"
+    } else {
+        "Running"
+    };
+    status.into()
+}
+
+/// `2/4`, or `1/1 of 3` for a work queue (parallelism 3, no completion count).
+fn job_completions(job: &Value) -> String {
+    let succeeded = job["status"]["succeeded"].as_i64().unwrap_or(0);
+    match job["spec"]["completions"].as_i64() {
+        Some(c) => format!("{succeeded}/{c}"),
+        None => format!("{succeeded}/1 of {}", job["spec"]["parallelism"].as_i64().unwrap_or(1)),
+    }
+}
+
+fn job_duration(job: &Value) -> String {
+    let Some(start) = job["status"]["startTime"].as_str().and_then(parse_time) else { return String::new() };
+    let end = job["status"]["completionTime"].as_str().and_then(parse_time).unwrap_or_else(crate::runtime::now_ms);
+    age_ms(start + crate::runtime::now_ms().saturating_sub(end))
 }
 
 fn table(pods: &[Value], wide: bool, namespaces: bool) {

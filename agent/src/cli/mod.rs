@@ -50,9 +50,9 @@ pub struct Global {
 pub enum Command {
     /// Run the agent: the local API, the pods, the image store.
     Serve(serve::ServeArgs),
-    /// Create or update Pods, ConfigMaps and Secrets from a manifest (multi-document YAML).
+    /// Create or update Pods, ConfigMaps, Secrets, Deployments and Jobs from a manifest (multi-document YAML).
     Apply(apply::ApplyArgs),
-    /// List pods, events, configmaps or secrets.
+    /// List pods, events, configmaps, secrets, deployments or jobs.
     Get(get::GetArgs),
     /// Show a pod in detail, with its events.
     Describe(describe::DescribeArgs),
@@ -60,7 +60,7 @@ pub enum Command {
     Logs(logs::LogsArgs),
     /// Run a command in a running Linux container; exits with its exit code.
     Exec(exec::ExecArgs),
-    /// Delete pods, configmaps or secrets.
+    /// Delete pods, configmaps, secrets, deployments or jobs (with their pods).
     Delete(delete::DeleteArgs),
     /// Run a manifest in the foreground, like `podman kube play`; Ctrl-C cleans up.
     Run(run::RunArgs),

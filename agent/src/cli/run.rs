@@ -44,12 +44,22 @@ async fn run_embedded(
         eprintln!("{}/{} {}", a.kind.to_lowercase(), a.pod.rsplit('/').next().unwrap_or(&a.pod), a.action);
     }
     let keys: Vec<String> = applied.iter().filter(|a| a.kind == "Pod").map(|a| a.pod.clone()).collect();
+    let workloads: Vec<(String, String)> =
+        applied.iter().filter(|a| a.kind == "Deployment" || a.kind == "Job").map(|a| (a.kind.clone(), a.pod.clone())).collect();
+    // a Deployment runs until interrupted; pods and Jobs until they end
+    let runs_forever = workloads.iter().any(|(kind, _)| kind == "Deployment");
+    let jobs_done = |mgr: &crate::pod::Manager| {
+        let jobs: Vec<k8s_openapi::api::batch::v1::Job> = mgr.workloads("Job").unwrap_or_default();
+        jobs.iter().all(|j| j.status.as_ref().and_then(crate::workload::job::finished).is_some())
+    };
     let mut offsets: HashMap<std::path::PathBuf, u64> = HashMap::new();
     let interrupted = tokio::select! {
         _ = super::serve::shutdown_signal() => true,
         _ = async {
             loop {
-                let records: Vec<_> = keys.iter().filter_map(|k| mgr.get(k).ok().flatten()).collect();
+                // every pod of this throwaway agent: the applied ones and those the
+                // Deployments and Jobs made
+                let records = mgr.list().unwrap_or_default();
                 for rec in &records {
                     for c in &rec.status.containers {
                         for instance in 1..=c.instances {
@@ -57,27 +67,41 @@ async fn run_embedded(
                         }
                     }
                 }
-                if !records.is_empty() && records.iter().all(|r| r.status.phase.is_terminal()) {
+                let pods_done = keys
+                    .iter()
+                    .all(|k| records.iter().find(|r| &r.key() == k).is_none_or(|r| r.status.phase.is_terminal()));
+                if !runs_forever && pods_done && jobs_done(&mgr) {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         } => false,
     };
-    let failed = keys
+    let mut failed = keys
         .iter()
         .filter_map(|k| mgr.get(k).ok().flatten())
         .filter(|r| r.status.phase == Phase::Failed)
-        .map(|r| r.name().to_string())
+        .map(|r| format!("pod/{}", r.name()))
         .collect::<Vec<_>>();
+    let jobs: Vec<k8s_openapi::api::batch::v1::Job> = mgr.workloads("Job").unwrap_or_default();
+    for j in &jobs {
+        if j.status.as_ref().and_then(crate::workload::job::finished).is_some_and(|c| c.type_ == "Failed") {
+            failed.push(format!("job/{}", j.metadata.name.as_deref().unwrap_or_default()));
+        }
+    }
     if interrupted {
         eprintln!("stopping…");
+    }
+    for (kind, key) in &workloads {
+        let (ns, name) = key.split_once('/').unwrap_or(("default", key));
+        let _ = mgr.delete_object(kind, ns, name).await;
+        eprintln!("{}/{name} deleted", kind.to_lowercase());
     }
     for k in &keys {
         let _ = mgr.delete(k).await;
         eprintln!("pod/{} deleted", k.rsplit('/').next().unwrap_or(k));
     }
-    anyhow::ensure!(failed.is_empty(), "pod(s) failed: {}", failed.join(", "));
+    anyhow::ensure!(failed.is_empty(), "failed: {}", failed.join(", "));
     Ok(())
 }
 

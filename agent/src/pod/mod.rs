@@ -38,6 +38,9 @@ pub enum Error {
     NotFound(String),
     #[error("image store: {0}")]
     Image(String),
+    /// The object may not be applied as it is (a change to an immutable field).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -95,7 +98,11 @@ pub struct Event {
     pub count: u32,
     pub first_seen: u64,
     pub last_seen: u64,
+    /// `namespace/name` of the object (a pod unless `object` says otherwise).
     pub pod: String,
+    /// The object's kind when it is not a pod: "deployment" or "job".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
 }
 
 /// What `apply` did with each object.
@@ -145,6 +152,8 @@ pub struct Manager {
     node: Node,
     /// Volume files are written by one writer at a time (workers and updates).
     volume_lock: Mutex<()>,
+    /// Wakes the Deployment and Job controller.
+    workloads: tokio::sync::Notify,
 }
 
 impl env::Objects for Manager {
@@ -180,6 +189,7 @@ impl Manager {
             start_latencies: Mutex::new(Vec::new()),
             node: Node::detect(state_dir),
             volume_lock: Mutex::new(()),
+            workloads: tokio::sync::Notify::new(),
         });
         let records: Vec<(String, PodRecord)> = mgr.store.scan(Table::Pods, "")?;
         let now = crate::runtime::now_ms();
@@ -194,6 +204,8 @@ impl Manager {
         }
         mgr.store.flush().await?;
         mgr.remove_orphans().await;
+        tokio::spawn(crate::workload::run(mgr.clone()));
+        mgr.workloads.notify_one();
         tracing::info!("pods resumed");
         Ok(mgr)
     }
@@ -254,13 +266,15 @@ impl Manager {
     }
 
     /// Accepts objects: ConfigMaps and Secrets first (a pod may refer to them), then
-    /// pods. Each is stored (durably) before this returns; pods are then started. An
-    /// unchanged object is left alone; a changed pod is replaced, a changed ConfigMap
-    /// or Secret reaches the volumes of running pods and wakes pods waiting for it.
+    /// Deployments and Jobs, then pods. Each is stored (durably) before this returns;
+    /// pods are then started. An unchanged object is left alone; a changed pod is
+    /// replaced, a changed ConfigMap or Secret reaches the volumes of running pods and
+    /// wakes pods waiting for it, a changed Deployment rolls out. Nothing is stored if
+    /// any object may not be applied.
     pub async fn apply(self: &Arc<Self>, objects: Vec<Object>) -> Result<Vec<Applied>> {
         let mut out = Vec::new();
         let mut pods = Vec::new();
-        let mut changed_namespaces = std::collections::BTreeSet::new();
+        let mut writes = Vec::new();
         for o in objects {
             let (kind, key) = (o.kind(), o.key());
             let value = match o {
@@ -270,17 +284,32 @@ impl Manager {
                 }
                 Object::ConfigMap(c) => serde_json::to_value(c).expect("serialises"),
                 Object::Secret(s) => serde_json::to_value(s).expect("serialises"),
+                Object::Deployment(d) => serde_json::to_value(d).expect("serialises"),
+                Object::Job(j) => serde_json::to_value(j).expect("serialises"),
             };
             let k = format!("{kind}/{key}");
             let old: Option<serde_json::Value> = self.store.get(Table::Objects, &k)?;
-            let action = match old {
-                Some(old) if old == value => "unchanged",
-                Some(_) => "configured",
-                None => "created",
+            let (action, value) = match kind {
+                "Deployment" | "Job" => workload_revision(kind, &key, old, value)?,
+                _ => match old {
+                    Some(old) if old == value => ("unchanged", value),
+                    Some(_) => ("configured", value),
+                    None => ("created", value),
+                },
             };
+            writes.push((kind, key, k, action, value));
+        }
+        let mut changed_namespaces = std::collections::BTreeSet::new();
+        let mut workloads = false;
+        for (kind, key, k, action, value) in writes {
             if action != "unchanged" {
                 self.store.put(Table::Objects, &k, &value)?;
-                changed_namespaces.insert(key.split('/').next().unwrap_or("default").to_string());
+                match kind {
+                    "Deployment" | "Job" => workloads = true,
+                    _ => {
+                        changed_namespaces.insert(key.split('/').next().unwrap_or("default").to_string());
+                    }
+                }
             }
             out.push(Applied { kind: kind.into(), pod: key, action: action.into() });
         }
@@ -328,6 +357,9 @@ impl Manager {
         self.store.flush().await?;
         for ns in changed_namespaces {
             self.config_changed(&ns);
+        }
+        if workloads {
+            self.workloads.notify_one();
         }
         let now = std::time::Instant::now();
         self.accepted.lock().unwrap_or_else(|e| e.into_inner()).extend(fresh.iter().map(|r| (r.uid.clone(), now)));
@@ -399,13 +431,104 @@ impl Manager {
             .collect())
     }
 
-    /// Forgets a ConfigMap or Secret; false when there was none.
-    pub async fn delete_object(&self, kind: &str, namespace: &str, name: &str) -> Result<bool> {
+    /// Forgets a ConfigMap, Secret, Deployment or Job; false when there was none. The
+    /// pods a Deployment or Job owns are deleted with it (each within its grace
+    /// period), and this waits for them, as `kubectl delete --cascade=foreground` does.
+    pub async fn delete_object(self: &Arc<Self>, kind: &str, namespace: &str, name: &str) -> Result<bool> {
         let k = format!("{kind}/{namespace}/{name}");
-        let existed = self.store.get::<serde_json::Value>(Table::Objects, &k)?.is_some();
+        let Some(old) = self.store.get::<serde_json::Value>(Table::Objects, &k)? else { return Ok(false) };
         self.store.remove(Table::Objects, &k)?;
         self.store.flush().await?;
-        Ok(existed)
+        if let Some(uid) = old["metadata"]["uid"].as_str() {
+            self.store.remove_prefix(Table::Events, &format!("{uid}/"))?;
+            let owned: Vec<String> = self
+                .list()?
+                .into_iter()
+                .filter(|r| crate::workload::controller_of(&r.pod).is_some_and(|o| o.uid == uid))
+                .map(|r| r.key())
+                .collect();
+            let mut tasks = tokio::task::JoinSet::new();
+            for key in owned {
+                let mgr = self.clone();
+                tasks.spawn(async move { mgr.delete(&key).await });
+            }
+            while let Some(done) = tasks.join_next().await {
+                if let Ok(Err(e)) = done {
+                    tracing::warn!(error = %e, "cannot delete an owned pod");
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Stored Deployments or Jobs, typed.
+    pub fn workloads<T: serde::de::DeserializeOwned>(&self, kind: &str) -> Result<Vec<T>> {
+        Ok(self.store.scan::<T>(Table::Objects, &format!("{kind}/"))?.into_iter().map(|(_, v)| v).collect())
+    }
+
+    /// Writes a Deployment's or Job's status back (flushed by [`Manager::flush`]).
+    pub(crate) fn put_workload<T: Serialize>(
+        &self,
+        kind: &str,
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+        object: &T,
+    ) -> Result<()> {
+        let k = format!("{kind}/{}/{}", meta.namespace.as_deref().unwrap_or("default"), meta.name.as_deref().unwrap_or_default());
+        // the object may have been deleted since the controller read it
+        if self.store.get::<serde_json::Value>(Table::Objects, &k)?.is_some() {
+            self.store.put(Table::Objects, &k, object)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets a Deployment or Job (its pods are the caller's to delete).
+    pub(crate) async fn remove_workload(
+        &self,
+        kind: &str,
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    ) -> Result<()> {
+        let k = format!("{kind}/{}/{}", meta.namespace.as_deref().unwrap_or("default"), meta.name.as_deref().unwrap_or_default());
+        self.store.remove(Table::Objects, &k)?;
+        if let Some(uid) = &meta.uid {
+            self.store.remove_prefix(Table::Events, &format!("{uid}/"))?;
+        }
+        self.store.flush().await?;
+        Ok(())
+    }
+
+    pub(crate) async fn flush(&self) -> Result<()> {
+        self.store.flush().await?;
+        Ok(())
+    }
+
+    /// The controller's wake-up: resolves once a workload or an owned pod changed.
+    pub(crate) fn workloads_changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.workloads.notified()
+    }
+
+    /// Records an event for a Deployment or Job.
+    pub(crate) fn workload_event(
+        &self,
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+        kind: &str,
+        type_: &str,
+        reason: &str,
+        message: &str,
+    ) {
+        let key = key(meta.namespace.as_deref().unwrap_or("default"), meta.name.as_deref().unwrap_or_default());
+        let uid = meta.uid.clone().unwrap_or_default();
+        self.record_event(&uid, &key, Some(kind.to_ascii_lowercase()), type_, reason, message);
+    }
+
+    /// Starts deleting a pod and returns at once; the pod is marked as going first.
+    pub(crate) fn delete_in_background(self: &Arc<Self>, key: String) {
+        let mgr = self.clone();
+        tokio::spawn(async move {
+            match mgr.delete(&key).await {
+                Ok(()) | Err(Error::NotFound(_)) => {}
+                Err(e) => tracing::warn!(pod = %key, error = %e, "cannot delete pod"),
+            }
+        });
     }
 
     /// Stops a pod's containers within its grace period and forgets it. Waits until done.
@@ -525,6 +648,9 @@ impl Manager {
 
     fn save(&self, rec: &PodRecord) -> Result<()> {
         self.store.put(Table::Pods, &rec.key(), rec)?;
+        if rec.pod.metadata.owner_references.is_some() {
+            self.workloads.notify_one();
+        }
         Ok(())
     }
 
@@ -536,6 +662,10 @@ impl Manager {
 
     /// As [`Manager::event`], for the pod with `uid` and key `pod`.
     fn event_for(&self, uid: &str, pod: &str, kind: &str, reason: &str, message: &str) {
+        self.record_event(uid, pod, None, kind, reason, message)
+    }
+
+    fn record_event(&self, uid: &str, pod: &str, object: Option<String>, kind: &str, reason: &str, message: &str) {
         let now = crate::runtime::now_ms();
         let prefix = format!("{uid}/");
         let last = self
@@ -558,6 +688,7 @@ impl Manager {
                     first_seen: now,
                     last_seen: now,
                     pod: pod.to_string(),
+                    object,
                 };
                 self.store.put(Table::Events, &format!("{prefix}{id:020}"), &e)
             }),
@@ -581,8 +712,51 @@ impl Manager {
         self.store.remove_prefix(Table::Events, &format!("{}/", rec.uid))?;
         self.store.flush().await?;
         self.workers.lock().unwrap_or_else(|e| e.into_inner()).remove(&rec.key());
+        if rec.pod.metadata.owner_references.is_some() {
+            self.workloads.notify_one();
+        }
         Ok(())
     }
+}
+
+/// A Deployment or Job as it is to be stored: a new one gets a uid, generation 1 and a
+/// creation time; a changed one keeps them (generation + 1 when its spec changed) and
+/// its status. A Job's pod template, completions and completion mode are immutable.
+fn workload_revision(
+    kind: &str,
+    key: &str,
+    old: Option<serde_json::Value>,
+    mut new: serde_json::Value,
+) -> Result<(&'static str, serde_json::Value)> {
+    let Some(old) = old else {
+        new["metadata"]["uid"] = new_uid().into();
+        new["metadata"]["generation"] = 1.into();
+        new["metadata"]["creationTimestamp"] =
+            serde_json::to_value(crate::workload::time(crate::runtime::now_ms())).expect("serialises");
+        return Ok(("created", new));
+    };
+    let same_meta = ["labels", "annotations"].iter().all(|f| old["metadata"][f] == new["metadata"][f]);
+    let same_spec = old["spec"] == new["spec"];
+    if same_meta && same_spec {
+        return Ok(("unchanged", old));
+    }
+    if kind == "Job" {
+        for field in ["template", "completions", "completionMode"] {
+            if old["spec"][field] != new["spec"][field] {
+                let name = key.split_once('/').map_or(key, |(_, n)| n);
+                return Err(Error::Invalid(format!(
+                    "Job.batch {name:?} is invalid: spec.{field}: Invalid value: field is immutable"
+                )));
+            }
+        }
+    }
+    for f in ["uid", "creationTimestamp"] {
+        new["metadata"][f] = old["metadata"][f].clone();
+    }
+    let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
+    new["metadata"]["generation"] = (if same_spec { generation } else { generation + 1 }).into();
+    new["status"] = old["status"].clone();
+    Ok(("configured", new))
 }
 
 /// Whether two manifests are the same apart from what wasmlet filled in (the uid).

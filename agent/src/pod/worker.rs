@@ -115,6 +115,7 @@ pub(super) async fn run(
                 }
                 Some(Msg::ConfigChanged) => apply(&mut rec, Event::ConfigChanged),
                 Some(Msg::Delete { done, grace }) => {
+                    rec.deleting = true;
                     for (_, p) in probes.drain() {
                         p.abort();
                     }
@@ -197,7 +198,30 @@ async fn pull(mgr: &Manager, rec: &mut PodRecord, i: usize) {
     }
     mgr.event(rec, "Normal", "Pulling", &format!("Pulling image \"{}\"", spec.image));
     let started = std::time::Instant::now();
-    match mgr.images.pull(&reference, Default::default()).await {
+    let (credentials, missing) = pull_credentials(mgr, rec, &reference);
+    if !missing.is_empty() {
+        let message = format!(
+            "Unable to retrieve some image pull secrets ({}); attempting to pull the image may not succeed.",
+            missing.join(", ")
+        );
+        mgr.event(rec, "Warning", "FailedToRetrieveImagePullSecret", &message);
+    }
+    // each matching credential in turn, the most specific first (as the kubelet
+    // tries them); with none, the node's own credentials for that registry
+    let mut result = None;
+    for credential in credentials.iter().map(Some).chain(credentials.is_empty().then_some(None)) {
+        let opts = registry_client::PullOptions { credential: credential.cloned(), ..Default::default() };
+        let r = mgr.images.pull(&reference, opts).await;
+        let unauthorized = matches!(
+            &r,
+            Err(crate::image::Error::Registry(registry_client::Error::Unauthorized { .. }))
+        );
+        result = Some(r);
+        if !unauthorized {
+            break;
+        }
+    }
+    match result.expect("at least one attempt") {
         Ok(img) => {
             let msg =
                 format!("Successfully pulled image \"{}\" in {:.3}s", spec.image, started.elapsed().as_secs_f64());
@@ -210,6 +234,59 @@ async fn pull(mgr: &Manager, rec: &mut PodRecord, i: usize) {
             apply(rec, Event::PullFailed { container: i, message: e.to_string(), at: now_ms() });
         }
     }
+}
+
+/// The credentials of the pod's imagePullSecrets whose registry key matches
+/// `reference`, most specific first, and the names of secrets that are missing or
+/// unreadable. A credential never goes to a registry its key does not name.
+fn pull_credentials(
+    mgr: &Manager,
+    rec: &PodRecord,
+    reference: &registry_client::Reference,
+) -> (Vec<registry_client::Credential>, Vec<String>) {
+    use env::Objects as _;
+    let mut found: Vec<(usize, registry_client::Credential)> = Vec::new();
+    let mut missing = Vec::new();
+    let names = rec.pod.spec.iter().flat_map(|s| s.image_pull_secrets.iter().flatten()).map(|r| r.name.clone());
+    for name in names {
+        let Some(secret) = mgr.secret(rec.namespace(), &name) else {
+            missing.push(name);
+            continue;
+        };
+        let key = match secret.type_.as_deref() {
+            Some("kubernetes.io/dockerconfigjson") => ".dockerconfigjson",
+            Some("kubernetes.io/dockercfg") => ".dockercfg",
+            _ => {
+                tracing::warn!(secret = %name, "an imagePullSecret must be of type kubernetes.io/dockerconfigjson or kubernetes.io/dockercfg");
+                missing.push(name);
+                continue;
+            }
+        };
+        let data = secret.data.as_ref().and_then(|d| d.get(key));
+        match data.map(|d| registry_client::pull_secret_entries(&d.0)) {
+            Some(Ok(entries)) => {
+                for (registry, credential) in entries {
+                    if let Some(rank) = registry_client::key_matches(&registry, reference) {
+                        found.push((rank, credential));
+                    }
+                }
+            }
+            Some(Err(e)) => {
+                // the reason only: never the secret's content
+                tracing::warn!(secret = %name, reason = %e, "unreadable imagePullSecret");
+                missing.push(name);
+            }
+            None => missing.push(name),
+        }
+    }
+    found.sort_by_key(|(rank, _)| std::cmp::Reverse(*rank));
+    let mut out: Vec<registry_client::Credential> = Vec::new();
+    for (_, c) in found {
+        if !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    (out, missing)
 }
 
 pub(super) fn container_id(uid: &str, name: &str, instance: u32) -> String {

@@ -1,14 +1,17 @@
 //! Manifests: multi-document YAML parsed into Kubernetes objects (Pods, ConfigMaps,
-//! Secrets), defaulted as the API server would, and validated. Errors name the field
+//! Secrets, Deployments, Jobs), defaulted as the API server would, and validated. Errors name the field
 //! path the way kubectl does (`spec.containers[0].image: Required value`); one bad
 //! document rejects the whole file.
 
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use serde_json::Value;
 
 mod pod;
 mod quantity;
 pub mod support;
+pub mod workload;
 
 pub use quantity::{parse_bytes, parse_millicores};
 
@@ -38,6 +41,8 @@ pub enum Object {
     Pod(Box<Pod>),
     ConfigMap(ConfigMap),
     Secret(Secret),
+    Deployment(Box<Deployment>),
+    Job(Box<Job>),
 }
 
 impl Object {
@@ -46,6 +51,8 @@ impl Object {
             Object::Pod(_) => "Pod",
             Object::ConfigMap(_) => "ConfigMap",
             Object::Secret(_) => "Secret",
+            Object::Deployment(_) => "Deployment",
+            Object::Job(_) => "Job",
         }
     }
     pub fn metadata(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
@@ -53,6 +60,8 @@ impl Object {
             Object::Pod(p) => &p.metadata,
             Object::ConfigMap(c) => &c.metadata,
             Object::Secret(s) => &s.metadata,
+            Object::Deployment(d) => &d.metadata,
+            Object::Job(j) => &j.metadata,
         }
     }
     /// `namespace/name`.
@@ -62,7 +71,9 @@ impl Object {
     }
 }
 
-const KINDS: &str = "\"Pod\", \"ConfigMap\", \"Secret\"";
+/// The kinds `apply` takes, with their API versions.
+const KINDS: &[(&str, &str)] =
+    &[("Pod", "v1"), ("ConfigMap", "v1"), ("Secret", "v1"), ("Deployment", "apps/v1"), ("Job", "batch/v1")];
 
 /// Parses every document of a manifest file into validated, defaulted objects.
 pub fn parse(text: &str) -> Result<Vec<Object>, FieldError> {
@@ -118,13 +129,19 @@ fn parse_object(value: Value) -> Result<Object, FieldError> {
     if kind.is_empty() {
         return Err(FieldError::new("kind", "Required value"));
     }
-    if !["Pod", "ConfigMap", "Secret"].contains(&kind) {
-        return Err(FieldError::new("kind", format!("Unsupported value: {kind:?}: supported values: {KINDS}")));
-    }
-    if api != "v1" {
-        return Err(FieldError::new("apiVersion", format!("Unsupported value: {api:?}: supported values: \"v1\"")));
+    let Some((_, version)) = KINDS.iter().find(|(k, _)| *k == kind) else {
+        let all = KINDS.iter().map(|(k, _)| format!("{k:?}")).collect::<Vec<_>>().join(", ");
+        return Err(FieldError::new("kind", format!("Unsupported value: {kind:?}: supported values: {all}")));
+    };
+    if api != *version {
+        return Err(FieldError::new(
+            "apiVersion",
+            format!("Unsupported value: {api:?}: supported values: {version:?}"),
+        ));
     }
     match kind {
+        "Deployment" => Ok(Object::Deployment(Box::new(workload::deployment(typed(&value)?)?))),
+        "Job" => Ok(Object::Job(Box::new(workload::job(typed(&value)?)?))),
         "Pod" => {
             let mut p: Pod = typed(&value)?;
             pod::default(&mut p);
@@ -305,7 +322,7 @@ mod tests {
         );
         assert_eq!(err(&GOOD.replace("image:", "imagee:")), "spec.containers[0].imagee: unknown field");
         assert!(
-            err(&GOOD.replace("kind: Pod", "kind: Deployment")).starts_with("kind: Unsupported value: \"Deployment\"")
+            err(&GOOD.replace("kind: Pod", "kind: StatefulSet")).starts_with("kind: Unsupported value: \"StatefulSet\"")
         );
         assert!(
             err(&format!("{GOOD}  restartPolicy: Sometimes\n"))

@@ -116,6 +116,14 @@ pub(super) fn validate(pod: &Pod) -> Result<(), FieldError> {
     {
         return Err(FieldError::new("spec.terminationGracePeriodSeconds", format!("Invalid value: {g}: must be >= 0")));
     }
+    for (i, r) in spec.image_pull_secrets.iter().flatten().enumerate() {
+        let field = format!("spec.imagePullSecrets[{i}].name");
+        if r.name.is_empty() {
+            return Err(FieldError::new(field, "Required value"));
+        }
+        super::dns_subdomain(&r.name)
+            .map_err(|m| FieldError::new(field, format!("Invalid value: {:?}: {m}", r.name)))?;
+    }
     let volumes = validate_volumes(spec)?;
     let mut names = std::collections::HashSet::new();
     let init =

@@ -44,7 +44,10 @@ pub const FIELDS: &[(&str, Support)] = &[
     ("spec.priority", NoEffect("scheduling and preemption")),
     ("spec.priorityClassName", NoEffect("scheduling and preemption")),
     ("spec.preemptionPolicy", NoEffect("scheduling and preemption")),
-    ("spec.imagePullSecrets", Rejected("not supported by wasmlet yet")),
+    (
+        "spec.imagePullSecrets",
+        Honoured("dockerconfigjson and dockercfg Secrets; each credential goes only to the registry it names"),
+    ),
     ("spec.ephemeralContainers", Rejected("ephemeral containers are not supported by wasmlet yet")),
     ("spec.hostNetwork", Rejected("hostNetwork is not supported by wasmlet yet")),
     ("spec.hostPID", Rejected("hostPID is not supported by wasmlet yet")),
@@ -111,6 +114,30 @@ pub const FIELDS: &[(&str, Support)] = &[
     ("spec.volumes[].secret", Honoured("as configMap, on tmpfs")),
     ("spec.volumes[].downwardAPI", Honoured("metadata fields and resourceFieldRef")),
     ("spec.volumes[].projected", Honoured("configMap, secret and downwardAPI sources")),
+    ("Deployment.spec.replicas", Honoured("default 1")),
+    ("Deployment.spec.selector", Honoured("must match the template's labels")),
+    ("Deployment.spec.template", Honoured("as a pod; a change rolls the pods out")),
+    ("Deployment.spec.strategy", Honoured("RollingUpdate (maxSurge, maxUnavailable; 25% each) or Recreate")),
+    ("Deployment.spec.minReadySeconds", Honoured("a pod counts as available after this long ready")),
+    ("Deployment.spec.progressDeadlineSeconds", Honoured("Progressing turns False with ProgressDeadlineExceeded")),
+    ("Deployment.spec.revisionHistoryLimit", NoEffect("no ReplicaSets are kept: the pods belong to the Deployment")),
+    ("Deployment.spec.paused", Rejected("pausing rollouts is not supported by wasmlet yet")),
+    ("Job.spec.completions", Honoured("unset with parallelism set: a work queue")),
+    ("Job.spec.parallelism", Honoured("default 1")),
+    ("Job.spec.backoffLimit", Honoured("default 6; failed pods and (OnFailure) container restarts count")),
+    ("Job.spec.completionMode", Honoured("NonIndexed and Indexed (JOB_COMPLETION_INDEX)")),
+    ("Job.spec.activeDeadlineSeconds", Honoured("the Job fails with DeadlineExceeded")),
+    ("Job.spec.ttlSecondsAfterFinished", Honoured("the Job and its pods are deleted that long after it ends")),
+    ("Job.spec.suspend", Honoured("no pods run while suspended; active ones are deleted")),
+    ("Job.spec.podReplacementPolicy", Honoured("TerminatingOrFailed only")),
+    ("Job.spec.template", Honoured("as a pod; restartPolicy OnFailure or Never")),
+    ("Job.spec.manualSelector", Rejected("wasmlet generates the Job's selector")),
+    ("Job.spec.selector", Rejected("wasmlet generates the Job's selector")),
+    ("Job.spec.podFailurePolicy", Rejected("not supported by wasmlet yet")),
+    ("Job.spec.successPolicy", Rejected("not supported by wasmlet yet")),
+    ("Job.spec.backoffLimitPerIndex", Rejected("not supported by wasmlet yet")),
+    ("Job.spec.maxFailedIndexes", Rejected("not supported by wasmlet yet")),
+    ("Job.spec.managedBy", Rejected("only the built-in Job controller")),
 ];
 
 /// How a field is treated; `None` for a field that is not listed (so refused).
@@ -129,6 +156,9 @@ pub fn render() -> String {
         };
         out.push_str(&format!("{path:<62}{what:<12}{note}\n"));
     }
-    out.push_str("\nInit containers take the fields of spec.containers[]. Any field not listed is rejected.\n");
+    out.push_str(
+        "\nInit containers take the fields of spec.containers[]. Deployment and Job templates take the pod fields.\n\
+         Any field not listed is rejected.\n",
+    );
     out
 }
