@@ -147,6 +147,17 @@ impl Drop for Agent {
     /// then stops the agent.
     fn drop(&mut self) {
         if self.child.is_some() {
+            // owners first, or their controller makes the pods again
+            for kind in ["deployments", "jobs"] {
+                let out = self.cli(&["get", kind, "-A", "-o", "json"]);
+                let items: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                for o in items.as_array().into_iter().flatten() {
+                    let (ns, name) = (o["metadata"]["namespace"].as_str(), o["metadata"]["name"].as_str());
+                    if let (Some(ns), Some(name)) = (ns, name) {
+                        let _ = self.cli(&["delete", kind, name, "-n", ns]);
+                    }
+                }
+            }
             for p in self.pods() {
                 let (ns, name) = (p["metadata"]["namespace"].as_str(), p["metadata"]["name"].as_str());
                 if let (Some(ns), Some(name)) = (ns, name) {

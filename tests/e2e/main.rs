@@ -12,3 +12,4 @@ mod linux;
 mod pods;
 mod run;
 mod semantics;
+mod workloads;
