@@ -8,7 +8,10 @@ cd "$(dirname "$0")/.."
 work=$(mktemp -d /tmp/wasmlet-demo.XXXXXX)
 pids=()
 cleanup() {
-    # Linux containers outlive the agent by design: delete the pods first
+    # Linux containers outlive the agent by design: delete the pods first (and the
+    # Deployments and Jobs that would make them again)
+    wasmlet delete deployment sleepers >/dev/null 2>&1 || true
+    wasmlet delete job shards >/dev/null 2>&1 || true
     for p in $(wasmlet get pods -o json 2>/dev/null | python3 -c 'import json,sys; print(" ".join(p["metadata"]["name"] for p in json.load(sys.stdin)["items"]))' 2>/dev/null); do
         wasmlet delete pod "$p" --grace-period 0 >/dev/null 2>&1 || true
     done
@@ -59,7 +62,7 @@ for _ in $(seq 100); do wasmlet get pods >/dev/null 2>&1 && break; sleep 0.1; do
 step "applying the pods in examples/ (pointed at this registry)"
 mkdir -p "$work/examples" /tmp/wasmlet-demo-data
 echo "hello from a hostPath volume" > /tmp/wasmlet-demo-data/message.txt
-for f in hello hello-component crashloop memory-limit volume mixed config; do
+for f in hello hello-component crashloop memory-limit volume mixed config workloads; do
     sed "s/127.0.0.1:5000/$reg/" "examples/$f.yaml" > "$work/examples/$f.yaml"
     show wasmlet apply -f "$work/examples/$f.yaml"
 done
@@ -75,6 +78,15 @@ show wasmlet get pods configured
 show wasmlet logs configured -c app
 show wasmlet get events
 show wasmlet get pods memory-hog -o wide
+step "a Deployment and an Indexed Job (examples/workloads.yaml)"
+for _ in $(seq 100); do wasmlet get deployments 2>/dev/null | grep -q ' 3/3 ' && wasmlet get jobs 2>/dev/null | grep -q Complete && break; sleep 0.1; done
+show wasmlet get deployments
+show wasmlet get jobs
+show wasmlet get pods -l app=sleepers
+sed -i 's/value: "1"/value: "2"/' "$work/examples/workloads.yaml"
+show wasmlet apply -f "$work/examples/workloads.yaml"
+for _ in $(seq 200); do wasmlet get deployments sleepers -o json 2>/dev/null | python3 -c 'import json,sys; d=json.load(sys.stdin)[0]; s=d["status"]; sys.exit(0 if s.get("updatedReplicas")==3 and s.get("availableReplicas")==3 and d["metadata"]["generation"]==s.get("observedGeneration") and s.get("replicas")==3 else 1)' && break; sleep 0.1; done
+show wasmlet get deployments
 step "a mixed pod: a Wasm module wrote the page, a Linux container (runc) serves it"
 for _ in $(seq 100); do wasmlet get pods web 2>/dev/null | grep -q Running && break; sleep 0.1; done
 show wasmlet get pods web -o wide

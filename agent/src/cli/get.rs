@@ -19,6 +19,25 @@ pub struct GetArgs {
     /// Output: wide, yaml or json (default: a table).
     #[arg(short = 'o', long)]
     pub output: Option<String>,
+    /// Only objects whose labels match: `k=v`, `k!=v`, `k` or `!k`, comma-separated.
+    #[arg(short = 'l', long)]
+    pub selector: Option<String>,
+}
+
+/// Whether `labels` (a JSON object) satisfy an equality-based selector.
+fn selected(selector: Option<&str>, labels: &Value) -> bool {
+    let Some(sel) = selector else { return true };
+    sel.split(',').map(str::trim).filter(|t| !t.is_empty()).all(|term| {
+        if let Some((k, v)) = term.split_once("!=") {
+            labels[k.trim()].as_str() != Some(v.trim())
+        } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+            labels[k.trim()].as_str() == Some(v.trim())
+        } else if let Some(k) = term.strip_prefix('!') {
+            labels.get(k.trim()).is_none()
+        } else {
+            labels.get(term).is_some()
+        }
+    })
 }
 
 pub async fn run(global: &Global, args: GetArgs) -> anyhow::Result<()> {
@@ -41,6 +60,7 @@ pub async fn run(global: &Global, args: GetArgs) -> anyhow::Result<()> {
             .unwrap_or_default()
             .into_iter()
             .filter(|p| args.all_namespaces || p["metadata"]["namespace"] == args.namespace.as_str())
+            .filter(|p| selected(args.selector.as_deref(), &p["metadata"]["labels"]))
             .collect(),
     };
     // one pod by name prints the pod; otherwise a v1 List, as kubectl does
@@ -124,6 +144,7 @@ async fn objects(global: &Global, args: &GetArgs, kind: &str) -> anyhow::Result<
         .into_iter()
         .filter(|o| args.all_namespaces || o["metadata"]["namespace"] == args.namespace.as_str())
         .filter(|o| args.name.as_deref().is_none_or(|n| o["metadata"]["name"] == n))
+        .filter(|o| selected(args.selector.as_deref(), &o["metadata"]["labels"]))
         .collect();
     if let Some(name) = &args.name
         && items.is_empty()
@@ -359,5 +380,14 @@ mod tests {
         let ms = 1_795_000_000_000u64;
         let s = crate::runtime::log::rfc3339_nano(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms));
         assert_eq!(super::parse_time(&s), Some(ms));
+    }
+
+    #[test]
+    fn label_selectors_as_kubectl_reads_them() {
+        let labels = serde_json::json!({"app": "web", "tier": "front"});
+        let sel = |s: &str| super::selected(Some(s), &labels);
+        assert!(sel("app=web") && sel("app==web,tier") && sel("app!=db") && sel("!canary"));
+        assert!(!sel("app=db") && !sel("app=web,tier=back") && !sel("canary") && !sel("!app"));
+        assert!(super::selected(None, &serde_json::Value::Null));
     }
 }
