@@ -7,8 +7,9 @@ set -euo pipefail
 #   skopeo, umoci    peers for cross-checks and the pull benchmark; umoci builds test images
 #   busybox-static   the busybox test image's content
 #   apache2-utils    htpasswd (bcrypt) for the registry with basic auth
+#   python3-grpcio   a real gRPC health server for the gRPC probe tests
 # runc, conmon, the CNI plugins, iptables (portmap) and iproute2 run Linux containers
-apt_packages=(docker-registry skopeo umoci busybox-static apache2-utils curl
+apt_packages=(docker-registry skopeo umoci busybox-static apache2-utils curl python3-grpcio
     runc conmon containernetworking-plugins iptables iproute2)
 missing=()
 for p in "${apt_packages[@]}"; do

@@ -195,8 +195,7 @@ fn glob(pattern: &str, s: &str) -> bool {
     match pattern.split_once('*') {
         None => pattern == s,
         Some((head, tail)) => {
-            s.starts_with(head)
-                && (head.len()..=s.len()).any(|i| s.is_char_boundary(i) && glob(tail, &s[i..]))
+            s.starts_with(head) && (head.len()..=s.len()).any(|i| s.is_char_boundary(i) && glob(tail, &s[i..]))
         }
     }
 }
@@ -360,7 +359,8 @@ mod tests {
         assert!(key_matches("*.com:5000", &img).is_none(), "a glob spans one label");
         assert!(key_matches("evil.com:5000", &img).is_none());
         assert!(key_matches("https://index.docker.io/v1/", &r("busybox")).is_some());
-        let (a, b) = (key_matches("registry.example.com:5000/team", &img), key_matches("registry.example.com:5000", &img));
+        let (a, b) =
+            (key_matches("registry.example.com:5000/team", &img), key_matches("registry.example.com:5000", &img));
         assert!(a > b, "the more specific key first");
         let b64 = base64::engine::general_purpose::STANDARD.encode("u:p");
         let json = format!(r#"{{"auths":{{"reg:5000":{{"auth":"{b64}"}},"other":{{}}}}}}"#);

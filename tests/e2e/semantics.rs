@@ -342,3 +342,71 @@ fn admission_qos_and_the_support_table() {
     assert!(err.contains("document 3: spec.shareProcessNamespace: Forbidden"), "{err}");
     assert!(agent.ok(&["get", "configmaps"]).is_empty(), "nothing of a refused file is applied");
 }
+
+/// grpcio's health server (`tests/fixtures/grpc_health_server.py`) on `port`; it answers
+/// what `status` holds. Killed on drop.
+struct GrpcHealth(std::process::Child);
+
+impl GrpcHealth {
+    fn start(port: u16, status: &std::path::Path) -> GrpcHealth {
+        // Debian's interpreter, where python3-grpcio installs (not a pyenv shim on PATH)
+        let python = std::path::PathBuf::from("/usr/bin/python3");
+        assert!(python.is_file(), "/usr/bin/python3 is missing: install it with `apt-get install -y python3`");
+        let ok = std::process::Command::new(&python).args(["-c", "import grpc"]).output().unwrap().status.success();
+        assert!(ok, "python3's grpc module is missing: install it with `apt-get install -y python3-grpcio`");
+        let script = crate::common::workspace_root().join("tests/fixtures/grpc_health_server.py");
+        let child = std::process::Command::new(python)
+            .arg(script)
+            .arg(port.to_string())
+            .arg(status)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        crate::common::wait_until(Duration::from_secs(20), "the gRPC health server", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        GrpcHealth(child)
+    }
+}
+
+impl Drop for GrpcHealth {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn grpc_probes_follow_a_real_grpc_health_server() {
+    let apps = Apps::push(&["sleep"]);
+    let agent = Agent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let status = dir.path().join("status");
+    std::fs::write(&status, "SERVING").unwrap();
+    let port = crate::common::free_port();
+    let _server = GrpcHealth::start(port, &status);
+    // a Wasm pod's probes reach the host's loopback, where the server listens
+    let readiness = format!(
+        "  containers:\n  - name: app\n    image: {}\n    readinessProbe:\n      grpc:\n        port: {port}\n      periodSeconds: 1\n      failureThreshold: 1\n",
+        apps.image("sleep", "v1")
+    );
+    agent.apply(&pod("grpc-ready", "Always", &readiness));
+    agent.wait_pod("grpc-ready", "Ready", |p| condition(p, "Ready") == "True");
+    std::fs::write(&status, "NOT_SERVING").unwrap();
+    agent.wait_pod("grpc-ready", "not Ready", |p| condition(p, "Ready") == "False");
+    let ev = events(&agent);
+    assert!(ev.contains("Unhealthy") && ev.contains("service unhealthy (responded with \"NOT_SERVING\")"), "{ev}");
+    std::fs::write(&status, "SERVING").unwrap();
+    agent.wait_pod("grpc-ready", "Ready again", |p| condition(p, "Ready") == "True");
+
+    // an unknown service is an rpc error: liveness fails and the container restarts
+    let liveness = format!(
+        "  containers:\n  - name: app\n    image: {}\n    livenessProbe:\n      grpc:\n        port: {port}\n        service: payments\n      periodSeconds: 1\n      failureThreshold: 2\n",
+        apps.image("sleep", "v1")
+    );
+    agent.apply(&pod("grpc-live", "Always", &liveness));
+    agent.wait_pod("grpc-live", "a liveness restart", |p| crate::harness::restarts(p) >= 1);
+    let ev = events(&agent);
+    assert!(ev.contains("rpc error: code = NotFound desc = unknown service 'payments'"), "{ev}");
+    assert!(ev.contains("failed liveness probe, will be restarted"), "{ev}");
+}

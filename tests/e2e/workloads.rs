@@ -246,7 +246,9 @@ fn linux_deployments_and_jobs_run_busybox() {
     assert_eq!(logs, "version 2\n");
     let j = job("count", "  completions: 2\n  parallelism: 2\n", &image, "[\"-c\", \"echo done\"]");
     agent.apply(&j);
-    eventually(60, "the busybox Job", || job_condition(&object(&agent, "jobs", "count")).filter(|(t, _)| t == "Complete"));
+    eventually(60, "the busybox Job", || {
+        job_condition(&object(&agent, "jobs", "count")).filter(|(t, _)| t == "Complete")
+    });
     agent.ok(&["delete", "deployment", "box"]);
     agent.ok(&["delete", "job", "count"]);
     assert!(agent.pods().is_empty());

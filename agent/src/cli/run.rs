@@ -44,8 +44,11 @@ async fn run_embedded(
         eprintln!("{}/{} {}", a.kind.to_lowercase(), a.pod.rsplit('/').next().unwrap_or(&a.pod), a.action);
     }
     let keys: Vec<String> = applied.iter().filter(|a| a.kind == "Pod").map(|a| a.pod.clone()).collect();
-    let workloads: Vec<(String, String)> =
-        applied.iter().filter(|a| a.kind == "Deployment" || a.kind == "Job").map(|a| (a.kind.clone(), a.pod.clone())).collect();
+    let workloads: Vec<(String, String)> = applied
+        .iter()
+        .filter(|a| a.kind == "Deployment" || a.kind == "Job")
+        .map(|a| (a.kind.clone(), a.pod.clone()))
+        .collect();
     // a Deployment runs until interrupted; pods and Jobs until they end
     let runs_forever = workloads.iter().any(|(kind, _)| kind == "Deployment");
     let jobs_done = |mgr: &crate::pod::Manager| {

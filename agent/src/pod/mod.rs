@@ -473,7 +473,11 @@ impl Manager {
         meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
         object: &T,
     ) -> Result<()> {
-        let k = format!("{kind}/{}/{}", meta.namespace.as_deref().unwrap_or("default"), meta.name.as_deref().unwrap_or_default());
+        let k = format!(
+            "{kind}/{}/{}",
+            meta.namespace.as_deref().unwrap_or("default"),
+            meta.name.as_deref().unwrap_or_default()
+        );
         // the object may have been deleted since the controller read it
         if self.store.get::<serde_json::Value>(Table::Objects, &k)?.is_some() {
             self.store.put(Table::Objects, &k, object)?;
@@ -487,7 +491,11 @@ impl Manager {
         kind: &str,
         meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
     ) -> Result<()> {
-        let k = format!("{kind}/{}/{}", meta.namespace.as_deref().unwrap_or("default"), meta.name.as_deref().unwrap_or_default());
+        let k = format!(
+            "{kind}/{}/{}",
+            meta.namespace.as_deref().unwrap_or("default"),
+            meta.name.as_deref().unwrap_or_default()
+        );
         self.store.remove(Table::Objects, &k)?;
         if let Some(uid) = &meta.uid {
             self.store.remove_prefix(Table::Events, &format!("{uid}/"))?;

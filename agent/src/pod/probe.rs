@@ -1,4 +1,4 @@
-//! Probes and lifecycle hooks: the handlers (exec, httpGet, tcpSocket, sleep) and the
+//! Probes and lifecycle hooks: the handlers (exec, httpGet, tcpSocket, grpc, sleep) and the
 //! probe loop of one container instance, with the kubelet's semantics (§2 of
 //! `kubelet-semantics.md`): a startup probe gates the others; liveness and startup
 //! report a kill after `failureThreshold` consecutive failures; readiness flips after
@@ -20,8 +20,19 @@ pub const USER_AGENT: &str = "kube-probe/1.33";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Handler {
     Exec(Vec<String>),
-    Http { port: u16, path: String, headers: Vec<(String, String)> },
-    Tcp { port: u16 },
+    Http {
+        port: u16,
+        path: String,
+        headers: Vec<(String, String)>,
+    },
+    Tcp {
+        port: u16,
+    },
+    /// The standard gRPC health check (`grpc.health.v1.Health/Check`), over h2c.
+    Grpc {
+        port: u16,
+        service: String,
+    },
     Sleep(Duration),
 }
 
@@ -63,6 +74,9 @@ pub fn probe_handler(p: &Probe, c: &Container) -> Result<Handler, String> {
         http(h, c)
     } else if let Some(t) = &p.tcp_socket {
         Ok(Handler::Tcp { port: port(&t.port, c)? })
+    } else if let Some(g) = &p.grpc {
+        let port = u16::try_from(g.port).map_err(|_| format!("invalid port {}", g.port))?;
+        Ok(Handler::Grpc { port, service: g.service.clone().unwrap_or_default() })
     } else {
         Err("probe has no handler".into())
     }
@@ -107,6 +121,15 @@ pub async fn run(h: &Handler, t: &Target, timeout: Duration) -> Result<(), Strin
                 Ok(Ok(_)) => Ok(()),
             }
         }
+        Handler::Grpc { port, service } => {
+            let addr = format!("{}:{port}", t.host);
+            match tokio::time::timeout(timeout, grpc_check(&addr, service)).await {
+                Err(_) => Err(format!("timeout: health rpc did not complete within {timeout:?}")),
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(1)) => Ok(()),
+                Ok(Ok(status)) => Err(format!("service unhealthy (responded with {:?})", serving_status(status))),
+            }
+        }
         Handler::Http { port, path, headers } => {
             let addr = format!("{}:{port}", t.host);
             let url = format!("http://{addr}{path}");
@@ -118,6 +141,128 @@ pub async fn run(h: &Handler, t: &Target, timeout: Duration) -> Result<(), Strin
             }
         }
     }
+}
+
+/// The names of `grpc.health.v1.HealthCheckResponse.ServingStatus`.
+fn serving_status(n: u64) -> &'static str {
+    match n {
+        1 => "SERVING",
+        2 => "NOT_SERVING",
+        3 => "SERVICE_UNKNOWN",
+        _ => "UNKNOWN",
+    }
+}
+
+/// One `grpc.health.v1.Health/Check` call over HTTP/2 without TLS, as the kubelet's
+/// gRPC probe makes it; the serving status. The messages are small enough to encode
+/// by hand: the request is field 1 (service, a string), the response field 1 (status,
+/// an enum), each framed by gRPC's 5-byte prefix.
+async fn grpc_check(addr: &str, service: &str) -> Result<u64, String> {
+    use http_body_util::BodyExt;
+    let fail = |e: &dyn std::fmt::Display| format!("failed to connect service {addr:?}: {e}");
+    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| fail(&e))?;
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.map_err(|e| fail(&e))?;
+    let driver = tokio::spawn(conn);
+    let mut message = Vec::new();
+    if !service.is_empty() {
+        message.push(0x0a);
+        varint(service.len() as u64, &mut message);
+        message.extend_from_slice(service.as_bytes());
+    }
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(&message);
+    let request = hyper::Request::post(format!("http://{addr}/grpc.health.v1.Health/Check"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("user-agent", USER_AGENT)
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .map_err(|e| fail(&e))?;
+    let result = async {
+        let response = send.send_request(request).await.map_err(|e| fail(&e))?;
+        let (parts, body) = response.into_parts();
+        let collected = body.collect().await.map_err(|e| fail(&e))?;
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        let header = |k: &str| {
+            trailers.get(k).or_else(|| parts.headers.get(k)).and_then(|v| v.to_str().ok()).map(str::to_string)
+        };
+        let code = header("grpc-status").unwrap_or_else(|| "2".into());
+        if code != "0" {
+            let message = header("grpc-message").unwrap_or_default();
+            return Err(format!("rpc error: code = {} desc = {message}", grpc_code(&code)));
+        }
+        let data = collected.to_bytes();
+        let message = data.get(5..).ok_or_else(|| "health rpc: short response".to_string())?;
+        Ok(health_status(message))
+    }
+    .await;
+    driver.abort();
+    result
+}
+
+fn varint(mut n: u64, out: &mut Vec<u8>) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// Field 1 (a varint) of a HealthCheckResponse; 0 (UNKNOWN) when absent.
+fn health_status(mut m: &[u8]) -> u64 {
+    let read = |m: &mut &[u8]| -> Option<u64> {
+        let mut n = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&b, rest) = m.split_first()?;
+            *m = rest;
+            n |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Some(n);
+            }
+        }
+        None
+    };
+    while let Some(key) = read(&mut m) {
+        match (key >> 3, key & 7) {
+            (1, 0) => return read(&mut m).unwrap_or(0),
+            (_, 0) => {
+                read(&mut m);
+            }
+            (_, 2) => {
+                let len = read(&mut m).unwrap_or(0) as usize;
+                m = m.get(len..).unwrap_or_default();
+            }
+            (_, 1) => m = m.get(8..).unwrap_or_default(),
+            (_, 5) => m = m.get(4..).unwrap_or_default(),
+            _ => return 0,
+        }
+    }
+    0
+}
+
+fn grpc_code(code: &str) -> &str {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "Canceled",
+        "Unknown",
+        "InvalidArgument",
+        "DeadlineExceeded",
+        "NotFound",
+        "AlreadyExists",
+        "PermissionDenied",
+        "ResourceExhausted",
+        "FailedPrecondition",
+        "Aborted",
+        "OutOfRange",
+        "Unimplemented",
+        "Internal",
+        "Unavailable",
+        "DataLoss",
+        "Unauthenticated",
+    ];
+    code.parse::<usize>().ok().and_then(|i| NAMES.get(i).copied()).unwrap_or(code)
 }
 
 /// One HTTP/1.1 GET; the status code. Default headers as the kubelet sends them,
@@ -289,6 +434,18 @@ async fn until_threshold(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn grpc_messages_encode_and_decode_by_hand() {
+        let mut v = Vec::new();
+        super::varint(300, &mut v);
+        assert_eq!(v, [0xac, 0x02]);
+        assert_eq!(super::health_status(&[0x08, 0x01]), 1);
+        assert_eq!(super::health_status(&[0x12, 0x02, b'h', b'i', 0x08, 0x02]), 2, "unknown fields are skipped");
+        assert_eq!(super::health_status(&[]), 0, "an empty message is UNKNOWN");
+        assert_eq!(super::grpc_code("5"), "NotFound");
+        assert_eq!(super::serving_status(2), "NOT_SERVING");
+    }
+
     use super::*;
     use std::sync::Mutex;
 

@@ -212,10 +212,8 @@ async fn pull(mgr: &Manager, rec: &mut PodRecord, i: usize) {
     for credential in credentials.iter().map(Some).chain(credentials.is_empty().then_some(None)) {
         let opts = registry_client::PullOptions { credential: credential.cloned(), ..Default::default() };
         let r = mgr.images.pull(&reference, opts).await;
-        let unauthorized = matches!(
-            &r,
-            Err(crate::image::Error::Registry(registry_client::Error::Unauthorized { .. }))
-        );
+        let unauthorized =
+            matches!(&r, Err(crate::image::Error::Registry(registry_client::Error::Unauthorized { .. })));
         result = Some(r);
         if !unauthorized {
             break;

@@ -322,7 +322,8 @@ mod tests {
         );
         assert_eq!(err(&GOOD.replace("image:", "imagee:")), "spec.containers[0].imagee: unknown field");
         assert!(
-            err(&GOOD.replace("kind: Pod", "kind: StatefulSet")).starts_with("kind: Unsupported value: \"StatefulSet\"")
+            err(&GOOD.replace("kind: Pod", "kind: StatefulSet"))
+                .starts_with("kind: Unsupported value: \"StatefulSet\"")
         );
         assert!(
             err(&format!("{GOOD}  restartPolicy: Sometimes\n"))
@@ -333,8 +334,8 @@ mod tests {
             "spec.containers[0].livenessProbe: Required value: must specify a handler type"
         );
         assert!(
-            err(&format!("{GOOD}    livenessProbe:\n      grpc:\n        port: 80\n"))
-                .starts_with("spec.containers[0].livenessProbe.grpc: Forbidden")
+            err(&format!("{GOOD}    livenessProbe:\n      grpc:\n        port: 0\n"))
+                .starts_with("spec.containers[0].livenessProbe.grpc.port: Invalid value: 0")
         );
         assert!(
             err(&format!("{GOOD}    startupProbe:\n      tcpSocket:\n        port: 80\n      successThreshold: 2\n"))

@@ -417,8 +417,13 @@ fn validate_probe(p: &Probe, path: &str, kind: &str, ports: &[&str]) -> Result<(
         1 => {}
         _ => return Err(FieldError::new(path.to_string(), "Forbidden: may not specify more than 1 handler type")),
     }
-    if p.grpc.is_some() {
-        return Err(forbid(format!("{path}.grpc"), "gRPC probes are not supported by wasmlet yet"));
+    if let Some(g) = &p.grpc
+        && !(1..=65535).contains(&g.port)
+    {
+        return Err(FieldError::new(
+            format!("{path}.grpc.port"),
+            format!("Invalid value: {}: must be between 1 and 65535, inclusive", g.port),
+        ));
     }
     for (f, v, min) in [
         ("initialDelaySeconds", p.initial_delay_seconds, 0),

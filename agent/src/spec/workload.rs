@@ -115,7 +115,9 @@ fn check_fields(spec: &Value, kind: &str) -> Result<(), FieldError> {
         }
         match support::lookup(&format!("{kind}.spec.{k}")) {
             Some(Support::Honoured(_) | Support::NoEffect(_)) => {}
-            Some(Support::Rejected(why)) => return Err(FieldError::new(format!("spec.{k}"), format!("Forbidden: {why}"))),
+            Some(Support::Rejected(why)) => {
+                return Err(FieldError::new(format!("spec.{k}"), format!("Forbidden: {why}")));
+            }
             None => {
                 return Err(FieldError::new(
                     format!("spec.{k}"),
@@ -302,13 +304,17 @@ mod tests {
         let Object::Job(j) = &parse(&queue).unwrap()[0] else { panic!() };
         assert_eq!(j.spec.as_ref().unwrap().completions, None, "a work queue has no completion count");
         assert!(
-            err(&JOB.replace("      restartPolicy: Never\n", "")).starts_with("spec.template.spec.restartPolicy: Required value")
+            err(&JOB.replace("      restartPolicy: Never\n", ""))
+                .starts_with("spec.template.spec.restartPolicy: Required value")
         );
         assert!(
             err(&JOB.replace("restartPolicy: Never", "restartPolicy: Always"))
                 .starts_with("spec.template.spec.restartPolicy: Unsupported value: \"Always\"")
         );
-        let indexed = JOB.replace("spec:\n  template", "spec:\n  completionMode: Indexed\n  completions: null\n  parallelism: 2\n  template");
+        let indexed = JOB.replace(
+            "spec:\n  template",
+            "spec:\n  completionMode: Indexed\n  completions: null\n  parallelism: 2\n  template",
+        );
         assert_eq!(err(&indexed), "spec.completions: Required value: when completion mode is Indexed");
         assert!(
             err(&JOB.replace("spec:\n  template", "spec:\n  podFailurePolicy:\n    rules: []\n  template"))

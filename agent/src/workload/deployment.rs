@@ -162,8 +162,7 @@ fn status(
     let unavailable_allowed = if spec.strategy.as_ref().and_then(|s| s.type_.as_deref()) == Some("Recreate") {
         replicas
     } else {
-        scaled(&ru.max_unavailable.unwrap_or(IntOrString::String("25%".into())), replicas as i32, false).max(0)
-            as usize
+        scaled(&ru.max_unavailable.unwrap_or(IntOrString::String("25%".into())), replicas as i32, false).max(0) as usize
     };
     let count = |n: usize| Some(n as i32);
     let mut s = DeploymentStatus {
@@ -182,8 +181,10 @@ fn status(
     let condition = |t: &str, ok: bool, reason: &str, message: String, progress: bool| {
         let old = old_condition(t);
         let status = if ok { "True" } else { "False" };
-        let same = old.as_ref().is_some_and(|o| o.status.as_deref() == Some(status) && o.reason.as_deref() == Some(reason));
-        let transition = old.as_ref().filter(|_| same).and_then(|o| o.last_transition_time.clone()).unwrap_or(time(now));
+        let same =
+            old.as_ref().is_some_and(|o| o.status.as_deref() == Some(status) && o.reason.as_deref() == Some(reason));
+        let transition =
+            old.as_ref().filter(|_| same).and_then(|o| o.last_transition_time.clone()).unwrap_or(time(now));
         let update = match old.as_ref().filter(|_| same && !progress) {
             Some(o) => o.last_update_time.clone(),
             None => Some(time(now)),
@@ -201,7 +202,13 @@ fn status(
     let mut conditions = vec![if minimum {
         condition("Available", true, "MinimumReplicasAvailable", "Deployment has minimum availability.".into(), false)
     } else {
-        condition("Available", false, "MinimumReplicasUnavailable", "Deployment does not have minimum availability.".into(), false)
+        condition(
+            "Available",
+            false,
+            "MinimumReplicasUnavailable",
+            "Deployment does not have minimum availability.".into(),
+            false,
+        )
     }];
     let set = format!("{name}-{hash}");
     let complete = updated == replicas && avail == replicas && active.len() == replicas;
@@ -218,7 +225,8 @@ fn status(
             .filter(|_| !counts_changed)
             .and_then(|c| c.last_update_time)
             .map_or(now, |t| u64::try_from(t.0.as_millisecond()).unwrap_or(now));
-        let deadline = last_progress + u64::try_from(spec.progress_deadline_seconds.unwrap_or(600)).unwrap_or(600) * 1000;
+        let deadline =
+            last_progress + u64::try_from(spec.progress_deadline_seconds.unwrap_or(600)).unwrap_or(600) * 1000;
         if now >= deadline {
             condition(
                 "Progressing",
@@ -229,7 +237,13 @@ fn status(
             )
         } else {
             *wake_at = Some(wake_at.map_or(deadline, |w| w.min(deadline)));
-            condition("Progressing", true, "ReplicaSetUpdated", format!("ReplicaSet \"{set}\" is progressing."), counts_changed)
+            condition(
+                "Progressing",
+                true,
+                "ReplicaSetUpdated",
+                format!("ReplicaSet \"{set}\" is progressing."),
+                counts_changed,
+            )
         }
     };
     conditions.push(progressing);
@@ -272,7 +286,8 @@ mod tests {
         assert_eq!(step.delete, vec!["p4", "p5"], "the unready pods go first");
         let status = reconcile(&d, &pods[..4], &mut Memory::default(), 1000).status;
         assert_eq!((status.ready_replicas, status.available_replicas), (Some(4), Some(4)));
-        let progressing = status.conditions.unwrap().into_iter().find(|c| c.type_.as_deref() == Some("Progressing")).unwrap();
+        let progressing =
+            status.conditions.unwrap().into_iter().find(|c| c.type_.as_deref() == Some("Progressing")).unwrap();
         assert_eq!(progressing.reason.as_deref(), Some("NewReplicaSetAvailable"));
     }
 
@@ -336,7 +351,8 @@ mod tests {
         assert_eq!((step.delete.clone(), step.create.len()), (vec!["a".to_string()], 1), "the first at once");
         let step = reconcile(&d, &[failed("b")], &mut memory, 2000);
         assert_eq!((step.delete.len(), step.create.len(), step.wake_at.is_some()), (0, 0, true));
-        let failure = step.status.conditions.unwrap().into_iter().find(|c| c.type_.as_deref() == Some("ReplicaFailure")).unwrap();
+        let failure =
+            step.status.conditions.unwrap().into_iter().find(|c| c.type_.as_deref() == Some("ReplicaFailure")).unwrap();
         assert_eq!(failure.message.as_deref(), Some("OutOfmemory: Pod was rejected"));
         let step = reconcile(&d, &[failed("b")], &mut memory, 11_000);
         assert_eq!((step.delete.len(), step.create.len()), (1, 1), "10 s later");

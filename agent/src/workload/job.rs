@@ -104,8 +104,22 @@ pub fn reconcile(j: &Job, pods: &[Owned], now: u64) -> Step<JobStatus> {
     if complete {
         step.delete.extend(active.iter().map(|p| p.key.clone()));
         status.completion_time = Some(time(now));
-        set_condition(&mut status, "SuccessCriteriaMet", "True", "CompletionsReached", "Reached expected number of succeeded pods", now);
-        set_condition(&mut status, "Complete", "True", "CompletionsReached", "Reached expected number of succeeded pods", now);
+        set_condition(
+            &mut status,
+            "SuccessCriteriaMet",
+            "True",
+            "CompletionsReached",
+            "Reached expected number of succeeded pods",
+            now,
+        );
+        set_condition(
+            &mut status,
+            "Complete",
+            "True",
+            "CompletionsReached",
+            "Reached expected number of succeeded pods",
+            now,
+        );
         step.event = Some(("Normal", "Completed".into(), "Job completed".into()));
         return finish(step, status, &spec, now);
     }
@@ -142,7 +156,12 @@ pub fn reconcile(j: &Job, pods: &[Owned], now: u64) -> Step<JobStatus> {
     step
 }
 
-fn finish(mut step: Step<JobStatus>, status: JobStatus, spec: &k8s_openapi::api::batch::v1::JobSpec, now: u64) -> Step<JobStatus> {
+fn finish(
+    mut step: Step<JobStatus>,
+    status: JobStatus,
+    spec: &k8s_openapi::api::batch::v1::JobSpec,
+    now: u64,
+) -> Step<JobStatus> {
     if let Some(ttl) = spec.ttl_seconds_after_finished {
         step.wake(now + u64::try_from(ttl).unwrap_or(0) * 1000);
     }

@@ -301,7 +301,11 @@ fn observe(rec: &PodRecord, memory: &mut Memory, now: u64) -> Owned {
     }
 }
 
-fn owner_ref(api_version: &str, kind: &str, m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> OwnerReference {
+fn owner_ref(
+    api_version: &str,
+    kind: &str,
+    m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> OwnerReference {
     OwnerReference {
         api_version: api_version.into(),
         kind: kind.into(),
