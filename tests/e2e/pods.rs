@@ -96,7 +96,15 @@ fn crash_loop_restarts_at_once_then_backs_off_10s() {
     assert!(state(&p).1["message"].as_str().unwrap().starts_with("back-off 20s"));
     let prev = agent.ok(&["logs", "loop", "--previous"]);
     assert_eq!(prev, "exiting with 7\n");
-    let described = agent.ok(&["describe", "pod", "loop"]);
+    // the event is recorded beside the status, not atomically with it: poll briefly
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let described = loop {
+        let d = agent.ok(&["describe", "pod", "loop"]);
+        if (d.contains("BackOff") && d.contains("(x3 over")) || Instant::now() > deadline {
+            break d;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(described.contains("Restart Count:    2"), "{described}");
     assert!(
         described.contains("BackOff") && described.contains("(x3 over"),
