@@ -7,6 +7,7 @@ mod common;
 
 mod crash;
 mod harness;
+mod http;
 mod images;
 mod linux;
 mod pods;

@@ -814,6 +814,20 @@ fn container_config(
         read_only_rootfs: sc.and_then(|s| s.read_only_root_filesystem) == Some(true),
         allow_privilege_escalation: sc.and_then(|s| s.allow_privilege_escalation) == Some(true),
         run_as_non_root: non_root,
+        ports: c
+            .ports
+            .iter()
+            .flatten()
+            .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+            .filter_map(|p| {
+                let container_port = u16::try_from(p.container_port).ok()?;
+                Some(crate::runtime::ServePort {
+                    container_port,
+                    host_port: p.host_port.and_then(|h| u16::try_from(h).ok()),
+                })
+            })
+            .collect(),
+        http: crate::spec::annotations::http_options(rec.pod.metadata.annotations.as_ref()).unwrap_or_default(),
     })
 }
 

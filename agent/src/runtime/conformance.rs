@@ -48,6 +48,8 @@ fn config(id: &str, p: &Program, dir: &Path) -> ContainerConfig {
         read_only_rootfs: false,
         allow_privilege_escalation: false,
         run_as_non_root: false,
+        ports: Vec::new(),
+        http: Default::default(),
     }
 }
 

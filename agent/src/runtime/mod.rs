@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 pub mod cni;
 #[cfg(test)]
 mod conformance;
+pub mod http;
 pub mod linux;
 pub mod log;
 pub mod wasm;
@@ -103,6 +104,37 @@ pub struct ContainerConfig {
     pub allow_privilege_escalation: bool,
     #[serde(default)]
     pub run_as_non_root: bool,
+    /// The container's declared ports: a Wasm HTTP component serves on them.
+    #[serde(default)]
+    pub ports: Vec<ServePort>,
+    /// How a Wasm HTTP component serves, and where its guest may connect.
+    #[serde(default)]
+    pub http: HttpOptions,
+}
+
+/// A declared `containerPort`, and the `hostPort` that publishes it, if any.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServePort {
+    pub container_port: u16,
+    pub host_port: Option<u16>,
+}
+
+/// Per-pod limits of a Wasm HTTP component and its outbound grants (from the pod's
+/// `wasmlet.dev/*` annotations).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HttpOptions {
+    /// A request's deadline, from arrival to the end of its response body.
+    pub request_timeout_ms: u64,
+    /// Requests handled at once; more get 503.
+    pub max_concurrency: usize,
+    /// `host:port` pairs (a `*` host matches any) the guest may send HTTP requests to.
+    pub allow_outbound: Vec<String>,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions { request_timeout_ms: 30_000, max_concurrency: 256, allow_outbound: Vec::new() }
+    }
 }
 
 /// The executable part of an image, as the image service stored it.

@@ -25,6 +25,8 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::log::{CriLog, LogWriter, Stream};
 use super::{
@@ -86,6 +88,8 @@ struct Inner {
 enum Loaded {
     Module(InstancePre<P1Host>),
     Component(CommandPre<P2Host>),
+    /// A component exporting `wasi:http/incoming-handler`: served, not run.
+    Http(ProxyPre<P2Host>),
 }
 
 struct Container {
@@ -103,9 +107,15 @@ impl Drop for Ticker {
 }
 
 /// Caps linear memory, remembering whether the cap was hit.
-struct MemoryCap {
+pub(super) struct MemoryCap {
     limit: Option<usize>,
-    hit: bool,
+    pub(super) hit: bool,
+}
+
+impl MemoryCap {
+    pub(super) fn new(limit: Option<u64>) -> Self {
+        MemoryCap { limit: limit.map(|l| l as usize), hit: false }
+    }
 }
 
 impl ResourceLimiter for MemoryCap {
@@ -125,15 +135,24 @@ struct P1Host {
     cap: MemoryCap,
 }
 
-struct P2Host {
-    ctx: WasiCtx,
-    table: ResourceTable,
-    cap: MemoryCap,
+pub(super) struct P2Host {
+    pub(super) ctx: WasiCtx,
+    pub(super) table: ResourceTable,
+    pub(super) cap: MemoryCap,
+    pub(super) http: WasiHttpCtx,
+    /// Outbound HTTP grants.
+    pub(super) hooks: super::http::Hooks,
 }
 
 impl WasiView for P2Host {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.ctx, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for P2Host {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
     }
 }
 
@@ -182,6 +201,7 @@ impl WasmRuntime {
         wasmtime_wasi::p1::add_to_linker_async(&mut p1, |h: &mut P1Host| &mut h.wasi).map_err(fail)?;
         let mut p2 = wasmtime::component::Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut p2).map_err(fail)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut p2).map_err(fail)?;
         std::fs::create_dir_all(&config.cache_dir).map_err(|source| Error::Io {
             context: "create compile cache".into(),
             path: config.cache_dir.clone(),
@@ -262,7 +282,13 @@ impl WasmRuntime {
                 let component = unsafe { Component::deserialize_file(&self.inner.engine, &cached) }
                     .map_err(|e| fail(format!("{e:#}")))?;
                 let pre = self.inner.p2.instantiate_pre(&component).map_err(|e| fail(format!("link: {e:#}")))?;
-                Loaded::Component(CommandPre::new(pre).map_err(|e| fail(format!("not a wasi:cli command: {e:#}")))?)
+                match ProxyPre::new(pre.clone()) {
+                    Ok(proxy) => Loaded::Http(proxy),
+                    Err(_) => Loaded::Component(
+                        CommandPre::new(pre)
+                            .map_err(|e| fail(format!("neither a wasi:cli command nor a wasi:http handler: {e:#}")))?,
+                    ),
+                }
             }
         };
         self.inner.loaded.lock().unwrap_or_else(|e| e.into_inner()).insert(digest.to_string(), loaded.clone());
@@ -280,7 +306,7 @@ impl WasmRuntime {
     }
 }
 
-fn wasi_builder(config: &ContainerConfig, log: &CriLog) -> Result<WasiCtxBuilder> {
+pub(super) fn wasi_builder(config: &ContainerConfig, log: &CriLog) -> Result<WasiCtxBuilder> {
     let mut b = WasiCtxBuilder::new();
     b.args(&config.args);
     b.envs(&config.env);
@@ -299,7 +325,7 @@ fn wasi_builder(config: &ContainerConfig, log: &CriLog) -> Result<WasiCtxBuilder
 
 /// Runs the guest to its end; returns (exit code, reason, message).
 async fn run_guest(loaded: Loaded, config: ContainerConfig, log: CriLog) -> (i32, ExitReason, String) {
-    let cap = MemoryCap { limit: config.memory_limit.map(|l| l as usize), hit: false };
+    let cap = MemoryCap::new(config.memory_limit);
     let builder = wasi_builder(&config, &log);
     let (result, hit) = match (loaded, builder) {
         (_, Err(e)) => return (128, ExitReason::StartError, e.to_string()),
@@ -314,8 +340,15 @@ async fn run_guest(loaded: Loaded, config: ContainerConfig, log: CriLog) -> (i32
             .await;
             (r.map(|()| 0), store.data().cap.hit)
         }
+        (Loaded::Http(_), Ok(_)) => unreachable!("HTTP components are served, not run"),
         (Loaded::Component(pre), Ok(mut b)) => {
-            let host = P2Host { ctx: b.build(), table: ResourceTable::new(), cap };
+            let host = P2Host {
+                ctx: b.build(),
+                table: ResourceTable::new(),
+                cap,
+                http: WasiHttpCtx::new(),
+                hooks: super::http::Hooks::new(&config.http, Some(log.clone())),
+            };
             let mut store = Store::new(pre.engine(), host);
             prepare(&mut store, |h| &mut h.cap);
             let r = async {
@@ -340,7 +373,7 @@ async fn run_guest(loaded: Loaded, config: ContainerConfig, log: CriLog) -> (i32
 }
 
 /// What ended the guest, in one line: the trap if it was one.
-fn first_line(e: &wasmtime::Error) -> String {
+pub(super) fn first_line(e: &wasmtime::Error) -> String {
     if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
         return format!("wasm trap: {trap}");
     }
@@ -348,7 +381,7 @@ fn first_line(e: &wasmtime::Error) -> String {
 }
 
 /// Memory cap and the epoch slice: yield to other tasks at every tick.
-fn prepare<T: Send + 'static>(store: &mut Store<T>, cap: fn(&mut T) -> &mut MemoryCap) {
+pub(super) fn prepare<T: Send + 'static>(store: &mut Store<T>, cap: fn(&mut T) -> &mut MemoryCap) {
     store.limiter(move |h| cap(h) as &mut dyn ResourceLimiter);
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
@@ -386,6 +419,15 @@ impl Runtime for WasmRuntime {
             path: c.config.log_path.clone(),
             source,
         })?;
+        if let Loaded::Http(pre) = loaded {
+            // served on its ports until stopped; a port that cannot be bound is a start error
+            let listeners = super::http::bind(&c.config).await?;
+            let started_at = now_ms();
+            c.state.send_replace(ContainerState::Running { started_at });
+            let task = tokio::spawn(super::http::serve(pre, c.config.clone(), log, listeners));
+            *c.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+            return Ok(());
+        }
         let started_at = now_ms();
         c.state.send_replace(ContainerState::Running { started_at });
         let (config, state) = (c.config.clone(), c.state.clone());

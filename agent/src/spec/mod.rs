@@ -8,6 +8,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use serde_json::Value;
 
+pub mod annotations;
 mod pod;
 mod quantity;
 pub mod support;

@@ -94,6 +94,7 @@ fn check_support(value: &Value, table_prefix: &str, field_prefix: &str, skip: &[
 
 pub(super) fn validate(pod: &Pod) -> Result<(), FieldError> {
     validate_meta(&pod.metadata)?;
+    super::annotations::http_options(pod.metadata.annotations.as_ref())?;
     let spec = pod.spec.as_ref().ok_or_else(|| FieldError::new("spec", "Required value"))?;
     let raw = serde_json::to_value(spec).expect("spec serialises");
     check_support(&raw, "spec", "spec", &[])?;

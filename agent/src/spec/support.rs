@@ -81,7 +81,10 @@ pub const FIELDS: &[(&str, Support)] = &[
     ("spec.containers[].workingDir", Honoured("Linux")),
     ("spec.containers[].env", Honoured("value, configMapKeyRef, secretKeyRef, fieldRef, resourceFieldRef")),
     ("spec.containers[].envFrom", Honoured("configMapRef and secretRef, with prefix and optional")),
-    ("spec.containers[].ports", Honoured("hostPort is published for Linux pods")),
+    (
+        "spec.containers[].ports",
+        Honoured("hostPort is published for Linux pods; a Wasm HTTP component serves on containerPort and hostPort"),
+    ),
     ("spec.containers[].resources", Honoured("memory limit for both runtimes; CPU limit and request for Linux")),
     ("spec.containers[].volumeMounts", Honoured("readOnly and subPath; Wasm mounts are preopened directories")),
     ("spec.containers[].livenessProbe", Honoured("exec (Linux), httpGet, tcpSocket, grpc")),

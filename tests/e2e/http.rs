@@ -1,0 +1,150 @@
+//! Wasm HTTP components served by the real daemon: real requests from curl against
+//! components built from `wasm-apps/` (`wasi:http/incoming-handler`).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::common::{Registry, free_port, require};
+use crate::harness::{Agent, Apps};
+
+/// `curl` a URL: (status, body). `args` go before the URL.
+fn curl(url: &str, args: &[&str]) -> (u16, String) {
+    let curl = require("curl", "curl");
+    let out = Command::new(curl)
+        .args(["-s", "-S", "--max-time", "20", "-o", "-", "-w", "%{http_code}"])
+        .args(args)
+        .arg(url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    // the status is the last three characters
+    let (body, code) = text.split_at(text.len().saturating_sub(3));
+    (code.parse().unwrap_or(0), body.to_string())
+}
+
+fn http_pod(name: &str, image: &str, port: u16, annotations: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  annotations:\n    wasmlet.dev/note: test\n{annotations}spec:\n  containers:\n  - name: app\n    image: {image}\n    ports:\n    - containerPort: {port}\n      hostPort: {port}\n{extra}"
+    )
+}
+
+fn wait_serving(port: u16) {
+    crate::common::wait_until(Duration::from_secs(30), "the component to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+}
+
+#[test]
+fn http_components_serve_requests_each_in_a_fresh_instance() {
+    let apps = Apps::push(&["http_hello", "http_echo", "http_trap"]);
+    let agent = Agent::start();
+    let (hello, echo, trap) = (free_port(), free_port(), free_port());
+    let probe = format!(
+        "    readinessProbe:\n      httpGet:\n        port: {hello}\n        path: /healthz\n      periodSeconds: 1\n"
+    );
+    agent.apply(&http_pod("hello", &apps.image("http_hello", "p2"), hello, "", &probe));
+    agent.apply(&http_pod("echo", &apps.image("http_echo", "p2"), echo, "", ""));
+    agent.apply(&http_pod("trap", &apps.image("http_trap", "p2"), trap, "", ""));
+    for port in [hello, echo, trap] {
+        wait_serving(port);
+    }
+
+    // a greeting; every request is the first of its instance
+    let (status, body) = curl(&format!("http://127.0.0.1:{hello}/x?y=1"), &[]);
+    assert_eq!((status, body.as_str()), (200, "hello from a wasm component at /x?y=1 (request 1 of this instance)\n"));
+    let handles: Vec<_> =
+        (0..32).map(|i| std::thread::spawn(move || curl(&format!("http://127.0.0.1:{hello}/c{i}"), &[]))).collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let (status, body) = h.join().unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(body, format!("hello from a wasm component at /c{i} (request 1 of this instance)\n"));
+    }
+    // the guest's stdout is the container log; the readiness probe passes against it
+    let logs = agent.ok(&["logs", "hello"]);
+    assert!(logs.contains("GET /x?y=1\n") && logs.contains("GET /c31\n"), "{logs}");
+    agent.wait_pod("hello", "Ready", |p| {
+        p["status"]["conditions"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+    });
+
+    // bodies, headers and status codes go through
+    let (status, body) = curl(
+        &format!("http://127.0.0.1:{echo}/?status=201"),
+        &["-X", "POST", "--data-binary", "ping", "-H", "X-Test: yes", "-D", "/dev/stderr"],
+    );
+    assert_eq!((status, body.as_str()), (201, "ping"));
+    let out = Command::new("curl")
+        .args(["-s", "-D", "-", "-o", "/dev/null", "-H", "X-Test: yes"])
+        .arg(format!("http://127.0.0.1:{echo}/"))
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(head.contains("x-echo-x-test: yes"), "{head}");
+
+    // a trap is a 500 for that request only
+    let (status, body) = curl(&format!("http://127.0.0.1:{trap}/"), &[]);
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("wasm trap"), "{body}");
+    assert_eq!(curl(&format!("http://127.0.0.1:{hello}/after"), &[]).0, 200);
+    let logs = agent.ok(&["logs", "trap"]);
+    assert!(logs.contains("about to trap") && logs.contains("wasmlet: request failed: wasm trap"), "{logs}");
+    let pods = agent.ok(&["get", "pods"]);
+    assert!(pods.lines().filter(|l| l.contains("Running")).count() == 3, "{pods}");
+}
+
+#[test]
+fn http_deadlines_concurrency_caps_and_outbound_grants() {
+    let apps = Apps::push(&["http_slow", "http_echo"]);
+    let registry = Registry::start();
+    let agent = Agent::start();
+    let (slow, denied, granted) = (free_port(), free_port(), free_port());
+    let limits = "    wasmlet.dev/http-request-timeout: 1s\n    wasmlet.dev/http-max-concurrency: \"2\"\n";
+    agent.apply(&http_pod("slow", &apps.image("http_slow", "p2"), slow, limits, ""));
+    agent.apply(&http_pod("denied", &apps.image("http_echo", "p2"), denied, "", ""));
+    let grant = format!("    wasmlet.dev/allow-outbound: \"{}\"\n", registry.host);
+    agent.apply(&http_pod("granted", &apps.image("http_echo", "p2"), granted, &grant, ""));
+    for port in [slow, denied, granted] {
+        wait_serving(port);
+    }
+
+    // the deadline: a handler that would sleep 5 s gets 504 after 1 s
+    let t = Instant::now();
+    let (status, _) = curl(&format!("http://127.0.0.1:{slow}/?ms=5000"), &[]);
+    assert_eq!(status, 504);
+    assert!(t.elapsed() < Duration::from_secs(4), "took {:?}", t.elapsed());
+    assert_eq!(curl(&format!("http://127.0.0.1:{slow}/?ms=10"), &[]), (200, "slept 10 ms\n".into()));
+
+    // the cap: two requests in flight, the third gets 503 at once
+    let busy: Vec<_> =
+        (0..2).map(|_| std::thread::spawn(move || curl(&format!("http://127.0.0.1:{slow}/?ms=800"), &[]))).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let (status, _) = curl(&format!("http://127.0.0.1:{slow}/?ms=10"), &[]);
+    assert_eq!(status, 503);
+    assert!(t.elapsed() < Duration::from_millis(500));
+    for b in busy {
+        assert_eq!(b.join().unwrap().0, 200);
+    }
+
+    // outbound HTTP: only to what the pod grants
+    let target = format!("http://{}/v2/", registry.host);
+    let (status, body) = curl(&format!("http://127.0.0.1:{denied}/?fetch={target}"), &[]);
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("HttpRequestDenied"), "{body}");
+    let logs = agent.ok(&["logs", "denied"]);
+    assert!(logs.contains(&format!("outbound HTTP request to {} denied", registry.host)), "{logs}");
+    let (status, body) = curl(&format!("http://127.0.0.1:{granted}/?fetch={target}"), &[]);
+    assert_eq!((status, body.lines().next()), (200, Some("status 200")), "{body}");
+
+    // a bad annotation names itself
+    let path = agent.state_dir().join("bad.yaml");
+    std::fs::write(
+        &path,
+        http_pod("bad", &apps.image("http_slow", "p2"), 1, "    wasmlet.dev/http-max-concurrency: none\n", ""),
+    )
+    .unwrap();
+    let out = agent.cli(&["apply", "-f", path.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("metadata.annotations[wasmlet.dev/http-max-concurrency]: Invalid value"), "{err}");
+}
