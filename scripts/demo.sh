@@ -41,6 +41,9 @@ for app in hello exit hog cat sleep; do
     show wasmlet push "wasm-apps/target/wasm32-wasip1/release/$app.wasm" "$reg/demo/$app:v1"
 done
 show wasmlet push wasm-apps/target/wasm32-wasip2/release/hello.wasm "$reg/demo/hello:p2"
+for app in http_hello http_echo http_slow http_trap; do
+    show wasmlet push "wasm-apps/target/wasm32-wasip2/release/$app.wasm" "$reg/demo/$app:p2"
+done
 
 step "building a busybox Linux image with umoci (from Debian's busybox-static) and pushing it"
 umoci init --layout "$work/oci" >/dev/null
@@ -62,7 +65,7 @@ for _ in $(seq 100); do wasmlet get pods >/dev/null 2>&1 && break; sleep 0.1; do
 step "applying the pods in examples/ (pointed at this registry)"
 mkdir -p "$work/examples" /tmp/wasmlet-demo-data
 echo "hello from a hostPath volume" > /tmp/wasmlet-demo-data/message.txt
-for f in hello hello-component crashloop memory-limit volume mixed config workloads; do
+for f in hello hello-component crashloop memory-limit volume mixed config workloads http-hello http-echo http-trap; do
     sed "s/127.0.0.1:5000/$reg/" "examples/$f.yaml" > "$work/examples/$f.yaml"
     show wasmlet apply -f "$work/examples/$f.yaml"
 done
@@ -93,6 +96,17 @@ show wasmlet get pods web -o wide
 for _ in $(seq 50); do curl -sf http://127.0.0.1:18080/ >/dev/null && break; sleep 0.1; done
 show curl -s http://127.0.0.1:18080/
 show wasmlet exec web -c httpd -- sh -c 'hostname; ls /www; ip -4 addr show eth0 | grep inet'
+
+step "Wasm HTTP components (wasi:http), served by wasmlet: a fresh instance per request"
+for _ in $(seq 100); do curl -sf http://127.0.0.1:18081/ >/dev/null && break; sleep 0.1; done
+show curl -s http://127.0.0.1:18081/hello
+show curl -s -d 'ping from curl' http://127.0.0.1:18082/
+echo
+echo "# the pod grants outbound HTTP to the registry only (wasmlet.dev/allow-outbound):"
+show curl -s "http://127.0.0.1:18082/?fetch=http://$reg/v2/"
+show curl -s "http://127.0.0.1:18082/?fetch=http://127.0.0.1:9/"
+show curl -s -o /dev/null -w 'http-trap answered %{http_code}\n' http://127.0.0.1:18084/
+show wasmlet logs http-trap
 
 step "a pod in CrashLoopBackOff"
 show wasmlet describe pod crashloop

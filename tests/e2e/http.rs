@@ -148,3 +148,48 @@ fn http_deadlines_concurrency_caps_and_outbound_grants() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("metadata.annotations[wasmlet.dev/http-max-concurrency]: Invalid value"), "{err}");
 }
+
+#[test]
+fn wasi_sockets_reach_only_what_the_pod_grants() {
+    use std::io::{Read, Write};
+    let apps = Apps::push(&["tcp-echo"]);
+    let agent = Agent::start();
+    let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (open_port, closed_port) = (open.local_addr().unwrap().port(), closed.local_addr().unwrap().port());
+    let (echo, undeclared) = (free_port(), free_port());
+    let manifest = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: sockets\n  annotations:\n    wasmlet.dev/allow-outbound: \"127.0.0.1:{open_port}\"\nspec:\n  containers:\n  - name: app\n    image: {}\n    args: [\"{echo}\", \"--try-bind\", \"{undeclared}\", \"--try-connect\", \"127.0.0.1:{open_port}\", \"--try-connect\", \"127.0.0.1:{closed_port}\"]\n    ports:\n    - containerPort: {echo}\n",
+        apps.image("tcp-echo", "p2")
+    );
+    agent.apply(&manifest);
+    wait_serving(echo);
+    // a plain TCP echo server, listening on its declared port
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", echo)).unwrap();
+    s.write_all(b"ping over wasi:sockets\n").unwrap();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"ping over wasi:sockets\n");
+    let logs = agent.ok(&["logs", "sockets"]);
+    assert!(logs.contains(&format!("connect 127.0.0.1:{open_port}: ok")), "{logs}");
+    let refused = |what: &str| logs.lines().any(|l| l.starts_with(what) && !l.ends_with(": ok"));
+    assert!(refused(&format!("bind {undeclared}: ")), "binding an undeclared port: {logs}");
+    assert!(refused(&format!("connect 127.0.0.1:{closed_port}: ")), "connecting where not granted: {logs}");
+    assert!(logs.contains(&format!("wasmlet: TCP connect to 127.0.0.1:{closed_port} denied")), "{logs}");
+    assert!(logs.contains(&format!("wasmlet: TCP bind to 127.0.0.1:{undeclared} denied")), "{logs}");
+    let events = agent.ok(&["get", "events"]);
+    assert!(events.contains("NetworkAccessDenied") && events.contains("not a declared containerPort"), "{events}");
+
+    // with no ports declared, the same program may not listen at all
+    let bare = manifest
+        .replace("name: sockets", "name: no-ports")
+        .replace(&format!("    ports:\n    - containerPort: {echo}\n"), "");
+    let bare = bare.replace(&format!("[\"{echo}\","), &format!("[\"{}\",", free_port()));
+    agent.apply(&bare);
+    let p = agent.wait_pod("no-ports", "the guest to fail", |p| {
+        crate::harness::state(p).0 == "terminated" || crate::harness::restarts(p) > 0
+    });
+    let logs = agent.ok(&["logs", "no-ports"]);
+    assert!(logs.contains("not a declared containerPort"), "{logs}\n{p}");
+    drop((open, closed));
+}

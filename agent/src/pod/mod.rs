@@ -154,6 +154,8 @@ pub struct Manager {
     volume_lock: Mutex<()>,
     /// Wakes the Deployment and Job controller.
     workloads: tokio::sync::Notify,
+    /// Pod keys by uid, for events the runtimes report by container id.
+    keys: Mutex<HashMap<String, String>>,
 }
 
 impl env::Objects for Manager {
@@ -190,7 +192,15 @@ impl Manager {
             node: Node::detect(state_dir),
             volume_lock: Mutex::new(()),
             workloads: tokio::sync::Notify::new(),
+            keys: Mutex::new(HashMap::new()),
         });
+        // refusals the Wasm runtime reports (a denied connect, say) become pod events
+        let weak = Arc::downgrade(&mgr);
+        mgr.runtime.wasm.set_event_sink(Arc::new(move |id: &str, reason: &str, message: &str| {
+            if let Some(m) = weak.upgrade() {
+                m.container_event(id, reason, message);
+            }
+        }));
         let records: Vec<(String, PodRecord)> = mgr.store.scan(Table::Pods, "")?;
         let now = crate::runtime::now_ms();
         for (_, mut rec) in records {
@@ -706,7 +716,17 @@ impl Manager {
         }
     }
 
+    /// A warning about the container with `id` (`<pod uid>-<name>-<instance>`).
+    fn container_event(&self, id: &str, reason: &str, message: &str) {
+        let uid = id.get(..36).unwrap_or(id);
+        let key = self.keys.lock().unwrap_or_else(|e| e.into_inner()).get(uid).cloned();
+        if let Some(key) = key {
+            self.event_for(uid, &key, "Warning", reason, message);
+        }
+    }
+
     fn spawn(self: &Arc<Self>, rec: PodRecord) {
+        self.keys.lock().unwrap_or_else(|e| e.into_inner()).insert(rec.uid.clone(), rec.key());
         let (tx, rx) = mpsc::unbounded_channel();
         self.workers.lock().unwrap_or_else(|e| e.into_inner()).insert(rec.key(), tx.clone());
         let mgr = self.clone();
@@ -720,6 +740,7 @@ impl Manager {
         self.store.remove_prefix(Table::Events, &format!("{}/", rec.uid))?;
         self.store.flush().await?;
         self.workers.lock().unwrap_or_else(|e| e.into_inner()).remove(&rec.key());
+        self.keys.lock().unwrap_or_else(|e| e.into_inner()).remove(&rec.uid);
         if rec.pod.metadata.owner_references.is_some() {
             self.workloads.notify_one();
         }

@@ -28,20 +28,83 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpHooks};
 
 use super::log::{CriLog, Stream};
 use super::wasm::{MemoryCap, P2Host, prepare, wasi_builder};
-use super::{ContainerConfig, Error, HttpOptions, Result};
+use super::{ContainerConfig, Error, EventSink, Result};
+use wasmtime_wasi::sockets::SocketAddrUse;
+
+const DEADLINE: &str = "request deadline exceeded";
 
 /// The requests refused for being over a container's cap, by all containers.
 pub static REJECTED: AtomicU64 = AtomicU64::new(0);
 
-/// The outbound grants of one guest, and where to say what was denied.
-pub(super) struct Hooks {
-    allowed: Arc<[String]>,
+/// What a guest may do on the network, and where a refusal is reported: the
+/// container log, the agent log and (through the sink) a pod event.
+#[derive(Clone)]
+pub(super) struct Grants {
+    id: String,
+    /// The declared `containerPort`s: the only ports a guest may listen on.
+    ports: Arc<[u16]>,
+    /// `wasmlet.dev/allow-outbound`: where it may connect or send HTTP requests.
+    outbound: Arc<[String]>,
     log: Option<CriLog>,
+    sink: Option<EventSink>,
+}
+
+impl Grants {
+    pub(super) fn new(config: &ContainerConfig, log: Option<CriLog>, sink: Option<EventSink>) -> Self {
+        Grants {
+            id: config.id.clone(),
+            ports: config.ports.iter().map(|p| p.container_port).collect(),
+            outbound: config.http.allow_outbound.clone().into(),
+            log,
+            sink,
+        }
+    }
+
+    /// The `wasi:sockets` check: TCP binds to an ephemeral port or a declared one,
+    /// listening on declared ports, connections only where granted; no UDP.
+    pub(super) fn allows(&self, addr: SocketAddr, use_: SocketAddrUse) -> bool {
+        let port = addr.port();
+        let (ok, why) = match use_ {
+            SocketAddrUse::TcpBind => (port == 0 || self.ports.contains(&port), "not a declared containerPort"),
+            SocketAddrUse::TcpListen => (self.ports.contains(&port), "not a declared containerPort"),
+            SocketAddrUse::TcpAccept => (true, ""),
+            SocketAddrUse::TcpConnect => (
+                granted(&self.outbound, &addr.ip().to_string(), port),
+                "not granted by the pod's wasmlet.dev/allow-outbound annotation",
+            ),
+            _ => (false, "UDP is not granted to Wasm guests"),
+        };
+        if !ok {
+            let what = match use_ {
+                SocketAddrUse::TcpBind => "TCP bind to",
+                SocketAddrUse::TcpListen => "TCP listen on",
+                SocketAddrUse::TcpConnect => "TCP connect to",
+                _ => "UDP use of",
+            };
+            self.deny(&format!("{what} {addr} denied: {why}"));
+        }
+        ok
+    }
+
+    fn deny(&self, message: &str) {
+        if let Some(log) = &self.log {
+            let _ = log.write(Stream::Stderr, format!("wasmlet: {message}\n").as_bytes());
+        }
+        tracing::info!(container = %self.id, "{message}");
+        if let Some(sink) = &self.sink {
+            sink(&self.id, "NetworkAccessDenied", message);
+        }
+    }
+}
+
+/// The `wasi:http` hooks of one guest: outbound requests only where granted.
+pub(super) struct Hooks {
+    grants: Grants,
 }
 
 impl Hooks {
-    pub(super) fn new(options: &HttpOptions, log: Option<CriLog>) -> Self {
-        Hooks { allowed: options.allow_outbound.clone().into(), log }
+    pub(super) fn new(config: &ContainerConfig, log: Option<CriLog>, sink: Option<EventSink>) -> Self {
+        Hooks { grants: Grants::new(config, log, sink) }
     }
 }
 
@@ -75,14 +138,10 @@ impl WasiHttpHooks for Hooks {
         let host = uri.host().unwrap_or_default().to_string();
         let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        if !granted(&self.allowed, &host, port) {
-            if let Some(log) = &self.log {
-                let line = format!(
-                    "wasmlet: outbound HTTP request to {host}:{port} denied: not granted by the pod's wasmlet.dev/allow-outbound annotation\n"
-                );
-                let _ = log.write(Stream::Stderr, line.as_bytes());
-            }
-            tracing::info!(host = %host, port, "outbound HTTP request denied");
+        if !granted(&self.grants.outbound, &host, port) {
+            self.grants.deny(&format!(
+                "outbound HTTP request to {host}:{port} denied: not granted by the pod's wasmlet.dev/allow-outbound annotation"
+            ));
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
         Box::new(async move {
@@ -131,8 +190,15 @@ pub(super) async fn bind(config: &ContainerConfig) -> Result<Vec<TcpListener>> {
 }
 
 /// Serves until aborted. Each connection is a task; each request a fresh instance.
-pub(super) async fn serve(pre: ProxyPre<P2Host>, config: ContainerConfig, log: CriLog, listeners: Vec<TcpListener>) {
+pub(super) async fn serve(
+    pre: ProxyPre<P2Host>,
+    config: ContainerConfig,
+    log: CriLog,
+    listeners: Vec<TcpListener>,
+    sink: Option<EventSink>,
+) {
     let shared = Arc::new(Shared {
+        sink,
         pre,
         limit: Arc::new(tokio::sync::Semaphore::new(config.http.max_concurrency.max(1))),
         config,
@@ -164,6 +230,7 @@ pub(super) async fn serve(pre: ProxyPre<P2Host>, config: ContainerConfig, log: C
 }
 
 struct Shared {
+    sink: Option<EventSink>,
     pre: ProxyPre<P2Host>,
     config: ContainerConfig,
     log: CriLog,
@@ -178,7 +245,7 @@ impl Shared {
         };
         let deadline = Duration::from_millis(self.config.http.request_timeout_ms);
         let cap = MemoryCap::new(self.config.memory_limit);
-        let builder = match wasi_builder(&self.config, &self.log) {
+        let builder = match wasi_builder(&self.config, &self.log, self.sink.clone()) {
             Ok(b) => b,
             Err(e) => return text(500, &format!("{e}\n")),
         };
@@ -188,7 +255,7 @@ impl Shared {
             table: ResourceTable::new(),
             cap,
             http: WasiHttpCtx::new(),
-            hooks: Hooks::new(&self.config.http, Some(self.log.clone())),
+            hooks: Hooks::new(&self.config, Some(self.log.clone()), self.sink.clone()),
         };
         let mut store = Store::new(self.pre.engine(), host);
         prepare(&mut store, |h| &mut h.cap);
@@ -226,7 +293,7 @@ impl Shared {
                     let _ = log.write(Stream::Stderr, format!("wasmlet: request failed: {what}\n").as_bytes());
                     what
                 }),
-                Err(_) => Err("request deadline exceeded".to_string()),
+                Err(_) => Err(DEADLINE.to_string()),
             }
         });
         let abort = guest.abort_handle();
@@ -235,12 +302,13 @@ impl Shared {
             Ok(Ok(Err(code))) => text(500, &format!("the component failed the request: {code:?}\n")),
             // the guest ended without answering: a trap, or it never set a response
             Ok(Err(_)) => match guest.await {
+                Ok(Err(what)) if what == DEADLINE => text(504, &format!("{what}\n")),
                 Ok(Err(what)) => text(500, &format!("{what}\n")),
                 _ => text(500, "the component did not send a response\n"),
             },
             Err(_) => {
                 abort.abort();
-                text(504, "request deadline exceeded\n")
+                text(504, &format!("{DEADLINE}\n"))
             }
         }
     }

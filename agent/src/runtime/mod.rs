@@ -7,6 +7,7 @@
 //! runs it (from the image kind); nothing above this module names wasmtime or runc.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -111,6 +112,10 @@ pub struct ContainerConfig {
     #[serde(default)]
     pub http: HttpOptions,
 }
+
+/// Where a runtime reports what a guest was refused: (container id, reason, message).
+/// The pod manager turns these into pod events.
+pub type EventSink = Arc<dyn Fn(&str, &str, &str) + Send + Sync>;
 
 /// A declared `containerPort`, and the `hostPort` that publishes it, if any.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]

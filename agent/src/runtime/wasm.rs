@@ -80,6 +80,8 @@ struct Inner {
     /// Held while a module is compiled or loaded, so each is compiled once.
     loading: Mutex<()>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
+    /// Where refused network uses are reported.
+    events: std::sync::OnceLock<super::EventSink>,
     /// Stops the epoch ticker when the runtime goes away.
     _ticker: Ticker,
 }
@@ -231,6 +233,7 @@ impl WasmRuntime {
                 loaded: Mutex::new(HashMap::new()),
                 loading: Mutex::new(()),
                 containers: Mutex::new(HashMap::new()),
+                events: std::sync::OnceLock::new(),
                 _ticker: Ticker(stop),
             }),
         })
@@ -295,6 +298,15 @@ impl WasmRuntime {
         Ok(loaded)
     }
 
+    /// Sets where refused network uses are reported (once).
+    pub fn set_event_sink(&self, sink: super::EventSink) {
+        let _ = self.inner.events.set(sink);
+    }
+
+    fn sink(&self) -> Option<super::EventSink> {
+        self.inner.events.get().cloned()
+    }
+
     fn container(&self, id: &str) -> Result<Arc<Container>> {
         self.inner
             .containers
@@ -306,13 +318,23 @@ impl WasmRuntime {
     }
 }
 
-pub(super) fn wasi_builder(config: &ContainerConfig, log: &CriLog) -> Result<WasiCtxBuilder> {
+pub(super) fn wasi_builder(
+    config: &ContainerConfig,
+    log: &CriLog,
+    sink: Option<super::EventSink>,
+) -> Result<WasiCtxBuilder> {
     let mut b = WasiCtxBuilder::new();
     b.args(&config.args);
     b.envs(&config.env);
     b.stdout(LogOutput(LogWriter { log: log.clone(), stream: Stream::Stdout }));
     b.stderr(LogOutput(LogWriter { log: log.clone(), stream: Stream::Stderr }));
-    b.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+    // sockets: TCP only, and only what the pod grants (checked at each host call)
+    let grants = super::http::Grants::new(config, Some(log.clone()), sink);
+    b.allow_tcp(true).allow_udp(false).allow_ip_name_lookup(!config.http.allow_outbound.is_empty());
+    b.socket_addr_check(move |addr, use_| {
+        let ok = grants.allows(addr, use_);
+        Box::pin(async move { ok })
+    });
     for m in &config.mounts {
         let perms = if m.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
         b.preopened_dir(&m.host_path, &m.container_path, perms).map_err(|e| Error::Create {
@@ -324,9 +346,14 @@ pub(super) fn wasi_builder(config: &ContainerConfig, log: &CriLog) -> Result<Was
 }
 
 /// Runs the guest to its end; returns (exit code, reason, message).
-async fn run_guest(loaded: Loaded, config: ContainerConfig, log: CriLog) -> (i32, ExitReason, String) {
+async fn run_guest(
+    loaded: Loaded,
+    config: ContainerConfig,
+    log: CriLog,
+    sink: Option<super::EventSink>,
+) -> (i32, ExitReason, String) {
     let cap = MemoryCap::new(config.memory_limit);
-    let builder = wasi_builder(&config, &log);
+    let builder = wasi_builder(&config, &log, sink.clone());
     let (result, hit) = match (loaded, builder) {
         (_, Err(e)) => return (128, ExitReason::StartError, e.to_string()),
         (Loaded::Module(pre), Ok(mut b)) => {
@@ -347,7 +374,7 @@ async fn run_guest(loaded: Loaded, config: ContainerConfig, log: CriLog) -> (i32
                 table: ResourceTable::new(),
                 cap,
                 http: WasiHttpCtx::new(),
-                hooks: super::http::Hooks::new(&config.http, Some(log.clone())),
+                hooks: super::http::Hooks::new(&config, Some(log.clone()), sink.clone()),
             };
             let mut store = Store::new(pre.engine(), host);
             prepare(&mut store, |h| &mut h.cap);
@@ -375,7 +402,8 @@ async fn run_guest(loaded: Loaded, config: ContainerConfig, log: CriLog) -> (i32
 /// What ended the guest, in one line: the trap if it was one.
 pub(super) fn first_line(e: &wasmtime::Error) -> String {
     if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
-        return format!("wasm trap: {trap}");
+        let trap = trap.to_string();
+        return if trap.starts_with("wasm trap") { trap } else { format!("wasm trap: {trap}") };
     }
     format!("{e:#}").lines().find(|l| !l.trim().is_empty()).unwrap_or_default().to_string()
 }
@@ -424,15 +452,15 @@ impl Runtime for WasmRuntime {
             let listeners = super::http::bind(&c.config).await?;
             let started_at = now_ms();
             c.state.send_replace(ContainerState::Running { started_at });
-            let task = tokio::spawn(super::http::serve(pre, c.config.clone(), log, listeners));
+            let task = tokio::spawn(super::http::serve(pre, c.config.clone(), log, listeners, self.sink()));
             *c.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
             return Ok(());
         }
         let started_at = now_ms();
         c.state.send_replace(ContainerState::Running { started_at });
-        let (config, state) = (c.config.clone(), c.state.clone());
+        let (config, state, sink) = (c.config.clone(), c.state.clone(), self.sink());
         let task = tokio::spawn(async move {
-            let (exit_code, reason, message) = run_guest(loaded, config, log).await;
+            let (exit_code, reason, message) = run_guest(loaded, config, log, sink).await;
             state.send_replace(ContainerState::Exited {
                 exit_code,
                 reason,
