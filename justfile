@@ -29,12 +29,14 @@ lint:
     cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 # benchmarks with their peers measured in the same run (BIG_MB, RUNS tune the pull bench;
-# START_PODS, DENSITY the agent bench); builds the wasmtime-cli peer once
+# START_PODS, DENSITY the agent bench; SECS, HTTP_PODS the HTTP bench); builds the
+# wasmtime-cli peer once
 bench: wasm-apps
     scripts/setup-bench.sh
     cargo bench -p registry-client --bench pull
     cargo bench -p wasmlet --bench agent
     cargo bench -p wasmlet --bench linux
+    cargo bench -p wasmlet --bench http
 
 # a local registry, the example apps pushed and pulled back by wasmlet
 demo: wasm-apps

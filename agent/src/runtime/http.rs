@@ -316,6 +316,46 @@ impl Shared {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
+    use wasmtime_wasi::sockets::SocketAddrUse;
+
+    #[test]
+    fn socket_grants_follow_declared_ports_and_outbound_grants() {
+        let mut config = crate::runtime::ContainerConfig {
+            id: "c".into(),
+            sandbox_id: "s".into(),
+            name: "c".into(),
+            artifact: crate::runtime::Artifact::Rootfs { layers: Vec::new() },
+            args: Vec::new(),
+            env: Vec::new(),
+            mounts: Vec::new(),
+            memory_limit: None,
+            log_path: "/dev/null".into(),
+            working_dir: None,
+            user: None,
+            stop_signal: None,
+            cpu_limit_millis: None,
+            cpu_request_millis: None,
+            read_only_rootfs: false,
+            allow_privilege_escalation: false,
+            run_as_non_root: false,
+            ports: vec![crate::runtime::ServePort { container_port: 8080, host_port: None }],
+            http: Default::default(),
+        };
+        config.http.allow_outbound = vec!["10.0.0.1:5432".into()];
+        let g = super::Grants::new(&config, None, None);
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(g.allows(a("127.0.0.1:8080"), SocketAddrUse::TcpBind));
+        assert!(g.allows(a("0.0.0.0:0"), SocketAddrUse::TcpBind), "an implicit bind for connect");
+        assert!(!g.allows(a("127.0.0.1:9090"), SocketAddrUse::TcpBind));
+        assert!(g.allows(a("0.0.0.0:8080"), SocketAddrUse::TcpListen));
+        assert!(!g.allows(a("0.0.0.0:0"), SocketAddrUse::TcpListen), "no listening on an ephemeral port");
+        assert!(g.allows(a("10.0.0.1:5432"), SocketAddrUse::TcpConnect));
+        assert!(!g.allows(a("10.0.0.2:5432"), SocketAddrUse::TcpConnect));
+        assert!(!g.allows(a("10.0.0.1:53"), SocketAddrUse::UdpBind), "no UDP");
+    }
+
     #[test]
     fn outbound_grants_match_host_and_port() {
         let allowed = vec!["api.example.com:443".to_string(), "*:8080".into(), "127.0.0.1:*".into()];
