@@ -126,6 +126,15 @@ fn http_deadlines_concurrency_caps_and_outbound_grants() {
     for b in busy {
         assert_eq!(b.join().unwrap().0, 200);
     }
+    let events = agent.ok(&["get", "events"]);
+    assert!(events.contains("TooManyRequests") && events.contains("2 requests already in flight"), "{events}");
+    let sock = agent.state_dir().join("wasmlet.sock");
+    let metrics = Command::new("curl")
+        .args(["-s", "--unix-socket", sock.to_str().unwrap(), "http://wasmlet/v1/metrics"])
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    assert!(metrics.contains("wasmlet_http_requests_rejected_total 1\n"), "{metrics}");
 
     // outbound HTTP: only to what the pod grants
     let target = format!("http://{}/v2/", registry.host);

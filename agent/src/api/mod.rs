@@ -15,7 +15,7 @@
 //! | `POST /v1/images/pull?image=` | NDJSON progress, then the image |
 //! | `GET /v1/images` | pulled images |
 //! | `POST /v1/images/prune` | removes images no pod uses; returns them |
-//! | `GET /v1/metrics` | Prometheus text: pod start latency |
+//! | `GET /v1/metrics` | Prometheus text: pod start latency, HTTP requests refused over the cap |
 //! | `GET /v1/stats/pod-starts` | every pod start latency measured, in µs, in order |
 
 use std::convert::Infallible;
@@ -208,6 +208,13 @@ fn metrics(mgr: &Manager) -> String {
     }
     out.push_str(&format!("wasmlet_pod_start_duration_seconds_sum {:.9}\n", samples.iter().sum::<f64>()));
     out.push_str(&format!("wasmlet_pod_start_duration_seconds_count {}\n", samples.len()));
+    out.push_str(
+        "# HELP wasmlet_http_requests_rejected_total Requests refused with 503 for being over a container's http-max-concurrency.\n",
+    );
+    out.push_str(&format!(
+        "# TYPE wasmlet_http_requests_rejected_total counter\nwasmlet_http_requests_rejected_total {}\n",
+        crate::runtime::http::REJECTED.load(std::sync::atomic::Ordering::Relaxed)
+    ));
     out.push_str(&format!("# TYPE wasmlet_pods gauge\nwasmlet_pods {}\n", mgr.list().map(|l| l.len()).unwrap_or(0)));
     out
 }

@@ -241,6 +241,14 @@ impl Shared {
     async fn handle(&self, req: hyper::Request<Incoming>) -> hyper::Response<HyperOutgoingBody> {
         let Ok(permit) = self.limit.clone().try_acquire_owned() else {
             REJECTED.fetch_add(1, Ordering::Relaxed);
+            // one event, counted up at each refusal
+            if let Some(sink) = &self.sink {
+                let message = format!(
+                    "Request refused with 503: {} requests already in flight (wasmlet.dev/http-max-concurrency)",
+                    self.config.http.max_concurrency
+                );
+                sink(&self.config.id, "TooManyRequests", &message);
+            }
             return text(503, "too many requests in flight for this container\n");
         };
         let deadline = Duration::from_millis(self.config.http.request_timeout_ms);
