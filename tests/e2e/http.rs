@@ -202,3 +202,43 @@ fn wasi_sockets_reach_only_what_the_pod_grants() {
     assert!(logs.contains("not a declared containerPort"), "{logs}\n{p}");
     drop((open, closed));
 }
+
+#[test]
+fn an_http_component_in_a_mixed_pod_serves_on_the_pod_ip_and_its_localhost() {
+    let apps = Apps::push(&["http_hello"]);
+    let busybox = crate::harness::push_busybox(&apps.registry, "amd64", "latest");
+    let agent = Agent::start();
+    let port = free_port();
+    // the Wasm container comes first: it still joins the pod network the Linux one needs
+    let manifest = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: mixed-http\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: web\n    image: {}\n    ports:\n    - containerPort: {port}\n    readinessProbe:\n      httpGet:\n        port: {port}\n      periodSeconds: 1\n  - name: box\n    image: {busybox}\n    command: [\"sleep\", \"3600\"]\n",
+        apps.image("http_hello", "p2")
+    );
+    agent.apply(&manifest);
+    let p = agent.wait_pod("mixed-http", "both containers ready", |p| {
+        p["status"]["conditions"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+    });
+    let ip = p["status"]["podIP"].as_str().expect("a pod IP").to_string();
+    // from the host, on the pod IP
+    let (status, body) = curl(&format!("http://{ip}:{port}/from-host"), &[]);
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "hello from a wasm component at /from-host (request 1 of this instance)\n")
+    );
+    // from the Linux container, on the pod's localhost
+    let out = agent.ok(&[
+        "exec",
+        "mixed-http",
+        "-c",
+        "box",
+        "--",
+        "wget",
+        "-qO-",
+        &format!("http://127.0.0.1:{port}/from-box"),
+    ]);
+    assert_eq!(out, "hello from a wasm component at /from-box (request 1 of this instance)\n");
+    // not on the host's own loopback: the component lives in the pod network
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+}

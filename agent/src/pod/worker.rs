@@ -317,7 +317,11 @@ async fn start(
         Err(message) => return config_error(mgr, rec, i, config_failed(message)),
     };
     let kind = image.0;
-    if kind == RuntimeKind::Linux {
+    // a Wasm container that serves ports joins the pod network when the pod has one
+    // (a Linux container among its images), as a container would share it
+    let serves = kind == RuntimeKind::Wasm && c.ports.as_ref().is_some_and(|p| !p.is_empty());
+    let joins = serves && mgr.runtime.linux().is_ok() && pod_has_linux(mgr, rec);
+    if kind == RuntimeKind::Linux || joins {
         let spec = rec.pod.spec.clone().unwrap_or_default();
         let sandbox = SandboxConfig {
             id: rec.uid.clone(),
@@ -333,7 +337,7 @@ async fn start(
         }
         // made once (its network wired in the background while the container is
         // created); later calls find it
-        if let Err(e) = mgr.runtime.create_sandbox(kind, &sandbox).await {
+        if let Err(e) = mgr.runtime.create_sandbox(RuntimeKind::Linux, &sandbox).await {
             mgr.event(rec, "Warning", "FailedCreatePodSandBox", &format!("Failed to create pod sandbox: {e}"));
             apply(rec, Event::Starting { container: i, at: now_ms() });
             return start_failed(mgr, rec, i, "CreatePodSandboxError", e.to_string());
@@ -346,7 +350,8 @@ async fn start(
                 .and_then(|f| f.field_ref.as_ref())
                 .is_some_and(|f| f.field_path.starts_with("status.podIP"))
         });
-        if wants_ip
+        // (a Wasm server's probes and clients find it on the pod IP, so it waits too)
+        if (wants_ip || joins)
             && rec.pod_ip.is_none()
             && let Ok(linux) = mgr.runtime.linux()
         {
@@ -359,10 +364,13 @@ async fn start(
     }
     let t_sandbox = t0.elapsed();
     let instance = rec.status.containers[i].instances + 1;
-    let config = match container_config(mgr, rec, &c, instance, image) {
+    let mut config = match container_config(mgr, rec, &c, instance, image) {
         Ok(cfg) => cfg,
         Err(e) => return config_error(mgr, rec, i, e),
     };
+    if joins {
+        config.netns = mgr.runtime.linux().ok().and_then(|l| l.sandbox_netns(&rec.uid));
+    }
     let restarting = rec.status.containers[i].instances > 0;
     apply(rec, Event::Starting { container: i, at: now_ms() });
     save(mgr, rec);
@@ -696,6 +704,14 @@ async fn stop_and_teardown(mgr: &Arc<Manager>, rec: &mut PodRecord) {
     }
 }
 
+/// Whether any of the pod's containers has a Linux image already pulled (all app
+/// images are pulled before the first app container starts).
+fn pod_has_linux(mgr: &Manager, rec: &PodRecord) -> bool {
+    let spec = rec.pod.spec.as_ref();
+    let all = spec.into_iter().flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers));
+    all.filter_map(|c| image_of(mgr, c).ok()).any(|(kind, ..)| kind == RuntimeKind::Linux)
+}
+
 /// Which runtime runs the container's image, what it runs and the image's config.
 type ImageParts = (RuntimeKind, Artifact, registry_client::manifest::ContainerConfig, String);
 
@@ -828,6 +844,7 @@ fn container_config(
             })
             .collect(),
         http: crate::spec::annotations::http_options(rec.pod.metadata.annotations.as_ref()).unwrap_or_default(),
+        netns: None,
     })
 }
 

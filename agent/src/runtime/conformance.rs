@@ -50,6 +50,7 @@ fn config(id: &str, p: &Program, dir: &Path) -> ContainerConfig {
         run_as_non_root: false,
         ports: Vec::new(),
         http: Default::default(),
+        netns: None,
     }
 }
 

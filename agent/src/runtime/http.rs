@@ -159,14 +159,47 @@ fn text(status: u16, body: &str) -> hyper::Response<HyperOutgoingBody> {
         .expect("a valid response")
 }
 
-/// Binds the container's ports: each `containerPort` on loopback (where probes of a
-/// Wasm pod look), and its `hostPort`, if any, on every address.
+/// Binds the container's ports. In a pod with a network namespace, each
+/// `containerPort` on every address of that namespace (the pod IP, and the pod's
+/// localhost that its Linux containers share; the sandbox publishes hostPorts).
+/// Otherwise each `containerPort` on the host's loopback (where probes of a Wasm pod
+/// look), and its `hostPort`, if any, on every address.
 pub(super) async fn bind(config: &ContainerConfig) -> Result<Vec<TcpListener>> {
     if config.ports.is_empty() {
         return Err(Error::Create {
             id: config.id.clone(),
             reason: "an HTTP component needs a containerPort to serve on".into(),
         });
+    }
+    if let Some(netns) = config.netns.clone() {
+        let ports: Vec<u16> = config.ports.iter().map(|p| p.container_port).collect();
+        let fail = |reason: String| Error::Create { id: config.id.clone(), reason };
+        // a thread of our own enters the namespace (never a pooled one); a socket stays
+        // in the namespace it was made in
+        let made = tokio::task::spawn_blocking(move || {
+            std::thread::spawn(move || -> std::io::Result<Vec<std::net::TcpListener>> {
+                use std::os::fd::AsFd as _;
+                let ns = std::fs::File::open(&netns)?;
+                rustix::thread::move_into_link_name_space(
+                    ns.as_fd(),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )?;
+                let mut out = Vec::new();
+                for p in ports {
+                    let l = std::net::TcpListener::bind(("0.0.0.0", p))
+                        .map_err(|e| std::io::Error::new(e.kind(), format!("port {p} in the pod network: {e}")))?;
+                    l.set_nonblocking(true)?;
+                    out.push(l);
+                }
+                Ok(out)
+            })
+            .join()
+        })
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .map_err(|_| fail("the namespace thread panicked".into()))?
+        .map_err(|e| fail(format!("cannot listen: {e}")))?;
+        return made.into_iter().map(|l| TcpListener::from_std(l).map_err(|e| fail(e.to_string()))).collect();
     }
     let mut addrs: Vec<SocketAddr> = Vec::new();
     for p in &config.ports {
@@ -350,6 +383,7 @@ mod tests {
             run_as_non_root: false,
             ports: vec![crate::runtime::ServePort { container_port: 8080, host_port: None }],
             http: Default::default(),
+            netns: None,
         };
         config.http.allow_outbound = vec!["10.0.0.1:5432".into()];
         let g = super::Grants::new(&config, None, None);

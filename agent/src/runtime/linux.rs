@@ -196,6 +196,11 @@ impl LinuxRuntime {
         serde_json::from_slice(&bytes).ok()
     }
 
+    /// The path of the sandbox's network namespace, if there is a sandbox.
+    pub fn sandbox_netns(&self, id: &str) -> Option<PathBuf> {
+        self.sandbox(id).map(|r| r.netns)
+    }
+
     /// The pod IP, once the sandbox's network is wired.
     pub fn sandbox_ip(&self, id: &str) -> Option<String> {
         self.sandbox(id).and_then(|r| r.ip)

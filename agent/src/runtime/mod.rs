@@ -111,6 +111,10 @@ pub struct ContainerConfig {
     /// How a Wasm HTTP component serves, and where its guest may connect.
     #[serde(default)]
     pub http: HttpOptions,
+    /// The pod's network namespace, when it has one: a Wasm HTTP component listens on
+    /// its ports there (the pod IP and the pod's localhost) instead of on the host.
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
 }
 
 /// Where a runtime reports what a guest was refused: (container id, reason, message).
