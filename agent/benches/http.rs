@@ -14,27 +14,12 @@
 #[path = "../../registry-client/tests/all/common.rs"]
 #[allow(dead_code)]
 mod common;
+mod support;
 
 use std::process::{Child, Command, Stdio};
+
 use std::time::{Duration, Instant};
-
-const WASMLET: &str = env!("CARGO_BIN_EXE_wasmlet");
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-fn cli(state: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new(WASMLET).arg("--state-dir").arg(state).args(args).output().unwrap();
-    assert!(out.status.success(), "wasmlet {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
+use support::{cli, rss_kib, start_agent};
 
 fn pod(name: &str, image: &str, port: u16) -> String {
     format!(
@@ -94,22 +79,7 @@ fn main() {
     let state = tempfile::tempdir().unwrap();
     cli(state.path(), &["push", hello.to_str().unwrap(), &image]);
 
-    let mut agent: Child = Command::new(WASMLET)
-        .args(["--state-dir", state.path().to_str().unwrap(), "serve"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while Command::new(WASMLET)
-        .args(["--state-dir", state.path().to_str().unwrap(), "get", "pods"])
-        .output()
-        .map(|o| !o.status.success())
-        .unwrap_or(true)
-    {
-        assert!(t.elapsed() < Duration::from_secs(30));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut agent: Child = start_agent(state.path());
     let port = common::free_port();
     let f = state.path().join("hello.yaml");
     std::fs::write(&f, pod("hello", &image, port)).unwrap();

@@ -1,0 +1,46 @@
+//! What the agent benchmarks share: the release `wasmlet` on a temp state dir, its CLI
+//! and its memory.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const WASMLET: &str = env!("CARGO_BIN_EXE_wasmlet");
+
+/// The resident set of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Runs the CLI against the agent of `state`; its stdout.
+pub fn cli(state: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(WASMLET).arg("--state-dir").arg(state).args(args).output().unwrap();
+    assert!(out.status.success(), "wasmlet {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `wasmlet serve` on `state`, once it answers.
+pub fn start_agent(state: &std::path::Path) -> Child {
+    let agent = Command::new(WASMLET)
+        .args(["--state-dir", state.to_str().unwrap(), "serve"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while Command::new(WASMLET)
+        .args(["--state-dir", state.to_str().unwrap(), "get", "pods"])
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        assert!(t.elapsed() < Duration::from_secs(30), "the agent did not answer");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    agent
+}
