@@ -146,6 +146,19 @@ fn http_deadlines_concurrency_caps_and_outbound_grants() {
     let (status, body) = curl(&format!("http://127.0.0.1:{granted}/?fetch={target}"), &[]);
     assert_eq!((status, body.lines().next()), (200, Some("status 200")), "{body}");
 
+    // the memory limit holds per instance: a body bigger than it fails that request only
+    let small = free_port();
+    let limit = "    resources:\n      limits:\n        memory: 8Mi\n";
+    agent.apply(&http_pod("small", &apps.image("http_echo", "p2"), small, "", limit));
+    wait_serving(small);
+    let big = agent.state_dir().join("big.bin");
+    std::fs::write(&big, vec![b'x'; 16 << 20]).unwrap();
+    let (status, body) =
+        curl(&format!("http://127.0.0.1:{small}/"), &["--data-binary", &format!("@{}", big.display())]);
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("memory limit reached"), "{body}");
+    assert_eq!(curl(&format!("http://127.0.0.1:{small}/"), &["--data-binary", "tiny"]), (200, "tiny".into()));
+
     // a bad annotation names itself
     let path = agent.state_dir().join("bad.yaml");
     std::fs::write(
