@@ -31,26 +31,9 @@ pub struct Programs {
 
 fn config(id: &str, p: &Program, dir: &Path) -> ContainerConfig {
     ContainerConfig {
-        id: id.into(),
-        sandbox_id: "sandbox".into(),
-        name: id.into(),
-        artifact: p.artifact.clone(),
         args: p.args.clone(),
         env: vec![("KEY".into(), "value".into())],
-        mounts: Vec::<Mount>::new(),
-        memory_limit: None,
-        log_path: dir.join(format!("{id}.log")),
-        working_dir: None,
-        user: None,
-        stop_signal: None,
-        cpu_limit_millis: None,
-        cpu_request_millis: None,
-        read_only_rootfs: false,
-        allow_privilege_escalation: false,
-        run_as_non_root: false,
-        ports: Vec::new(),
-        http: Default::default(),
-        netns: None,
+        ..ContainerConfig::for_test(id, p.artifact.clone(), dir.join(format!("{id}.log")))
     }
 }
 

@@ -364,26 +364,12 @@ mod tests {
     #[test]
     fn socket_grants_follow_declared_ports_and_outbound_grants() {
         let mut config = crate::runtime::ContainerConfig {
-            id: "c".into(),
-            sandbox_id: "s".into(),
-            name: "c".into(),
-            artifact: crate::runtime::Artifact::Rootfs { layers: Vec::new() },
-            args: Vec::new(),
-            env: Vec::new(),
-            mounts: Vec::new(),
-            memory_limit: None,
-            log_path: "/dev/null".into(),
-            working_dir: None,
-            user: None,
-            stop_signal: None,
-            cpu_limit_millis: None,
-            cpu_request_millis: None,
-            read_only_rootfs: false,
-            allow_privilege_escalation: false,
-            run_as_non_root: false,
             ports: vec![crate::runtime::ServePort { container_port: 8080, host_port: None }],
-            http: Default::default(),
-            netns: None,
+            ..crate::runtime::ContainerConfig::for_test(
+                "c",
+                crate::runtime::Artifact::Rootfs { layers: Vec::new() },
+                "/dev/null".into(),
+            )
         };
         config.http.allow_outbound = vec!["10.0.0.1:5432".into()];
         let g = super::Grants::new(&config, None, None);

@@ -117,6 +117,35 @@ pub struct ContainerConfig {
     pub netns: Option<PathBuf>,
 }
 
+#[cfg(test)]
+impl ContainerConfig {
+    /// A container with every optional setting off, for tests to adjust.
+    pub fn for_test(id: &str, artifact: Artifact, log_path: PathBuf) -> Self {
+        ContainerConfig {
+            id: id.into(),
+            sandbox_id: "sandbox".into(),
+            name: id.into(),
+            artifact,
+            args: Vec::new(),
+            env: Vec::new(),
+            mounts: Vec::new(),
+            memory_limit: None,
+            log_path,
+            working_dir: None,
+            user: None,
+            stop_signal: None,
+            cpu_limit_millis: None,
+            cpu_request_millis: None,
+            read_only_rootfs: false,
+            allow_privilege_escalation: false,
+            run_as_non_root: false,
+            ports: Vec::new(),
+            http: HttpOptions::default(),
+            netns: None,
+        }
+    }
+}
+
 /// Where a runtime reports what a guest was refused: (container id, reason, message).
 /// The pod manager turns these into pod events.
 pub type EventSink = Arc<dyn Fn(&str, &str, &str) + Send + Sync>;
