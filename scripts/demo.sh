@@ -104,6 +104,7 @@ show curl -s -d 'ping from curl' http://127.0.0.1:18082/
 echo
 echo "# the pod grants outbound HTTP to the registry only (wasmlet.dev/allow-outbound):"
 show curl -s "http://127.0.0.1:18082/?fetch=http://$reg/v2/"
+echo
 show curl -s "http://127.0.0.1:18082/?fetch=http://127.0.0.1:9/"
 show curl -s -o /dev/null -w 'http-trap answered %{http_code}\n' http://127.0.0.1:18084/
 show wasmlet logs http-trap
