@@ -294,11 +294,10 @@ impl Shared {
         };
         let deadline = Duration::from_millis(self.config.http.request_timeout_ms);
         let cap = MemoryCap::new(self.config.memory_limit);
-        let builder = match wasi_builder(&self.config, &self.log, self.sink.clone()) {
+        let mut builder = match wasi_builder(&self.config, &self.log, self.sink.clone()) {
             Ok(b) => b,
             Err(e) => return text(500, &format!("{e}\n")),
         };
-        let mut builder = builder;
         let host = P2Host {
             ctx: builder.build(),
             table: ResourceTable::new(),
