@@ -4,6 +4,7 @@ use clap::Parser;
 
 mod api;
 mod cli;
+mod cluster;
 mod image;
 mod node;
 mod pod;

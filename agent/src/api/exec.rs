@@ -104,7 +104,11 @@ pub async fn respond(
 }
 
 /// Copies between the client's frames and the process until it exits.
-async fn relay<S>(stream: S, mut session: crate::runtime::linux::ExecSession, stdin: bool) -> std::io::Result<()>
+pub(crate) async fn relay<S>(
+    stream: S,
+    mut session: crate::runtime::linux::ExecSession,
+    stdin: bool,
+) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

@@ -19,6 +19,8 @@ use crate::runtime::log;
 #[derive(Default)]
 struct Renderer {
     timestamps: bool,
+    /// Records from before this are left out (`sinceSeconds`, `sinceTime`).
+    since: Option<chrono::DateTime<chrono::Utc>>,
     pending: String,
     first_time: Option<String>,
 }
@@ -31,12 +33,17 @@ impl Renderer {
         if r.full {
             let time = self.first_time.take().unwrap_or_default();
             let text = std::mem::take(&mut self.pending);
+            if let Some(since) = self.since
+                && chrono::DateTime::parse_from_rfc3339(&time).is_ok_and(|t| t < since)
+            {
+                return;
+            }
             out.push(if self.timestamps { format!("{time} {text}\n") } else { format!("{text}\n") });
         }
     }
 }
 
-pub(super) async fn respond(
+pub(crate) async fn respond(
     mgr: Arc<Manager>,
     ns: &str,
     name: &str,
@@ -81,8 +88,32 @@ pub(super) async fn respond(
         status.instances
     };
     let path = mgr.log_path(&rec, &container, instance);
-    let tail: Option<usize> = get(q, "tail").and_then(|t| t.parse().ok());
-    let mut renderer = Renderer { timestamps: get(q, "timestamps") == Some("true"), ..Default::default() };
+    // `tailLines` and `sinceSeconds`/`sinceTime` are the kubelet API's names
+    let tail: Option<usize> = get(q, "tail").or(get(q, "tailLines")).and_then(|t| t.parse().ok());
+    let since = match (get(q, "sinceSeconds"), get(q, "sinceTime")) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "at most one of sinceTime or sinceSeconds may be specified",
+            ));
+        }
+        (Some(s), None) => {
+            let secs: i64 = s.parse().ok().filter(|s| *s > 0).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("sinceSeconds: Invalid value: {s:?}: must be greater than 0"),
+                )
+            })?;
+            Some(chrono::Utc::now() - chrono::Duration::seconds(secs))
+        }
+        (None, Some(t)) => Some(
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("sinceTime: Invalid value: {t:?}")))?
+                .with_timezone(&chrono::Utc),
+        ),
+        (None, None) => None,
+    };
+    let mut renderer = Renderer { timestamps: get(q, "timestamps") == Some("true"), since, ..Default::default() };
     let mut file = std::fs::File::open(&path).ok();
     let mut text = String::new();
     if let Some(f) = file.as_mut() {

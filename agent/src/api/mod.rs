@@ -32,7 +32,7 @@ use crate::pod::Manager;
 
 pub mod client;
 pub mod exec;
-mod logs;
+pub(crate) mod logs;
 pub mod view;
 
 pub type Body = BoxBody<Bytes, std::io::Error>;

@@ -20,6 +20,93 @@ pub struct ServeArgs {
     pub max_wasm_instances: u32,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// Cluster mode: join a Kubernetes cluster as a node.
+#[derive(Clone, Debug, Args)]
+pub struct ClusterArgs {
+    /// Join the cluster this kubeconfig points at, as a node (the node's own identity:
+    /// a client certificate or token for `system:node:NAME`). With --bootstrap-kubeconfig,
+    /// this is where the issued identity is written when the file does not exist.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// Get the node identity through a CertificateSigningRequest, with the bootstrap token
+    /// of this kubeconfig, when --kubeconfig does not exist yet.
+    #[arg(long, value_name = "FILE", requires = "kubeconfig")]
+    pub bootstrap_kubeconfig: Option<std::path::PathBuf>,
+    /// The Node's name (default: the hostname).
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// The address the node reports and the API server dials (default: detected).
+    #[arg(long, value_name = "IP")]
+    pub node_ip: Option<String>,
+    /// Where the kubelet API listens.
+    #[arg(long, default_value = "0.0.0.0", value_name = "IP")]
+    pub address: String,
+    /// The kubelet API's port.
+    #[arg(long, default_value_t = 10250)]
+    pub port: u16,
+    /// Extra node labels, KEY=VALUE, comma-separated or repeated.
+    #[arg(long, value_delimiter = ',', value_name = "KEY=VALUE")]
+    pub node_labels: Vec<String>,
+    /// Taints the node registers with, KEY[=VALUE]:EFFECT; an empty value for none.
+    #[arg(long, value_delimiter = ',', default_value = "wasmlet.dev/node=true:NoSchedule", value_name = "TAINT")]
+    pub register_with_taints: Vec<String>,
+    /// The most pods the node takes (capacity and allocatable `pods`).
+    #[arg(long, default_value_t = 110)]
+    pub max_pods: u32,
+    /// CA bundle for client certificates on the kubelet API (default: the cluster CA).
+    #[arg(long, value_name = "FILE")]
+    pub client_ca_file: Option<std::path::PathBuf>,
+    /// Have the cluster sign the kubelet API's serving certificate (signer
+    /// kubernetes.io/kubelet-serving; needs approval) instead of a self-signed one.
+    #[arg(long)]
+    pub rotate_server_certificates: bool,
+    /// Pod status updates and events per second sent to the API server…
+    #[arg(long, default_value_t = 50)]
+    pub kube_api_qps: u32,
+    /// …and the burst above that.
+    #[arg(long, default_value_t = 100)]
+    pub kube_api_burst: u32,
+}
+
+impl ClusterArgs {
+    pub fn config(
+        &self,
+        state_dir: &std::path::Path,
+        node: &crate::node::Node,
+    ) -> anyhow::Result<Option<crate::cluster::ClusterConfig>> {
+        let Some(kubeconfig) = &self.kubeconfig else { return Ok(None) };
+        let mut labels = std::collections::BTreeMap::new();
+        for l in &self.node_labels {
+            let (k, v) = l.split_once('=').with_context(|| format!("--node-labels {l:?}: want KEY=VALUE"))?;
+            labels.insert(k.to_string(), v.to_string());
+        }
+        let taints = self
+            .register_with_taints
+            .iter()
+            .filter(|t| !t.is_empty())
+            .map(|t| crate::cluster::node::parse_taint(t).map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Some(crate::cluster::ClusterConfig {
+            kubeconfig: kubeconfig.clone(),
+            bootstrap_kubeconfig: self.bootstrap_kubeconfig.clone(),
+            node_name: self.node_name.clone().unwrap_or_else(|| node.name.clone()),
+            node_ip: self.node_ip.clone().unwrap_or_else(|| node.ip.clone()),
+            kubelet_address: self.address.clone(),
+            kubelet_port: self.port,
+            labels,
+            taints,
+            max_pods: self.max_pods,
+            state_dir: state_dir.to_path_buf(),
+            client_ca: self.client_ca_file.clone(),
+            serving_csr: self.rotate_server_certificates,
+            qps: self.kube_api_qps,
+            burst: self.kube_api_burst,
+        }))
+    }
 }
 
 /// How Linux containers are run and networked.
@@ -116,12 +203,22 @@ fn raise_open_file_limit() {
 }
 
 pub async fn run(global: &Global, args: ServeArgs) -> anyhow::Result<()> {
+    // a bad cluster flag fails before anything starts
+    let probe = crate::node::Node::detect(&global.state_dir);
+    let cluster = args.cluster.config(&global.state_dir, &probe)?;
     let manager = start_agent(global, args.max_wasm_instances, &args.runtime).await?;
     let socket = global.socket();
     tracing::info!(socket = %socket.display(), "serving");
     eprintln!("wasmlet: serving on {}", socket.display());
+    let cluster_mode = async {
+        match cluster {
+            Some(cfg) => crate::cluster::run(manager.clone(), cfg).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
-        r = crate::api::serve(&socket, manager) => r.with_context(|| format!("serving on {}", socket.display()))?,
+        r = crate::api::serve(&socket, manager.clone()) => r.with_context(|| format!("serving on {}", socket.display()))?,
+        r = cluster_mode => r.context("cluster mode")?,
         _ = shutdown_signal() => eprintln!("wasmlet: shutting down"),
     }
     let _ = std::fs::remove_file(&socket);

@@ -156,6 +156,16 @@ pub struct Manager {
     workloads: tokio::sync::Notify,
     /// Pod keys by uid, for events the runtimes report by container id.
     keys: Mutex<HashMap<String, String>>,
+    /// Told of every change (cluster mode reports them to the API server).
+    observer: std::sync::OnceLock<Arc<dyn Observer>>,
+}
+
+/// Hears of pod changes and events as they are stored.
+pub trait Observer: Send + Sync {
+    /// The record of pod `key` changed or went away.
+    fn pod_changed(&self, key: &str);
+    /// An event was recorded (or counted up) for the pod with `uid`.
+    fn event(&self, uid: &str, event: &Event);
 }
 
 impl env::Objects for Manager {
@@ -193,6 +203,7 @@ impl Manager {
             volume_lock: Mutex::new(()),
             workloads: tokio::sync::Notify::new(),
             keys: Mutex::new(HashMap::new()),
+            observer: std::sync::OnceLock::new(),
         });
         // refusals the Wasm runtime reports (a denied connect, say) become pod events
         let weak = Arc::downgrade(&mgr);
@@ -664,8 +675,32 @@ impl Manager {
         self.pods_dir.join(uid)
     }
 
+    /// What plan container `i` of a pod uses now, if it runs.
+    pub fn usage(&self, rec: &PodRecord, i: usize) -> Option<crate::runtime::Usage> {
+        let kind = rec.runtimes.get(i).copied().flatten()?;
+        let c = rec.status.containers.get(i)?;
+        if !matches!(c.state, state::State::Running { .. }) {
+            return None;
+        }
+        let id = worker::container_id(&rec.uid, &rec.plan.containers[i].name, c.instances);
+        self.runtime.usage(kind, &id)
+    }
+
+    /// Sets the one observer of pod changes and events.
+    pub fn observe(&self, observer: Arc<dyn Observer>) {
+        let _ = self.observer.set(observer);
+    }
+
+    /// This node's facts.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
     fn save(&self, rec: &PodRecord) -> Result<()> {
         self.store.put(Table::Pods, &rec.key(), rec)?;
+        if let Some(o) = self.observer.get() {
+            o.pod_changed(&rec.key());
+        }
         if rec.pod.metadata.owner_references.is_some() {
             self.workloads.notify_one();
         }
@@ -695,6 +730,9 @@ impl Manager {
             Some((k, mut e)) => {
                 e.count += 1;
                 e.last_seen = now;
+                if let Some(o) = self.observer.get() {
+                    o.event(uid, &e);
+                }
                 self.store.put(Table::Events, &k, &e)
             }
             None => self.store.next_id().and_then(|id| {
@@ -708,6 +746,9 @@ impl Manager {
                     pod: pod.to_string(),
                     object,
                 };
+                if let Some(o) = self.observer.get() {
+                    o.event(uid, &e);
+                }
                 self.store.put(Table::Events, &format!("{prefix}{id:020}"), &e)
             }),
         };
@@ -743,6 +784,9 @@ impl Manager {
         self.keys.lock().unwrap_or_else(|e| e.into_inner()).remove(&rec.uid);
         if rec.pod.metadata.owner_references.is_some() {
             self.workloads.notify_one();
+        }
+        if let Some(o) = self.observer.get() {
+            o.pod_changed(&rec.key());
         }
         Ok(())
     }
@@ -788,8 +832,13 @@ fn workload_revision(
     Ok(("configured", new))
 }
 
-/// Whether two manifests are the same apart from what wasmlet filled in (the uid).
+/// Whether two manifests are the same apart from what wasmlet filled in (the uid). A
+/// pod from an API server is the same pod while its uid is: the kubelet does not restart
+/// a pod for a change of its labels or annotations.
 fn same_manifest(stored: &Pod, applied: &Pod) -> bool {
+    if applied.metadata.uid.is_some() {
+        return stored.metadata.uid == applied.metadata.uid;
+    }
     let mut stored = stored.clone();
     stored.metadata.uid = None;
     &stored == applied
@@ -799,7 +848,8 @@ fn new_record(pod: Pod) -> PodRecord {
     let spec = pod.spec.clone().unwrap_or_default();
     let name = pod.metadata.name.clone().unwrap_or_default();
     let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-    let uid = new_uid();
+    // a pod from an API server keeps the uid it was given there
+    let uid = pod.metadata.uid.clone().filter(|u| u.len() == 36 && u.is_ascii()).unwrap_or_else(new_uid);
     let plan = Plan {
         pod: format!("{name}_{ns}({uid})"),
         restart_policy: match spec.restart_policy.as_deref() {

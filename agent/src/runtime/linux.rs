@@ -179,6 +179,12 @@ impl LinuxRuntime {
         self.inner.containers.join(id)
     }
 
+    /// A running container's CPU time and working set, from its cgroup.
+    pub fn usage(&self, id: &str) -> Option<super::Usage> {
+        let pid = self.meta(id).ok()?.pid;
+        cgroup_usage(pid)
+    }
+
     fn meta(&self, id: &str) -> Result<Meta> {
         let path = self.dir(id).join("meta.json");
         let bytes = std::fs::read(&path).map_err(|_| Error::NotFound(id.into()))?;
@@ -746,6 +752,31 @@ fn remove_pod_cgroups(sandbox: &str) {
     for (_, dir) in cgroup_dirs("self") {
         let _ = std::fs::remove_dir(dir.join("wasmlet").join(sandbox));
     }
+}
+
+/// CPU time and working set of a process's cgroup: v1 `cpuacct.usage` and
+/// `memory.usage_in_bytes` less `total_inactive_file`; v2 `cpu.stat` and `memory.current`
+/// less `inactive_file` (the kubelet's working set).
+fn cgroup_usage(pid: i32) -> Option<super::Usage> {
+    let dirs = cgroup_dirs(&pid.to_string());
+    let read = |p: PathBuf| std::fs::read_to_string(p).ok();
+    let stat = |text: &str, key: &str| {
+        text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse::<u64>().ok())
+    };
+    if pure_v2() {
+        let dir = &dirs.iter().find(|(c, _)| c.is_empty())?.1;
+        let cpu = read(dir.join("cpu.stat")).and_then(|t| stat(&t, "usage_usec")).unwrap_or(0) * 1000;
+        let current: u64 = read(dir.join("memory.current"))?.trim().parse().ok()?;
+        let inactive = read(dir.join("memory.stat")).and_then(|t| stat(&t, "inactive_file")).unwrap_or(0);
+        return Some(super::Usage { cpu_ns: cpu, memory_bytes: current.saturating_sub(inactive) });
+    }
+    let dir = |name: &str| dirs.iter().find(|(c, _)| c.split(',').any(|c| c == name)).map(|(_, d)| d.clone());
+    let cpu =
+        dir("cpuacct").and_then(|d| read(d.join("cpuacct.usage"))).and_then(|t| t.trim().parse().ok()).unwrap_or(0);
+    let mem = dir("memory")?;
+    let usage: u64 = read(mem.join("memory.usage_in_bytes"))?.trim().parse().ok()?;
+    let inactive = read(mem.join("memory.stat")).and_then(|t| stat(&t, "total_inactive_file")).unwrap_or(0);
+    Some(super::Usage { cpu_ns: cpu, memory_bytes: usage.saturating_sub(inactive) })
 }
 
 /// `/sys/fs/cgroup/memory/<path>` (v1) or `/sys/fs/cgroup/<path>` (v2) of a process.

@@ -100,6 +100,7 @@ struct Container {
     config: ContainerConfig,
     state: watch::Sender<ContainerState>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    meter: Arc<super::Meter>,
 }
 
 struct Ticker(Arc<std::sync::atomic::AtomicBool>);
@@ -114,18 +115,24 @@ impl Drop for Ticker {
 pub(super) struct MemoryCap {
     limit: Option<usize>,
     pub(super) hit: bool,
+    /// Where the linear memory's size is shown (a run-to-completion guest's).
+    meter: Option<Arc<super::Meter>>,
 }
 
 impl MemoryCap {
     pub(super) fn new(limit: Option<u64>) -> Self {
-        MemoryCap { limit: limit.map(|l| l as usize), hit: false }
+        MemoryCap { limit: limit.map(|l| l as usize), hit: false, meter: None }
     }
 }
 
 impl ResourceLimiter for MemoryCap {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
         let ok = self.limit.is_none_or(|l| desired <= l);
         self.hit |= !ok;
+        if let Some(m) = &self.meter {
+            let now = if ok { desired } else { current };
+            m.memory_bytes.store(now as u64, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(ok)
     }
 
@@ -317,6 +324,11 @@ impl WasmRuntime {
         self.inner.events.get().cloned()
     }
 
+    /// A guest's CPU time (charged per poll) and linear memory size.
+    pub fn usage(&self, id: &str) -> Option<super::Usage> {
+        self.container(id).ok().map(|c| c.meter.usage())
+    }
+
     fn container(&self, id: &str) -> Result<Arc<Container>> {
         self.inner
             .containers
@@ -361,8 +373,9 @@ async fn run_guest(
     config: ContainerConfig,
     log: CriLog,
     sink: Option<super::EventSink>,
+    meter: Arc<super::Meter>,
 ) -> (i32, ExitReason, String) {
-    let cap = MemoryCap::new(config.memory_limit);
+    let cap = MemoryCap { meter: Some(meter), ..MemoryCap::new(config.memory_limit) };
     let builder = wasi_builder(&config, &log, sink.clone());
     let (result, hit) = match (loaded, builder) {
         (_, Err(e)) => return (128, ExitReason::StartError, e.to_string()),
@@ -443,7 +456,7 @@ impl Runtime for WasmRuntime {
         let (this, path, digest) = (self.clone(), path.clone(), digest.clone());
         tokio::task::spawn_blocking(move || this.load(&path, &digest)).await.expect("load task panicked")?;
         let (state, _) = watch::channel(ContainerState::Created);
-        let container = Arc::new(Container { config, state, task: Mutex::new(None) });
+        let container = Arc::new(Container { config, state, task: Mutex::new(None), meter: Default::default() });
         self.inner.containers.lock().unwrap_or_else(|e| e.into_inner()).insert(container.config.id.clone(), container);
         Ok(())
     }
@@ -462,15 +475,17 @@ impl Runtime for WasmRuntime {
             let listeners = super::http::bind(&c.config).await?;
             let started_at = now_ms();
             c.state.send_replace(ContainerState::Running { started_at });
-            let task = tokio::spawn(super::http::serve(pre, c.config.clone(), log, listeners, self.sink()));
+            let serve = super::http::serve(pre, c.config.clone(), log, listeners, self.sink());
+            let task = tokio::spawn(super::Metered::new(serve, c.meter.clone()));
             *c.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
             return Ok(());
         }
         let started_at = now_ms();
         c.state.send_replace(ContainerState::Running { started_at });
-        let (config, state, sink) = (c.config.clone(), c.state.clone(), self.sink());
+        let (config, state, sink, meter) = (c.config.clone(), c.state.clone(), self.sink(), c.meter.clone());
         let task = tokio::spawn(async move {
-            let (exit_code, reason, message) = run_guest(loaded, config, log, sink).await;
+            let guest = run_guest(loaded, config, log, sink, meter.clone());
+            let (exit_code, reason, message) = super::Metered::new(guest, meter).await;
             state.send_replace(ContainerState::Exited {
                 exit_code,
                 reason,

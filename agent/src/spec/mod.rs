@@ -124,6 +124,32 @@ fn octal_modes(v: &mut Value) {
     }
 }
 
+/// A pod as an API server returns it, defaulted and validated as `apply` does. Server-set
+/// fields (status, resourceVersion, managed fields) are dropped first.
+pub fn api_pod(mut value: Value) -> Result<Pod, FieldError> {
+    if let Some(o) = value.as_object_mut() {
+        o.remove("status");
+        o.insert("apiVersion".into(), "v1".into());
+        o.insert("kind".into(), "Pod".into());
+    }
+    if let Some(m) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+        for f in [
+            "resourceVersion",
+            "managedFields",
+            "generation",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+        ] {
+            m.remove(f);
+        }
+    }
+    match parse_object(value)? {
+        Object::Pod(p) => Ok(*p),
+        _ => unreachable!("a pod parses as a pod"),
+    }
+}
+
 fn parse_object(value: Value) -> Result<Object, FieldError> {
     let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default();
     let api = value.get("apiVersion").and_then(Value::as_str).unwrap_or_default();

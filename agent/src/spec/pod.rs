@@ -92,6 +92,9 @@ fn check_support(value: &Value, table_prefix: &str, field_prefix: &str, skip: &[
     Ok(())
 }
 
+/// The one RuntimeClass handler this node has: the image kind picks Wasm or Linux.
+pub const RUNTIME_CLASS: &str = "wasmlet";
+
 pub(super) fn validate(pod: &Pod) -> Result<(), FieldError> {
     validate_meta(&pod.metadata)?;
     super::annotations::http_options(pod.metadata.annotations.as_ref())?;
@@ -107,6 +110,9 @@ pub(super) fn validate(pod: &Pod) -> Result<(), FieldError> {
         spec.restart_policy.as_deref().unwrap_or("Always"),
         &["Always", "OnFailure", "Never"],
     )?;
+    if let Some(rc) = &spec.runtime_class_name {
+        one_of("spec.runtimeClassName", rc, &[RUNTIME_CLASS])?;
+    }
     if let Some(d) = spec.active_deadline_seconds
         && d < 1
     {

@@ -56,7 +56,10 @@ pub const FIELDS: &[(&str, Support)] = &[
     ("spec.hostAliases", Rejected("hostAliases are not supported by wasmlet yet")),
     ("spec.dnsConfig", Rejected("dnsConfig is not supported by wasmlet yet")),
     ("spec.readinessGates", Rejected("readiness gates need a controller; not supported")),
-    ("spec.runtimeClassName", Rejected("the runtime follows the image kind; RuntimeClass is not supported yet")),
+    (
+        "spec.runtimeClassName",
+        Honoured("only `wasmlet` (docs/cluster.md has the RuntimeClass); the image kind picks Wasm or Linux"),
+    ),
     ("spec.shareProcessNamespace", Rejected("not supported by wasmlet yet")),
     ("spec.setHostnameAsFQDN", Rejected("not supported by wasmlet yet")),
     ("spec.subdomain", Rejected("not supported by wasmlet yet")),

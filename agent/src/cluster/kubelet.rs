@@ -1,0 +1,553 @@
+//! The kubelet API on :10250, over TLS, as the API server, metrics-server and Prometheus
+//! reach it.
+//!
+//! Authentication: a client certificate that chains to the client CA (its CN is the
+//! user, its Os the groups), or a bearer token the API server vouches for (TokenReview,
+//! cached 2 minutes). Anything else is 401. Authorization: a SubjectAccessReview on
+//! `nodes/<subresource>` named after this node, with the kubelet's mapping (`/stats` →
+//! stats, `/metrics` → metrics, `/logs` → log, `/pods` → pods then proxy, everything
+//! else → proxy) and the verb from the method; exec, attach, portForward and run always
+//! need `create`. Allowed answers are cached 5 minutes, denials 30 s. 403 otherwise.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
+use kube::api::{Api, PostParams};
+use serde_json::{Value, json};
+
+use super::ClusterConfig;
+use super::pods::PodSync;
+use crate::api::{ApiError, Body, full, parse_query};
+use crate::pod::Manager;
+
+const AUTHN_TTL: Duration = Duration::from_secs(120);
+const ALLOWED_TTL: Duration = Duration::from_secs(300);
+const DENIED_TTL: Duration = Duration::from_secs(30);
+
+/// The Prometheus buckets of `kubelet_pod_start_sli_duration_seconds`.
+const SLI_BUCKETS: &[f64] = &[
+    0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 20.0, 30.0, 45.0, 60.0, 120.0, 180.0, 240.0, 300.0, 360.0, 480.0,
+    600.0, 900.0, 1200.0, 1800.0, 2700.0, 3600.0,
+];
+
+/// A caller, as authenticated.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct User {
+    pub name: String,
+    pub groups: Vec<String>,
+}
+
+pub struct KubeletApi {
+    client: kube::Client,
+    mgr: Arc<Manager>,
+    cfg: Arc<ClusterConfig>,
+    sync: Arc<PodSync>,
+    tokens: Mutex<HashMap<String, (Option<User>, Instant)>>,
+    decisions: Mutex<HashMap<(User, String, String), (bool, Instant)>>,
+    started: chrono::DateTime<chrono::Utc>,
+}
+
+impl std::fmt::Debug for KubeletApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeletApi").finish_non_exhaustive()
+    }
+}
+
+impl KubeletApi {
+    pub fn new(client: kube::Client, mgr: Arc<Manager>, cfg: Arc<ClusterConfig>, sync: Arc<PodSync>) -> Arc<Self> {
+        Arc::new(KubeletApi {
+            client,
+            mgr,
+            cfg,
+            sync,
+            tokens: Mutex::new(HashMap::new()),
+            decisions: Mutex::new(HashMap::new()),
+            started: chrono::Utc::now(),
+        })
+    }
+}
+
+/// The TLS configuration: our serving certificate; client certificates optional, and
+/// checked against `client_ca` when given.
+pub fn tls_config(client_ca: &[u8], (cert, key): &(String, String)) -> anyhow::Result<rustls::ServerConfig> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(client_ca) {
+        roots.add(c?)?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()?;
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(cert.as_bytes()).collect::<Result<_, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes())?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The user a verified client certificate names.
+fn cert_user(der: &[u8]) -> Option<User> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject = cert.subject();
+    let name = subject.iter_common_name().next()?.as_str().ok()?.to_string();
+    let groups = subject.iter_organization().filter_map(|o| o.as_str().ok().map(str::to_string)).collect();
+    Some(User { name, groups })
+}
+
+/// Serves until the process ends.
+pub async fn serve(api: Arc<KubeletApi>, client_ca: &[u8], serving: (String, String)) -> anyhow::Result<()> {
+    let tls = Arc::new(tls_config(client_ca, &serving)?);
+    let addr = format!("{}:{}", api.cfg.kubelet_address, api.cfg.kubelet_port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding the kubelet API on {addr}: {e}"))?;
+    tracing::info!(%addr, "kubelet API listening");
+    eprintln!("wasmlet: kubelet API on https://{addr}");
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (tcp, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (api, acceptor) = (api.clone(), acceptor.clone());
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::debug!(error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let user = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| cert_user(c.as_ref()));
+            let service = hyper::service::service_fn(move |req| {
+                let (api, user) = (api.clone(), user.clone());
+                async move { Ok::<_, Infallible>(api.handle(user, req).await) }
+            });
+            let io = hyper_util::rt::TokioIo::new(tls);
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).with_upgrades().await;
+        });
+    }
+}
+
+fn text(code: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    Response::builder()
+        .status(code)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(full(body.into()))
+        .expect("response")
+}
+
+fn json_response(v: &Value) -> Response<Body> {
+    Response::builder().header("content-type", "application/json").body(full(v.to_string())).expect("response")
+}
+
+/// The authorization attributes of a request: verb and `nodes` subresources to try.
+pub fn attributes(method: &Method, path: &str) -> (&'static str, Vec<&'static str>) {
+    let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    let streaming = matches!(first, "exec" | "attach" | "portForward" | "run");
+    let verb = if streaming {
+        "create"
+    } else {
+        match *method {
+            Method::POST => "create",
+            Method::PUT => "update",
+            Method::PATCH => "patch",
+            Method::DELETE => "delete",
+            _ => "get",
+        }
+    };
+    let subresources = match first {
+        "stats" => vec!["stats"],
+        "metrics" => vec!["metrics"],
+        "logs" => vec!["log"],
+        "checkpoint" => vec!["checkpoint"],
+        "pods" | "runningpods" => vec!["pods", "proxy"],
+        "healthz" => vec!["healthz", "proxy"],
+        "configz" => vec!["configz", "proxy"],
+        _ => vec!["proxy"],
+    };
+    (verb, subresources)
+}
+
+impl KubeletApi {
+    async fn handle(self: Arc<Self>, cert: Option<User>, req: Request<Incoming>) -> Response<Body> {
+        let user = match self.authenticate(cert, &req).await {
+            Some(u) => u,
+            None => return text(StatusCode::UNAUTHORIZED, "Unauthorized"),
+        };
+        let path = req.uri().path().to_string();
+        let (verb, subresources) = attributes(req.method(), &path);
+        let mut allowed = false;
+        for sub in &subresources {
+            if self.authorize(&user, verb, sub).await {
+                allowed = true;
+                break;
+            }
+        }
+        if !allowed {
+            let sub = subresources.last().copied().unwrap_or("proxy");
+            return text(
+                StatusCode::FORBIDDEN,
+                format!("Forbidden (user={}, verb={verb}, resource=nodes, subresource={sub})", user.name),
+            );
+        }
+        match self.route(req).await {
+            Ok(r) => r,
+            Err(e) => text(e.status, e.message),
+        }
+    }
+
+    async fn authenticate(&self, cert: Option<User>, req: &Request<Incoming>) -> Option<User> {
+        let token = req
+            .headers()
+            .get("authorization")
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(|t| t.trim().to_string());
+        let Some(token) = token else { return cert };
+        if let Some((user, at)) = self.tokens.lock().unwrap_or_else(|e| e.into_inner()).get(&token)
+            && at.elapsed() < AUTHN_TTL
+        {
+            return user.clone();
+        }
+        let review =
+            TokenReview { spec: TokenReviewSpec { token: token.clone(), ..Default::default() }, ..Default::default() };
+        let api: Api<TokenReview> = Api::all(self.client.clone());
+        let user = match api.create(&PostParams::default(), &review).await {
+            Ok(r) => r
+                .status
+                .filter(|s| s.authenticated == Some(true))
+                .and_then(|s| s.user)
+                .map(|u| User { name: u.username.unwrap_or_default(), groups: u.groups.unwrap_or_default() }),
+            Err(e) => {
+                // not cached: the API server may be back in a moment
+                tracing::warn!(error = %e, "TokenReview failed");
+                return None;
+            }
+        };
+        self.tokens.lock().unwrap_or_else(|e| e.into_inner()).insert(token, (user.clone(), Instant::now()));
+        user
+    }
+
+    async fn authorize(&self, user: &User, verb: &str, subresource: &str) -> bool {
+        let key = (user.clone(), verb.to_string(), subresource.to_string());
+        if let Some((ok, at)) = self.decisions.lock().unwrap_or_else(|e| e.into_inner()).get(&key)
+            && at.elapsed() < if *ok { ALLOWED_TTL } else { DENIED_TTL }
+        {
+            return *ok;
+        }
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some(user.name.clone()),
+                groups: Some(user.groups.clone()),
+                resource_attributes: Some(ResourceAttributes {
+                    verb: Some(verb.into()),
+                    group: Some(String::new()),
+                    resource: Some("nodes".into()),
+                    subresource: Some(subresource.into()),
+                    name: Some(self.cfg.node_name.clone()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let api: Api<SubjectAccessReview> = Api::all(self.client.clone());
+        match api.create(&PostParams::default(), &review).await {
+            Ok(r) => {
+                let ok = r.status.is_some_and(|s| s.allowed);
+                self.decisions.lock().unwrap_or_else(|e| e.into_inner()).insert(key, (ok, Instant::now()));
+                ok
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "SubjectAccessReview failed");
+                false
+            }
+        }
+    }
+
+    async fn route(self: &Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+        let path = req.uri().path().to_string();
+        let query = parse_query(req.uri().query().unwrap_or(""));
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match (req.method().clone(), parts.as_slice()) {
+            (Method::GET, ["healthz"]) | (Method::GET, ["healthz", "ping"]) => Ok(text(StatusCode::OK, "ok")),
+            (Method::GET, ["pods"]) => {
+                let items: Vec<Value> = self.mgr.list()?.iter().map(crate::api::view::pod).collect();
+                Ok(json_response(&json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items})))
+            }
+            (Method::GET, ["containerLogs", ns, pod, container]) => {
+                let mut q = query.clone();
+                q.retain(|(k, _)| k != "container");
+                q.push(("container".into(), container.to_string()));
+                crate::api::logs::respond(self.mgr.clone(), ns, pod, &q).await
+            }
+            (Method::GET | Method::POST, ["exec", ns, pod, container] | ["exec", ns, pod, _, container]) => {
+                let target = (ns.to_string(), pod.to_string(), container.to_string());
+                super::streaming::exec(self.mgr.clone(), target, &query, req).await
+            }
+            (Method::GET, ["stats", "summary"]) => Ok(json_response(&self.summary())),
+            (Method::GET, ["metrics", "resource"]) => Ok(prometheus(self.resource_metrics())),
+            (Method::GET, ["metrics"]) => Ok(prometheus(self.metrics())),
+            _ => Err(ApiError::new(StatusCode::NOT_FOUND, format!("404 page not found: {path}"))),
+        }
+    }
+
+    /// `/stats/summary` (k8s.io/kubelet stats/v1alpha1): the node and each running pod.
+    fn summary(&self) -> Value {
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let host = host_usage();
+        let fs = fs_stats(&self.cfg.state_dir, &now);
+        let mut pods = Vec::new();
+        for rec in self.mgr.list().unwrap_or_default() {
+            let mut containers = Vec::new();
+            let (mut cpu, mut mem) = (0u64, 0u64);
+            for (i, c) in rec.plan.containers.iter().enumerate() {
+                let Some(u) = self.mgr.usage(&rec, i) else { continue };
+                cpu += u.cpu_ns;
+                mem += u.memory_bytes;
+                let started = match &rec.status.containers[i].state {
+                    crate::pod::state::State::Running { started_at } => time(*started_at),
+                    _ => now.clone(),
+                };
+                containers.push(json!({
+                    "name": c.name, "startTime": started,
+                    "cpu": {"time": now, "usageCoreNanoSeconds": u.cpu_ns},
+                    "memory": {"time": now, "workingSetBytes": u.memory_bytes, "usageBytes": u.memory_bytes},
+                }));
+            }
+            if containers.is_empty() {
+                continue;
+            }
+            pods.push(json!({
+                "podRef": {"name": rec.name(), "namespace": rec.namespace(), "uid": rec.uid},
+                "startTime": time(rec.status.start_time.unwrap_or(rec.created_at)),
+                "containers": containers,
+                "cpu": {"time": now, "usageCoreNanoSeconds": cpu},
+                "memory": {"time": now, "workingSetBytes": mem, "usageBytes": mem},
+            }));
+        }
+        json!({
+            "node": {
+                "nodeName": self.cfg.node_name,
+                "startTime": self.started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "cpu": {"time": now, "usageCoreNanoSeconds": host.cpu_ns},
+                "memory": {
+                    "time": now, "availableBytes": host.available, "usageBytes": host.used,
+                    "workingSetBytes": host.used, "rssBytes": self_rss(),
+                },
+                "fs": fs,
+                "runtime": {"imageFs": fs},
+                "rlimit": {"time": now, "maxpid": host.pid_max, "curproc": host.procs},
+                "systemContainers": [{"name": "kubelet", "startTime": self.started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    "memory": {"time": now, "rssBytes": self_rss(), "workingSetBytes": self_rss()}}],
+            },
+            "pods": pods,
+        })
+    }
+
+    /// `/metrics/resource`: what metrics-server scrapes (`kubectl top`).
+    fn resource_metrics(&self) -> String {
+        let ms = chrono::Utc::now().timestamp_millis();
+        let host = host_usage();
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for (labels, v) in samples {
+                out.push_str(&format!("{name}{labels} {v} {ms}\n"));
+            }
+        };
+        metric(
+            "node_cpu_usage_seconds_total",
+            "counter",
+            "[STABLE] Cumulative cpu time consumed by the node in core-seconds",
+            vec![(String::new(), host.cpu_ns as f64 / 1e9)],
+        );
+        metric(
+            "node_memory_working_set_bytes",
+            "gauge",
+            "[STABLE] Current working set of the node in bytes",
+            vec![(String::new(), host.used as f64)],
+        );
+        let (mut ccpu, mut cmem, mut cstart, mut pcpu, mut pmem) = (vec![], vec![], vec![], vec![], vec![]);
+        for rec in self.mgr.list().unwrap_or_default() {
+            let (mut cpu, mut mem, mut any) = (0u64, 0u64, false);
+            for (i, c) in rec.plan.containers.iter().enumerate() {
+                let Some(u) = self.mgr.usage(&rec, i) else { continue };
+                any = true;
+                cpu += u.cpu_ns;
+                mem += u.memory_bytes;
+                let labels =
+                    format!("{{container=\"{}\",namespace=\"{}\",pod=\"{}\"}}", c.name, rec.namespace(), rec.name());
+                ccpu.push((labels.clone(), u.cpu_ns as f64 / 1e9));
+                cmem.push((labels.clone(), u.memory_bytes as f64));
+                if let crate::pod::state::State::Running { started_at } = rec.status.containers[i].state {
+                    cstart.push((labels, started_at as f64 / 1e3));
+                }
+            }
+            if any {
+                let labels = format!("{{namespace=\"{}\",pod=\"{}\"}}", rec.namespace(), rec.name());
+                pcpu.push((labels.clone(), cpu as f64 / 1e9));
+                pmem.push((labels, mem as f64));
+            }
+        }
+        metric(
+            "container_cpu_usage_seconds_total",
+            "counter",
+            "[STABLE] Cumulative cpu time consumed by the container in core-seconds",
+            ccpu,
+        );
+        metric(
+            "container_memory_working_set_bytes",
+            "gauge",
+            "[STABLE] Current working set of the container in bytes",
+            cmem,
+        );
+        metric(
+            "container_start_time_seconds",
+            "gauge",
+            "[STABLE] Start time of the container since unix epoch in seconds",
+            cstart,
+        );
+        metric(
+            "pod_cpu_usage_seconds_total",
+            "counter",
+            "[STABLE] Cumulative cpu time consumed by the pod in core-seconds",
+            pcpu,
+        );
+        metric("pod_memory_working_set_bytes", "gauge", "[STABLE] Current working set of the pod in bytes", pmem);
+        out.push_str("# HELP resource_scrape_error [STABLE] 1 if there was an error while getting container metrics, 0 otherwise\n# TYPE resource_scrape_error gauge\nresource_scrape_error 0\n");
+        out
+    }
+
+    /// `/metrics`: the agent's own, with the kubelet's pod start SLI.
+    fn metrics(&self) -> String {
+        let mut samples: Vec<f64> = self.mgr.start_latencies().iter().map(|d| d.as_secs_f64()).collect();
+        samples.sort_by(|a, b| a.total_cmp(b));
+        let mut out = String::from(
+            "# HELP kubelet_pod_start_sli_duration_seconds [BETA] Duration in seconds to start a pod, excluding time to pull images and run init containers, measured from pod creation timestamp to when all its containers are reported as started and observed via watch\n# TYPE kubelet_pod_start_sli_duration_seconds histogram\n",
+        );
+        for b in SLI_BUCKETS {
+            let n = samples.partition_point(|s| s <= b);
+            out.push_str(&format!("kubelet_pod_start_sli_duration_seconds_bucket{{le=\"{b}\"}} {n}\n"));
+        }
+        out.push_str(&format!("kubelet_pod_start_sli_duration_seconds_bucket{{le=\"+Inf\"}} {}\n", samples.len()));
+        out.push_str(&format!("kubelet_pod_start_sli_duration_seconds_sum {}\n", samples.iter().sum::<f64>()));
+        out.push_str(&format!("kubelet_pod_start_sli_duration_seconds_count {}\n", samples.len()));
+        let pods = self.mgr.list().unwrap_or_default();
+        let running = pods.iter().filter(|r| r.status.phase == crate::pod::state::Phase::Running).count();
+        let containers: usize = pods
+            .iter()
+            .map(|r| {
+                r.status
+                    .containers
+                    .iter()
+                    .filter(|c| matches!(c.state, crate::pod::state::State::Running { .. }))
+                    .count()
+            })
+            .sum();
+        out.push_str(&format!("# HELP kubelet_running_pods [ALPHA] Number of pods that have a running pod sandbox\n# TYPE kubelet_running_pods gauge\nkubelet_running_pods {running}\n"));
+        out.push_str(&format!("# HELP kubelet_running_containers [ALPHA] Number of containers currently running\n# TYPE kubelet_running_containers gauge\nkubelet_running_containers{{container_state=\"running\"}} {containers}\n"));
+        let connected = self.sync.connected.load(std::sync::atomic::Ordering::Relaxed);
+        out.push_str(&format!("# HELP wasmlet_api_server_connected 1 while the pod watch is connected to the API server\n# TYPE wasmlet_api_server_connected gauge\nwasmlet_api_server_connected {}\n", u8::from(connected)));
+        out
+    }
+}
+
+fn prometheus(body: String) -> Response<Body> {
+    Response::builder().header("content-type", "text/plain; version=0.0.4").body(full(body)).expect("response")
+}
+
+fn time(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+struct Host {
+    cpu_ns: u64,
+    available: u64,
+    used: u64,
+    pid_max: u64,
+    procs: u64,
+}
+
+fn host_usage() -> Host {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let jiffies: Vec<u64> =
+        stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal; USER_HZ is 100
+    let busy: u64 = jiffies.iter().enumerate().filter(|(i, _)| *i != 3 && *i != 4 && *i < 8).map(|(_, v)| v).sum();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kib = |key: &str| {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    let (total, available) = (kib("MemTotal:"), kib("MemAvailable:"));
+    let procs = std::fs::read_dir("/proc")
+        .map(|d| d.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok()).count())
+        .unwrap_or(0) as u64;
+    let pid_max =
+        std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+    Host { cpu_ns: busy * 10_000_000, available, used: total.saturating_sub(available), pid_max, procs }
+}
+
+fn self_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+fn fs_stats(dir: &std::path::Path, now: &str) -> Value {
+    match rustix::fs::statvfs(dir) {
+        Ok(s) => json!({
+            "time": now,
+            "availableBytes": s.f_bavail * s.f_frsize,
+            "capacityBytes": s.f_blocks * s.f_frsize,
+            "usedBytes": (s.f_blocks - s.f_bfree) * s.f_frsize,
+            "inodesFree": s.f_ffree, "inodes": s.f_files, "inodesUsed": s.f_files - s.f_ffree,
+        }),
+        Err(_) => json!({"time": now}),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_map_to_the_kubelets_authorization_attributes() {
+        assert_eq!(attributes(&Method::GET, "/stats/summary"), ("get", vec!["stats"]));
+        assert_eq!(attributes(&Method::GET, "/metrics/resource"), ("get", vec!["metrics"]));
+        assert_eq!(attributes(&Method::GET, "/logs/syslog"), ("get", vec!["log"]));
+        assert_eq!(attributes(&Method::GET, "/containerLogs/default/p/c"), ("get", vec!["proxy"]));
+        assert_eq!(attributes(&Method::GET, "/pods"), ("get", vec!["pods", "proxy"]));
+        assert_eq!(attributes(&Method::GET, "/healthz"), ("get", vec!["healthz", "proxy"]));
+        // a WebSocket upgrade arrives as GET; exec still needs create
+        assert_eq!(attributes(&Method::GET, "/exec/default/p/c"), ("create", vec!["proxy"]));
+        assert_eq!(attributes(&Method::POST, "/attach/default/p/c"), ("create", vec!["proxy"]));
+        assert_eq!(attributes(&Method::POST, "/portForward/default/p"), ("create", vec!["proxy"]));
+        assert_eq!(attributes(&Method::DELETE, "/pods"), ("delete", vec!["pods", "proxy"]));
+    }
+}

@@ -1,0 +1,431 @@
+//! The Node object and its heartbeats: registration, the Lease in `kube-node-lease`
+//! (renewed every 10 s, 40 s duration) and the node status (computed every 10 s, sent
+//! when it changes and at least every 5 minutes), as the kubelet does them (KEP-589).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{
+    Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus, NodeSystemInfo, Taint,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+use super::ClusterConfig;
+use crate::pod::Manager;
+
+pub const LEASE_DURATION_SECONDS: i32 = 40;
+const RENEW: Duration = Duration::from_secs(10);
+const STATUS_EVERY: Duration = Duration::from_secs(10);
+const STATUS_REPORT: Duration = Duration::from_secs(300);
+/// The kubelet's hard eviction default `memory.available<100Mi`.
+const EVICTION_MEMORY: u64 = 100 << 20;
+
+/// Back-off for heartbeats: 200 ms doubling to 7 s, as the kubelet's lease controller.
+pub fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(200u64.saturating_mul(1 << attempt.min(6))).min(Duration::from_secs(7))
+}
+
+/// The labels this node carries: the well-known ones and wasmlet's runtime labels.
+pub fn labels(cfg: &ClusterConfig, linux: bool) -> BTreeMap<String, String> {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        a => a,
+    };
+    let mut l = BTreeMap::new();
+    for (k, v) in [
+        ("kubernetes.io/hostname", cfg.node_name.as_str()),
+        ("kubernetes.io/os", "linux"),
+        ("kubernetes.io/arch", arch),
+        ("beta.kubernetes.io/os", "linux"),
+        ("beta.kubernetes.io/arch", arch),
+        ("node.kubernetes.io/instance-type", "wasmlet"),
+        ("wasmlet.dev/node", "true"),
+        ("wasmlet.dev/runtime.wasm", "true"),
+        ("wasmlet.dev/runtime.linux", if linux { "true" } else { "false" }),
+    ] {
+        l.insert(k.to_string(), v.to_string());
+    }
+    l.extend(cfg.labels.clone());
+    l
+}
+
+/// `key[=value]:Effect` as `--register-with-taints` takes them.
+pub fn parse_taint(s: &str) -> Result<Taint, String> {
+    let (kv, effect) = s.rsplit_once(':').ok_or_else(|| format!("taint {s:?}: want key[=value]:Effect"))?;
+    if !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect) {
+        return Err(format!("taint {s:?}: effect must be NoSchedule, PreferNoSchedule or NoExecute"));
+    }
+    let (key, value) = kv.split_once('=').map_or((kv, None), |(k, v)| (k, Some(v.to_string())));
+    if key.is_empty() {
+        return Err(format!("taint {s:?}: the key is empty"));
+    }
+    Ok(Taint { key: key.into(), value, effect: effect.into(), time_added: None })
+}
+
+fn quantity(s: impl Into<String>) -> Quantity {
+    Quantity(s.into())
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+fn os_image() -> String {
+    read("/etc/os-release")
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap_or_else(|| "Linux".into())
+}
+
+/// What the node reports about itself that does not change while it runs.
+pub fn system_info() -> NodeSystemInfo {
+    let uname = rustix::system::uname();
+    let machine_id = read("/etc/machine-id");
+    let uuid = read("/sys/class/dmi/id/product_uuid");
+    NodeSystemInfo {
+        machine_id: machine_id.clone(),
+        system_uuid: if uuid.is_empty() { machine_id } else { uuid },
+        boot_id: read("/proc/sys/kernel/random/boot_id"),
+        kernel_version: uname.release().to_string_lossy().into_owned(),
+        os_image: os_image(),
+        container_runtime_version: format!("wasmlet://{}", env!("CARGO_PKG_VERSION")),
+        kubelet_version: super::KUBELET_VERSION.into(),
+        kube_proxy_version: String::new(),
+        operating_system: "linux".into(),
+        architecture: labels_arch(),
+        ..Default::default()
+    }
+}
+
+fn labels_arch() -> String {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64".into(),
+        "aarch64" => "arm64".into(),
+        a => a.into(),
+    }
+}
+
+/// The pressure conditions' inputs, read from the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pressure {
+    pub memory: bool,
+    pub disk: bool,
+    pub pid: bool,
+}
+
+impl Pressure {
+    /// `memory.available<100Mi`, `nodefs.available<10%` (the state directory's
+    /// filesystem), and more than 95 % of `pid_max` in use.
+    pub fn read(state_dir: &std::path::Path) -> Pressure {
+        let available = read("/proc/meminfo")
+            .lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:").map(str::to_string))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .map_or(u64::MAX, |kib| kib * 1024);
+        let disk =
+            rustix::fs::statvfs(state_dir).map(|s| s.f_blocks > 0 && s.f_bavail * 10 < s.f_blocks).unwrap_or(false);
+        let pid_max: u64 = read("/proc/sys/kernel/pid_max").parse().unwrap_or(u64::MAX);
+        let procs = std::fs::read_dir("/proc")
+            .map(|d| {
+                d.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok()).count()
+            })
+            .unwrap_or(0) as u64;
+        Pressure {
+            memory: available < EVICTION_MEMORY,
+            disk,
+            pid: procs.saturating_mul(100) > pid_max.saturating_mul(95),
+        }
+    }
+}
+
+fn condition(kind: &str, status: bool, reason: &str, message: &str, now: &Time) -> NodeCondition {
+    NodeCondition {
+        type_: kind.into(),
+        status: if status { "True" } else { "False" }.into(),
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        last_heartbeat_time: Some(now.clone()),
+        last_transition_time: Some(now.clone()),
+    }
+}
+
+/// The node's status: capacity and allocatable from the machine, conditions, addresses,
+/// the kubelet endpoint. Transition times are the caller's to keep.
+pub fn status(mgr: &Manager, cfg: &ClusterConfig, pressure: Pressure, ready: Result<(), String>) -> NodeStatus {
+    let node = mgr.node();
+    let now = Time(jiff::Timestamp::now());
+    let pods = cfg.max_pods.to_string();
+    let capacity = BTreeMap::from([
+        ("cpu".to_string(), quantity(format!("{}m", node.cpu_millis))),
+        ("memory".to_string(), quantity(format!("{}Ki", node.memory_bytes / 1024))),
+        ("ephemeral-storage".to_string(), quantity(format!("{}Ki", node.ephemeral_bytes / 1024))),
+        ("pods".to_string(), quantity(pods.clone())),
+    ]);
+    let allocatable = BTreeMap::from([
+        ("cpu".to_string(), quantity(format!("{}m", node.cpu_millis))),
+        ("memory".to_string(), quantity(format!("{}Ki", node.memory_bytes.saturating_sub(EVICTION_MEMORY) / 1024))),
+        ("ephemeral-storage".to_string(), quantity(format!("{}Ki", node.ephemeral_bytes / 10 * 9 / 1024))),
+        ("pods".to_string(), quantity(pods)),
+    ]);
+    let conditions = vec![
+        match &ready {
+            Ok(()) => condition("Ready", true, "KubeletReady", "kubelet is posting ready status", &now),
+            Err(why) => condition("Ready", false, "KubeletNotReady", why, &now),
+        },
+        if pressure.memory {
+            condition(
+                "MemoryPressure",
+                true,
+                "KubeletHasInsufficientMemory",
+                "kubelet has insufficient memory available",
+                &now,
+            )
+        } else {
+            condition(
+                "MemoryPressure",
+                false,
+                "KubeletHasSufficientMemory",
+                "kubelet has sufficient memory available",
+                &now,
+            )
+        },
+        if pressure.disk {
+            condition("DiskPressure", true, "KubeletHasDiskPressure", "kubelet has disk pressure", &now)
+        } else {
+            condition("DiskPressure", false, "KubeletHasNoDiskPressure", "kubelet has no disk pressure", &now)
+        },
+        if pressure.pid {
+            condition("PIDPressure", true, "KubeletHasInsufficientPID", "kubelet has insufficient PID available", &now)
+        } else {
+            condition("PIDPressure", false, "KubeletHasSufficientPID", "kubelet has sufficient PID available", &now)
+        },
+    ];
+    let mut addresses = vec![NodeAddress { type_: "InternalIP".into(), address: cfg.node_ip.clone() }];
+    addresses.push(NodeAddress { type_: "Hostname".into(), address: cfg.node_name.clone() });
+    NodeStatus {
+        capacity: Some(capacity),
+        allocatable: Some(allocatable),
+        conditions: Some(conditions),
+        addresses: Some(addresses),
+        daemon_endpoints: Some(NodeDaemonEndpoints {
+            kubelet_endpoint: Some(k8s_openapi::api::core::v1::DaemonEndpoint { port: cfg.kubelet_port as i32 }),
+        }),
+        node_info: Some(system_info()),
+        ..Default::default()
+    }
+}
+
+/// Whether two statuses differ in anything but heartbeat times.
+fn meaningful(a: &NodeStatus, b: &NodeStatus) -> bool {
+    let strip = |s: &NodeStatus| {
+        let mut s = s.clone();
+        for c in s.conditions.iter_mut().flatten() {
+            c.last_heartbeat_time = None;
+            c.last_transition_time = None;
+        }
+        s
+    };
+    strip(a) != strip(b)
+}
+
+/// Keeps each condition's transition time while its status stays the same.
+fn carry_transitions(new: &mut NodeStatus, old: &NodeStatus) {
+    for c in new.conditions.iter_mut().flatten() {
+        if let Some(o) = old.conditions.iter().flatten().find(|o| o.type_ == c.type_)
+            && o.status == c.status
+        {
+            c.last_transition_time = o.last_transition_time.clone();
+        }
+    }
+}
+
+/// The Node object to create.
+pub fn object(mgr: &Manager, cfg: &ClusterConfig, linux: bool) -> Node {
+    Node {
+        metadata: ObjectMeta {
+            name: Some(cfg.node_name.clone()),
+            labels: Some(labels(cfg, linux)),
+            annotations: Some(BTreeMap::from([(
+                "wasmlet.dev/version".to_string(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            )])),
+            ..Default::default()
+        },
+        spec: Some(NodeSpec { taints: Some(cfg.taints.clone()).filter(|t| !t.is_empty()), ..Default::default() }),
+        status: Some(status(mgr, cfg, Pressure::read(&cfg.state_dir), Ok(()))),
+    }
+}
+
+/// Creates the Node, or brings an existing one's labels up to date. Returns its uid.
+pub async fn register(client: &kube::Client, mgr: &Manager, cfg: &ClusterConfig, linux: bool) -> kube::Result<String> {
+    let api: Api<Node> = Api::all(client.clone());
+    let node = object(mgr, cfg, linux);
+    let created = match api.create(&PostParams::default(), &node).await {
+        Ok(n) => {
+            tracing::info!(node = %cfg.node_name, "registered the node");
+            n
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let patch = json!({"metadata": {"labels": node.metadata.labels}});
+            let n = api.patch(&cfg.node_name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            tracing::info!(node = %cfg.node_name, "the node was registered before; labels updated");
+            n
+        }
+        Err(e) => return Err(e),
+    };
+    // the status is a subresource: creation does not set it
+    let status = json!({"status": node.status});
+    api.patch_status(&cfg.node_name, &PatchParams::default(), &Patch::Merge(&status)).await?;
+    Ok(created.metadata.uid.unwrap_or_default())
+}
+
+/// Renews the node's Lease every 10 s, creating it when missing. Failures are retried
+/// with back-off and never stop the node's pods.
+pub async fn lease_loop(client: kube::Client, cfg: Arc<ClusterConfig>, node_uid: String) {
+    let api: Api<Lease> = Api::namespaced(client, "kube-node-lease");
+    let mut failures = 0u32;
+    loop {
+        match renew(&api, &cfg, &node_uid).await {
+            Ok(()) => {
+                if failures > 0 {
+                    tracing::info!("lease renewed again after {failures} failures");
+                }
+                failures = 0;
+                tokio::time::sleep(RENEW).await;
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, failures, "cannot renew the node lease");
+                tokio::time::sleep(backoff(failures.saturating_sub(5))).await;
+            }
+        }
+    }
+}
+
+async fn renew(api: &Api<Lease>, cfg: &ClusterConfig, node_uid: &str) -> kube::Result<()> {
+    let now = MicroTime(jiff::Timestamp::now());
+    match api.get_opt(&cfg.node_name).await? {
+        Some(mut lease) => {
+            let spec = lease.spec.get_or_insert_with(Default::default);
+            spec.renew_time = Some(now);
+            spec.holder_identity = Some(cfg.node_name.clone());
+            spec.lease_duration_seconds = Some(LEASE_DURATION_SECONDS);
+            // a stale resourceVersion gets 409: read again next round
+            api.replace(&cfg.node_name, &PostParams::default(), &lease).await?;
+        }
+        None => {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(cfg.node_name.clone()),
+                    namespace: Some("kube-node-lease".into()),
+                    owner_references: (!node_uid.is_empty()).then(|| {
+                        vec![OwnerReference {
+                            api_version: "v1".into(),
+                            kind: "Node".into(),
+                            name: cfg.node_name.clone(),
+                            uid: node_uid.into(),
+                            ..Default::default()
+                        }]
+                    }),
+                    ..Default::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(cfg.node_name.clone()),
+                    lease_duration_seconds: Some(LEASE_DURATION_SECONDS),
+                    renew_time: Some(now),
+                    ..Default::default()
+                }),
+            };
+            api.create(&PostParams::default(), &lease).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Computes the node status every 10 s and sends it when it changed or 5 minutes passed.
+pub async fn status_loop(client: kube::Client, mgr: Arc<Manager>, cfg: Arc<ClusterConfig>) {
+    let api: Api<Node> = Api::all(client);
+    let mut last: Option<(NodeStatus, std::time::Instant)> = None;
+    let mut failures = 0u32;
+    loop {
+        // the Wasm runtime is in-process: the agent running is the runtime ready
+        let ready = Ok(());
+        let mut now = status(&mgr, &cfg, Pressure::read(&cfg.state_dir), ready);
+        let due = match &last {
+            None => true,
+            Some((old, at)) => {
+                carry_transitions(&mut now, old);
+                meaningful(&now, old) || at.elapsed() >= STATUS_REPORT
+            }
+        };
+        if !due {
+            tokio::time::sleep(STATUS_EVERY).await;
+            continue;
+        }
+        let patch = json!({"status": now});
+        match api.patch_status(&cfg.node_name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => {
+                failures = 0;
+                last = Some((now, std::time::Instant::now()));
+                tokio::time::sleep(STATUS_EVERY).await;
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, failures, "cannot update the node status");
+                tokio::time::sleep(backoff(failures)).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn taints_parse_as_the_kubelet_flag_takes_them() {
+        let t = parse_taint("wasmlet.dev/agent=wasm:NoSchedule").unwrap();
+        assert_eq!(
+            (t.key.as_str(), t.value.as_deref(), t.effect.as_str()),
+            ("wasmlet.dev/agent", Some("wasm"), "NoSchedule")
+        );
+        let t = parse_taint("edge:NoExecute").unwrap();
+        assert_eq!((t.key.as_str(), t.value, t.effect.as_str()), ("edge", None, "NoExecute"));
+        assert!(parse_taint("edge=x").unwrap_err().contains("want key[=value]:Effect"));
+        assert!(parse_taint("edge=x:Sometimes").unwrap_err().contains("effect must be"));
+    }
+
+    #[test]
+    fn heartbeat_backoff_doubles_from_200ms_to_7s() {
+        let d: Vec<u64> = (0..8).map(|a| backoff(a).as_millis() as u64).collect();
+        assert_eq!(d, [200, 400, 800, 1600, 3200, 6400, 7000, 7000]);
+    }
+
+    #[test]
+    fn only_meaningful_changes_resend_the_status() {
+        let t = |s| Time(jiff::Timestamp::from_second(s).unwrap());
+        let c = |status: &str, at| NodeCondition {
+            type_: "Ready".into(),
+            status: status.into(),
+            last_heartbeat_time: Some(t(at)),
+            last_transition_time: Some(t(at)),
+            ..Default::default()
+        };
+        let a = NodeStatus { conditions: Some(vec![c("True", 1)]), ..Default::default() };
+        let mut b = NodeStatus { conditions: Some(vec![c("True", 2)]), ..Default::default() };
+        assert!(!meaningful(&a, &b));
+        carry_transitions(&mut b, &a);
+        assert_eq!(b.conditions.as_ref().unwrap()[0].last_transition_time, Some(t(1)));
+        let mut f = NodeStatus { conditions: Some(vec![c("False", 3)]), ..Default::default() };
+        assert!(meaningful(&a, &f));
+        carry_transitions(&mut f, &a);
+        assert_eq!(f.conditions.as_ref().unwrap()[0].last_transition_time, Some(t(3)));
+    }
+}

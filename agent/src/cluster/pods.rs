@@ -1,0 +1,561 @@
+//! The pods bound to this node: watched (`spec.nodeName=N`), run through the pod
+//! manager with the ConfigMaps and Secrets they use, their status sent back, their
+//! events recorded, and graceful deletion finished with the final delete.
+//!
+//! Status reporting is the kubelet's status manager in small: a change marks the pod
+//! dirty; a reporter sends each dirty pod's status once (later changes in the same
+//! moment ride along), through a token bucket and a bounded number of requests in
+//! flight; what fails stays dirty and is sent again, and a resync every 10 s catches
+//! anything that differs from what the API server was last told.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Event as KubeEvent, ObjectReference, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher;
+use serde_json::{Value, json};
+use tokio::sync::{Notify, Semaphore};
+
+use super::ClusterConfig;
+use crate::pod::{Manager, PodRecord};
+use crate::spec::Object;
+
+/// How long the reporter waits for more changes before sending.
+const BATCH: Duration = Duration::from_millis(10);
+const RESYNC: Duration = Duration::from_secs(10);
+/// How often referenced ConfigMaps and Secrets are read again (the kubelet's default
+/// sync period is a minute).
+const REFRESH: Duration = Duration::from_secs(30);
+const IN_FLIGHT: usize = 32;
+
+/// The component name events carry, as the kubelet's.
+const SOURCE: &str = "kubelet";
+
+pub struct PodSync {
+    client: kube::Client,
+    mgr: Arc<Manager>,
+    cfg: Arc<ClusterConfig>,
+    dirty: Mutex<BTreeSet<String>>,
+    wake: Notify,
+    /// The status last acknowledged by the API server, by pod key.
+    sent: Mutex<HashMap<String, Value>>,
+    /// Pods whose deletion is under way (by uid).
+    deleting: Mutex<HashSet<String>>,
+    events: tokio::sync::mpsc::UnboundedSender<(String, crate::pod::Event)>,
+    events_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(String, crate::pod::Event)>>>,
+    limiter: Limiter,
+    /// Whether the watch is connected (for the kubelet API's healthz detail).
+    pub connected: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for PodSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodSync").finish_non_exhaustive()
+    }
+}
+
+impl crate::pod::Observer for PodSync {
+    fn pod_changed(&self, key: &str) {
+        self.dirty.lock().unwrap_or_else(|e| e.into_inner()).insert(key.to_string());
+        self.wake.notify_one();
+    }
+    fn event(&self, uid: &str, event: &crate::pod::Event) {
+        let _ = self.events.send((uid.to_string(), event.clone()));
+    }
+}
+
+/// A token bucket: `qps` a second, up to `burst` at once.
+#[derive(Debug)]
+struct Limiter {
+    qps: f64,
+    burst: f64,
+    state: Mutex<(f64, std::time::Instant)>,
+}
+
+impl Limiter {
+    fn new(qps: u32, burst: u32) -> Limiter {
+        let burst = burst.max(1) as f64;
+        Limiter { qps: qps.max(1) as f64, burst, state: Mutex::new((burst, std::time::Instant::now())) }
+    }
+    async fn take(&self) {
+        loop {
+            let wait = {
+                let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                let now = std::time::Instant::now();
+                s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * self.qps).min(self.burst);
+                s.1 = now;
+                if s.0 >= 1.0 {
+                    s.0 -= 1.0;
+                    return;
+                }
+                Duration::from_secs_f64((1.0 - s.0) / self.qps)
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// The names of the ConfigMaps and Secrets a pod uses.
+pub fn references(pod: &Pod) -> (BTreeSet<String>, BTreeSet<String>) {
+    let (mut cms, mut secrets) = (BTreeSet::new(), BTreeSet::new());
+    let Some(spec) = &pod.spec else { return (cms, secrets) };
+    for v in spec.volumes.iter().flatten() {
+        if let Some(c) = &v.config_map {
+            cms.insert(c.name.clone());
+        }
+        if let Some(s) = v.secret.as_ref().and_then(|s| s.secret_name.clone()) {
+            secrets.insert(s);
+        }
+        for s in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
+            if let Some(c) = &s.config_map {
+                cms.insert(c.name.clone());
+            }
+            if let Some(c) = &s.secret {
+                secrets.insert(c.name.clone());
+            }
+        }
+    }
+    for r in spec.image_pull_secrets.iter().flatten() {
+        secrets.insert(r.name.clone());
+    }
+    for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
+        for e in c.env.iter().flatten() {
+            if let Some(r) = e.value_from.as_ref().and_then(|v| v.config_map_key_ref.as_ref()) {
+                cms.insert(r.name.clone());
+            }
+            if let Some(r) = e.value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()) {
+                secrets.insert(r.name.clone());
+            }
+        }
+        for e in c.env_from.iter().flatten() {
+            if let Some(r) = &e.config_map_ref {
+                cms.insert(r.name.clone());
+            }
+            if let Some(r) = &e.secret_ref {
+                secrets.insert(r.name.clone());
+            }
+        }
+    }
+    (cms, secrets)
+}
+
+fn clean_meta(m: &mut ObjectMeta) {
+    m.managed_fields = None;
+    m.resource_version = None;
+}
+
+impl PodSync {
+    pub fn new(client: kube::Client, mgr: Arc<Manager>, cfg: Arc<ClusterConfig>) -> Arc<PodSync> {
+        let (events, events_rx) = tokio::sync::mpsc::unbounded_channel();
+        Arc::new(PodSync {
+            client,
+            mgr,
+            limiter: Limiter::new(cfg.qps, cfg.burst),
+            cfg,
+            dirty: Mutex::new(BTreeSet::new()),
+            wake: Notify::new(),
+            sent: Mutex::new(HashMap::new()),
+            deleting: Mutex::new(HashSet::new()),
+            events,
+            events_rx: Mutex::new(Some(events_rx)),
+            connected: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Whether a stored pod came from the API server for this node.
+    fn ours(&self, rec: &PodRecord) -> bool {
+        rec.pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(self.cfg.node_name.as_str())
+    }
+
+    pub async fn run(self: Arc<Self>) {
+        tokio::spawn(self.clone().report_loop());
+        tokio::spawn(self.clone().event_loop());
+        tokio::spawn(self.clone().refresh_loop());
+        {
+            // whatever was stored is reported again once the API server answers
+            let mut d = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+            d.extend(self.mgr.list().unwrap_or_default().iter().filter(|r| self.ours(r)).map(|r| r.key()));
+        }
+        self.wake.notify_one();
+        self.watch_loop().await;
+    }
+
+    async fn watch_loop(self: &Arc<Self>) {
+        let api: Api<Pod> = Api::all(self.client.clone());
+        let config = watcher::Config::default().fields(&format!("spec.nodeName={}", self.cfg.node_name));
+        let mut stream = watcher(api, config).default_backoff().boxed();
+        let mut listed: HashSet<String> = HashSet::new();
+        while let Some(first) = stream.next().await {
+            // take every event that is already here, to apply them in one batch
+            let mut batch = vec![first];
+            while let Some(Some(more)) = stream.next().now_or_never() {
+                batch.push(more);
+                if batch.len() >= 512 {
+                    break;
+                }
+            }
+            let mut apply = Vec::new();
+            for ev in batch {
+                match ev {
+                    Ok(watcher::Event::Init) => listed.clear(),
+                    Ok(watcher::Event::InitApply(p)) => {
+                        listed.insert(p.metadata.uid.clone().unwrap_or_default());
+                        apply.push(p);
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        self.connected.store(true, std::sync::atomic::Ordering::Relaxed);
+                        self.flush(&mut apply).await;
+                        self.forget_missing(&listed);
+                    }
+                    Ok(watcher::Event::Apply(p)) => apply.push(p),
+                    Ok(watcher::Event::Delete(p)) => {
+                        self.flush(&mut apply).await;
+                        self.gone(p);
+                    }
+                    Err(e) => {
+                        self.connected.store(false, std::sync::atomic::Ordering::Relaxed);
+                        tracing::warn!(error = %e, "pod watch failed; retrying");
+                    }
+                }
+            }
+            self.flush(&mut apply).await;
+        }
+    }
+
+    /// Starts, or keeps running, the given pods; pods marked for deletion are deleted.
+    async fn flush(self: &Arc<Self>, pods: &mut Vec<Pod>) {
+        let mut objects = Vec::new();
+        let mut pending = Vec::new();
+        for pod in pods.drain(..) {
+            let key = crate::pod::key(
+                pod.metadata.namespace.as_deref().unwrap_or("default"),
+                pod.metadata.name.as_deref().unwrap_or_default(),
+            );
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            if pod.metadata.deletion_timestamp.is_some() {
+                self.delete(pod);
+                continue;
+            }
+            let stored = self.mgr.get(&key).ok().flatten();
+            if stored.as_ref().is_some_and(|r| r.uid == uid) {
+                continue;
+            }
+            if pod.status.as_ref().and_then(|s| s.phase.as_deref()).is_some_and(|p| p == "Succeeded" || p == "Failed") {
+                // it ended before (on this node, or refused): nothing to run again
+                continue;
+            }
+            let value = serde_json::to_value(&pod).expect("pod serialises");
+            match crate::spec::api_pod(value) {
+                Ok(p) => {
+                    objects.extend(self.dependencies(&p).await);
+                    pending.push(Object::Pod(Box::new(p)));
+                }
+                Err(e) => self.refuse(&pod, &e.to_string()).await,
+            }
+        }
+        if pending.is_empty() {
+            return;
+        }
+        objects.extend(pending);
+        if let Err(e) = self.mgr.apply(objects).await {
+            tracing::warn!(error = %e, "cannot start the node's pods");
+        }
+    }
+
+    /// The ConfigMaps and Secrets a pod uses, read with the node's identity; the stored
+    /// copy stands when the API server cannot be reached.
+    async fn dependencies(&self, pod: &Pod) -> Vec<Object> {
+        let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let (cms, secrets) = references(pod);
+        let mut out = Vec::new();
+        let cm_api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
+        for name in cms {
+            match cm_api.get_opt(&name).await {
+                Ok(Some(mut c)) => {
+                    clean_meta(&mut c.metadata);
+                    out.push(Object::ConfigMap(c));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(configmap = %name, error = %e, "cannot read a ConfigMap; using the stored copy")
+                }
+            }
+        }
+        let secret_api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
+        for name in secrets {
+            match secret_api.get_opt(&name).await {
+                Ok(Some(mut s)) => {
+                    clean_meta(&mut s.metadata);
+                    out.push(Object::Secret(s));
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(secret = %name, error = %e, "cannot read a Secret; using the stored copy"),
+            }
+        }
+        out
+    }
+
+    /// A pod this node cannot run: Failed, with the reason, as the kubelet's admission
+    /// refusals are.
+    async fn refuse(&self, pod: &Pod, why: &str) {
+        let (ns, name) =
+            (pod.metadata.namespace.as_deref().unwrap_or("default"), pod.metadata.name.as_deref().unwrap_or(""));
+        tracing::warn!(pod = %format!("{ns}/{name}"), reason = %why, "refusing a pod");
+        let message = format!("Pod was rejected: {why}");
+        let status = json!({
+            "metadata": {"uid": pod.metadata.uid},
+            "status": {"phase": "Failed", "reason": "UnsupportedPodSpec", "message": message},
+        });
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        self.limiter.take().await;
+        if let Err(e) = api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await {
+            tracing::warn!(error = %e, "cannot report a refused pod");
+        }
+        self.post_event(pod, "Warning", "UnsupportedPodSpec", &message, 1).await;
+    }
+
+    /// Graceful deletion: stop the containers within the grace period the API server set,
+    /// then make the final delete (grace 0, on this pod's uid).
+    fn delete(self: &Arc<Self>, pod: Pod) {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        if !self.deleting.lock().unwrap_or_else(|e| e.into_inner()).insert(uid.clone()) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let key = crate::pod::key(&ns, &name);
+            let grace = pod.metadata.deletion_grace_period_seconds;
+            if this.mgr.get(&key).ok().flatten().is_some_and(|r| r.uid == uid) {
+                match this.mgr.delete_with_grace(&key, grace).await {
+                    Ok(()) | Err(crate::pod::Error::NotFound(_)) => {}
+                    Err(e) => tracing::warn!(pod = %key, error = %e, "cannot stop a pod being deleted"),
+                }
+                this.forget_unused();
+            }
+            let api: Api<Pod> = Api::namespaced(this.client.clone(), &ns);
+            let params = DeleteParams {
+                grace_period_seconds: Some(0),
+                preconditions: Some(Preconditions { uid: Some(uid.clone()), resource_version: None }),
+                ..Default::default()
+            };
+            let mut attempt = 0;
+            loop {
+                this.limiter.take().await;
+                match api.delete(&name, &params).await {
+                    Ok(_) => break,
+                    // gone already, or another pod of that name now
+                    Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => break,
+                    Err(e) => {
+                        attempt += 1;
+                        tracing::warn!(pod = %key, error = %e, attempt, "cannot make the final delete; retrying");
+                        tokio::time::sleep(super::node::backoff(attempt)).await;
+                    }
+                }
+            }
+            this.sent.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+            this.deleting.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid);
+        });
+    }
+
+    /// The pod is gone from the API server (a forced delete): stop it here too.
+    fn gone(self: &Arc<Self>, pod: Pod) {
+        let key = crate::pod::key(
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+            pod.metadata.name.as_deref().unwrap_or_default(),
+        );
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        if self.mgr.get(&key).ok().flatten().is_some_and(|r| r.uid == uid) {
+            self.stop_locally(key);
+        }
+    }
+
+    fn stop_locally(self: &Arc<Self>, key: String) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            // the kubelet's minimum for a forced deletion
+            match this.mgr.delete_with_grace(&key, Some(1)).await {
+                Ok(()) | Err(crate::pod::Error::NotFound(_)) => {}
+                Err(e) => tracing::warn!(pod = %key, error = %e, "cannot stop a deleted pod"),
+            }
+            this.sent.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+            this.forget_unused();
+        });
+    }
+
+    /// After a fresh list: pods this node runs that the API server no longer has (deleted
+    /// while it was unreachable) are stopped.
+    fn forget_missing(self: &Arc<Self>, listed: &HashSet<String>) {
+        for rec in self.mgr.list().unwrap_or_default() {
+            if self.ours(&rec) && !listed.contains(&rec.uid) && !rec.deleting {
+                tracing::info!(pod = %rec.key(), "the pod is gone from the API server; stopping it");
+                self.stop_locally(rec.key());
+            }
+        }
+    }
+
+    /// ConfigMaps and Secrets that no stored pod uses any more are removed from the node
+    /// (a Secret is kept only while a pod here uses it).
+    fn forget_unused(&self) {
+        let pods = self.mgr.list().unwrap_or_default();
+        let mut used: HashSet<String> = HashSet::new();
+        for r in &pods {
+            let (cms, secrets) = references(&r.pod);
+            used.extend(cms.into_iter().map(|n| format!("ConfigMap/{}/{n}", r.namespace())));
+            used.extend(secrets.into_iter().map(|n| format!("Secret/{}/{n}", r.namespace())));
+        }
+        for kind in ["ConfigMap", "Secret"] {
+            for o in self.mgr.objects(kind).unwrap_or_default() {
+                let (ns, name) = (
+                    o["metadata"]["namespace"].as_str().unwrap_or("default"),
+                    o["metadata"]["name"].as_str().unwrap_or(""),
+                );
+                if !used.contains(&format!("{kind}/{ns}/{name}")) {
+                    let (mgr, kind, ns, name) = (self.mgr.clone(), kind, ns.to_string(), name.to_string());
+                    tokio::spawn(async move {
+                        let _ = mgr.delete_object(kind, &ns, &name).await;
+                    });
+                }
+            }
+        }
+    }
+
+    /// ConfigMaps and Secrets of running pods are read again now and then, so that
+    /// changes reach their volumes.
+    async fn refresh_loop(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(REFRESH).await;
+            let mut objects = Vec::new();
+            for rec in self.mgr.list().unwrap_or_default().iter().filter(|r| self.ours(r) && !r.deleting) {
+                objects.extend(self.dependencies(&rec.pod).await);
+            }
+            if !objects.is_empty()
+                && let Err(e) = self.mgr.apply(objects).await
+            {
+                tracing::warn!(error = %e, "cannot update ConfigMaps and Secrets");
+            }
+        }
+    }
+
+    /// What the API server should show as the pod's status.
+    fn status_of(&self, rec: &PodRecord) -> Value {
+        let mut status = crate::api::view::pod(rec)["status"].take();
+        status["hostIP"] = json!(self.cfg.node_ip);
+        status["hostIPs"] = json!([{"ip": self.cfg.node_ip}]);
+        if let Some(m) = status.as_object_mut() {
+            m.retain(|_, v| !v.is_null());
+        }
+        status
+    }
+
+    async fn report_loop(self: Arc<Self>) {
+        let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+        let mut resync = tokio::time::interval(RESYNC);
+        loop {
+            tokio::select! {
+                _ = self.wake.notified() => tokio::time::sleep(BATCH).await,
+                _ = resync.tick() => {
+                    let mut d = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+                    d.extend(self.mgr.list().unwrap_or_default().iter().filter(|r| self.ours(r)).map(|r| r.key()));
+                }
+            }
+            let keys = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()));
+            for key in keys {
+                let Some(rec) = self.mgr.get(&key).ok().flatten() else { continue };
+                if !self.ours(&rec) {
+                    continue;
+                }
+                let status = self.status_of(&rec);
+                if self.sent.lock().unwrap_or_else(|e| e.into_inner()).get(&key) == Some(&status) {
+                    continue;
+                }
+                self.limiter.take().await;
+                let permit = slots.clone().acquire_owned().await.expect("semaphore open");
+                let this = self.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let api: Api<Pod> = Api::namespaced(this.client.clone(), rec.namespace());
+                    let patch = json!({"metadata": {"uid": rec.uid}, "status": status});
+                    match api.patch_status(rec.name(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+                        Ok(_) => {
+                            this.sent.lock().unwrap_or_else(|e| e.into_inner()).insert(key, status);
+                        }
+                        // the pod is gone from the API server; the watch says so too
+                        Err(kube::Error::Api(e)) if e.code == 404 => {}
+                        Err(e) => {
+                            tracing::debug!(pod = %key, error = %e, "cannot send the pod status; will retry");
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    /// Pod events become Kubernetes Events (the upstream reasons, source `kubelet`).
+    async fn event_loop(self: Arc<Self>) {
+        let Some(mut rx) = self.events_rx.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
+        while let Some((uid, e)) = rx.recv().await {
+            if e.object.is_some() {
+                continue;
+            }
+            let Some(rec) = self.mgr.get(&e.pod).ok().flatten() else { continue };
+            if !self.ours(&rec) || rec.uid != uid {
+                continue;
+            }
+            self.post_event(&rec.pod, &e.kind, &e.reason, &e.message, e.count).await;
+        }
+    }
+
+    async fn post_event(&self, pod: &Pod, kind: &str, reason: &str, message: &str, count: u32) {
+        let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let pod_name = pod.metadata.name.clone().unwrap_or_default();
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        // one Event object per pod, reason and message; a repeat counts it up
+        let digest = crc32fast::hash(format!("{uid}/{reason}/{message}").as_bytes());
+        let name = format!("{pod_name}.{digest:08x}");
+        let now = jiff::Timestamp::now();
+        let api: Api<KubeEvent> = Api::namespaced(self.client.clone(), &ns);
+        self.limiter.take().await;
+        let result = if count > 1 {
+            let patch = json!({"count": count, "lastTimestamp": Time(now)});
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ())
+        } else {
+            let event = KubeEvent {
+                metadata: ObjectMeta { name: Some(name), namespace: Some(ns.clone()), ..Default::default() },
+                involved_object: ObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    name: Some(pod_name),
+                    namespace: Some(ns),
+                    uid: Some(uid),
+                    ..Default::default()
+                },
+                reason: Some(reason.into()),
+                message: Some(message.into()),
+                type_: Some(kind.into()),
+                count: Some(count as i32),
+                first_timestamp: Some(Time(now)),
+                last_timestamp: Some(Time(now)),
+                event_time: Some(MicroTime(now)),
+                reporting_component: Some(SOURCE.into()),
+                reporting_instance: Some(self.cfg.node_name.clone()),
+                action: Some(reason.into()),
+                source: Some(k8s_openapi::api::core::v1::EventSource {
+                    component: Some(SOURCE.into()),
+                    host: Some(self.cfg.node_name.clone()),
+                }),
+                ..Default::default()
+            };
+            api.create(&PostParams::default(), &event).await.map(|_| ())
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "cannot record an event");
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! `kubectl exec` as the API server brings it to a kubelet: an HTTP/1.1 request upgraded
+//! to SPDY/3.1, the remote-command protocol `v4.channel.k8s.io` (v1–v3 are older and no
+//! current API server needs them). The client opens one stream per channel, naming it
+//! in the `streamType` header: `error`, `stdin`, `stdout`, `stderr`, `resize`. Once the
+//! streams the request asks for are all there, the command runs; its output goes out on
+//! stdout and stderr, and its end on the error stream as a `metav1.Status`.
+//!
+//! The process side is the local API's exec relay: this module turns SPDY streams into
+//! its frames and back, so both APIs run commands the same way.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use serde_json::json;
+use spdy::{Codec, FLAG_FIN, Frame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::api::exec::{EXIT, RESIZE, STDERR, STDIN, STDIN_END, STDOUT, read_frame, write_frame};
+use crate::api::{ApiError, Body, full};
+use crate::pod::Manager;
+
+/// The remote-command protocol this node speaks.
+pub const PROTOCOL: &str = "v4.channel.k8s.io";
+/// How long the client has to open its streams (the kubelet's `streamCreationTimeout`).
+const STREAM_WAIT: Duration = Duration::from_secs(30);
+
+fn flag(query: &[(String, String)], key: &str) -> bool {
+    matches!(crate::api::get(query, key), Some("1" | "true"))
+}
+
+/// Answers `/exec/{ns}/{pod}/{container}`: upgrades, then runs the command.
+pub async fn exec(
+    mgr: Arc<Manager>,
+    (ns, pod, container): (String, String, String),
+    query: &[(String, String)],
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
+    let command: Vec<String> = query.iter().filter(|(k, _)| k == "command").map(|(_, v)| v.clone()).collect();
+    if command.is_empty() {
+        return Err(bad("you must specify at least 1 command".into()));
+    }
+    let upgrade = req.headers().get(hyper::header::UPGRADE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !upgrade.eq_ignore_ascii_case("SPDY/3.1") {
+        return Err(bad(format!("unable to upgrade: the connection asks for {upgrade:?}; this node speaks SPDY/3.1")));
+    }
+    let offered: Vec<String> = req
+        .headers()
+        .get_all("x-stream-protocol-version")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
+        .collect();
+    if !offered.iter().any(|p| p == PROTOCOL) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server supports [{PROTOCOL}]"
+            ),
+        ));
+    }
+    let want = Wanted {
+        stdin: flag(query, "input") || flag(query, "stdin"),
+        stdout: flag(query, "output") || flag(query, "stdout"),
+        stderr: flag(query, "error") || flag(query, "stderr"),
+        tty: flag(query, "tty"),
+    };
+    let id = mgr.exec_target(&crate::pod::key(&ns, &pod), Some(&container)).map_err(bad)?;
+    let linux = mgr.runtimes().linux().map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let session = linux
+        .exec_session(&id, &command, want.tty)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => {
+                let io = hyper_util::rt::TokioIo::new(upgraded);
+                if let Err(e) = run(io, session, want, command).await {
+                    tracing::debug!(error = %e, "exec session ended");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "exec upgrade failed"),
+        }
+    });
+    Ok(Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(hyper::header::CONNECTION, "Upgrade")
+        .header(hyper::header::UPGRADE, "SPDY/3.1")
+        .header("X-Stream-Protocol-Version", PROTOCOL)
+        .body(full(Bytes::new()))
+        .expect("valid response"))
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Wanted {
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+    tty: bool,
+}
+
+impl Wanted {
+    /// Whether the streams the request asked for are all open (a terminal has no stderr).
+    fn satisfied(&self, streams: &HashMap<String, u32>) -> bool {
+        let has = |k: &str| streams.contains_key(k);
+        has("error")
+            && (!self.stdin || has("stdin"))
+            && (!self.stdout || has("stdout"))
+            && (!self.stderr || self.tty || has("stderr"))
+            && (!self.tty || has("resize"))
+    }
+}
+
+/// The error stream's last word, as the kubelet writes it.
+pub fn exit_status(code: i32, command: &[String]) -> serde_json::Value {
+    if code == 0 {
+        return json!({"metadata": {}, "status": "Success"});
+    }
+    json!({
+        "metadata": {},
+        "status": "Failure",
+        "message": format!("command terminated with non-zero exit code: error executing command {command:?}, exit code {code}"),
+        "reason": "NonZeroExitCode",
+        "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]},
+    })
+}
+
+async fn run<S>(
+    io: S,
+    session: crate::runtime::linux::ExecSession,
+    want: Wanted,
+    command: Vec<String>,
+) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let codec = Arc::new(std::sync::Mutex::new(Codec::new()));
+    // one writer for the connection: frames are encoded in the order they are sent
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Frame>(64);
+    let writer = {
+        let codec = codec.clone();
+        tokio::spawn(async move {
+            while let Some(f) = out_rx.recv().await {
+                let bytes = codec.lock().unwrap_or_else(|e| e.into_inner()).encode(&f);
+                if wr.write_all(&bytes).await.is_err() || wr.flush().await.is_err() {
+                    return;
+                }
+                if matches!(f, Frame::GoAway { .. }) {
+                    let _ = wr.shutdown().await;
+                    return;
+                }
+            }
+        })
+    };
+    let mut streams: HashMap<String, u32> = HashMap::new();
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let mut chunk = vec![0u8; 32 * 1024];
+    // stdin that came before the command started
+    let mut early: Vec<Frame> = Vec::new();
+    let deadline = tokio::time::Instant::now() + STREAM_WAIT;
+    // phase 1: the client opens its streams
+    while !want.satisfied(&streams) {
+        let n = tokio::time::timeout_at(deadline, rd.read(&mut chunk))
+            .await
+            .map_err(|_| std::io::Error::other("the client did not open its streams in time"))??;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        for frame in decode_all(&codec, &mut buf)? {
+            match frame {
+                Frame::SynStream { id, headers, .. } => {
+                    let kind = spdy::header(&headers, "streamtype").unwrap_or("").to_string();
+                    let _ = out_tx.send(Frame::SynReply { id, flags: 0, headers: vec![] }).await;
+                    streams.insert(kind, id);
+                }
+                Frame::Ping { id } => {
+                    let _ = out_tx.send(Frame::Ping { id }).await;
+                }
+                f @ Frame::Data { .. } => early.push(f),
+                _ => {}
+            }
+        }
+    }
+    // phase 2: the command runs through the local API's relay, at the far end of a pipe
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    let (mut relay_rd, mut relay_wr) = tokio::io::split(ours);
+    let relay = tokio::spawn(crate::api::exec::relay(theirs, session, want.stdin));
+    let pump = {
+        let (out_tx, streams) = (out_tx.clone(), streams.clone());
+        tokio::spawn(async move {
+            while let Ok(Some((kind, payload))) = read_frame(&mut relay_rd).await {
+                let stream = match kind {
+                    STDOUT => streams.get("stdout"),
+                    STDERR => streams.get("stderr").or(streams.get("stdout")),
+                    EXIT => {
+                        let code = payload.get(..4).map_or(1, |b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                        let status = exit_status(code, &command).to_string().into_bytes();
+                        if let Some(&id) = streams.get("error") {
+                            let _ = out_tx.send(Frame::Data { id, flags: 0, data: status }).await;
+                        }
+                        break;
+                    }
+                    _ => None,
+                };
+                if let Some(&id) = stream {
+                    let _ = out_tx.send(Frame::Data { id, flags: 0, data: payload }).await;
+                }
+            }
+            for kind in ["stdout", "stderr", "error"] {
+                if let Some(&id) = streams.get(kind) {
+                    let _ = out_tx.send(Frame::Data { id, flags: FLAG_FIN, data: vec![] }).await;
+                }
+            }
+            let last_good = streams.values().copied().max().unwrap_or(0);
+            let _ = out_tx.send(Frame::GoAway { last_good, status: 0 }).await;
+        })
+    };
+    let mut to_relay = early;
+    let mut pump = pump;
+    loop {
+        for frame in to_relay.drain(..) {
+            match frame {
+                Frame::Data { id, flags, data } if Some(&id) == streams.get("stdin") => {
+                    if !data.is_empty() {
+                        write_frame(&mut relay_wr, STDIN, &data).await?;
+                    }
+                    if flags & FLAG_FIN != 0 {
+                        write_frame(&mut relay_wr, STDIN_END, &[]).await?;
+                    }
+                }
+                Frame::Data { id, data, .. } if Some(&id) == streams.get("resize") => {
+                    // one JSON object per message: {"Width":80,"Height":24}
+                    let sizes: Vec<(u16, u16)> = serde_json::Deserializer::from_slice(&data)
+                        .into_iter::<serde_json::Value>()
+                        .flatten()
+                        .map(|s| (s["Width"].as_u64().unwrap_or(0) as u16, s["Height"].as_u64().unwrap_or(0) as u16))
+                        .collect();
+                    for (w, h) in sizes {
+                        let mut p = h.to_be_bytes().to_vec();
+                        p.extend_from_slice(&w.to_be_bytes());
+                        write_frame(&mut relay_wr, RESIZE, &p).await?;
+                    }
+                }
+                Frame::Ping { id } => {
+                    let _ = out_tx.send(Frame::Ping { id }).await;
+                }
+                _ => {}
+            }
+        }
+        let n = tokio::select! {
+            r = rd.read(&mut chunk) => r?,
+            _ = &mut pump => break,
+        };
+        if n == 0 {
+            // the client went away: the process loses its input, and ends as it will
+            drop(relay_wr);
+            let _ = (&mut pump).await;
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        to_relay = decode_all(&codec, &mut buf)?;
+    }
+    drop(out_tx);
+    let _ = writer.await;
+    relay.abort();
+    Ok(())
+}
+
+/// Every whole frame at the front of `buf`, which keeps the rest.
+fn decode_all(codec: &std::sync::Mutex<Codec>, buf: &mut Vec<u8>) -> std::io::Result<Vec<Frame>> {
+    let mut out = Vec::new();
+    let mut codec = codec.lock().unwrap_or_else(|e| e.into_inner());
+    let mut at = 0;
+    while let Some((frame, used)) = codec.decode(&buf[at..]).map_err(std::io::Error::other)? {
+        out.push(frame);
+        at += used;
+    }
+    buf.drain(..at);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_become_the_kubelets_status() {
+        assert_eq!(exit_status(0, &[]), json!({"metadata": {}, "status": "Success"}));
+        let s = exit_status(3, &["sh".into(), "-c".into(), "exit 3".into()]);
+        assert_eq!(s["reason"], "NonZeroExitCode");
+        assert_eq!(s["details"]["causes"][0], json!({"reason": "ExitCode", "message": "3"}));
+        assert!(s["message"].as_str().unwrap().contains("exit code 3"));
+    }
+
+    #[test]
+    fn the_command_waits_for_the_streams_it_was_asked_for() {
+        let want = Wanted { stdin: true, stdout: true, stderr: true, tty: false };
+        let mut s: HashMap<String, u32> = HashMap::new();
+        for (k, id) in [("error", 1), ("stdin", 3), ("stdout", 5)] {
+            s.insert(k.into(), id);
+            assert!(!want.satisfied(&s));
+        }
+        s.insert("stderr".into(), 7);
+        assert!(want.satisfied(&s));
+        let tty = Wanted { stdin: true, stdout: true, stderr: true, tty: true };
+        s.remove("stderr");
+        assert!(!tty.satisfied(&s), "a terminal needs its resize stream");
+        s.insert("resize".into(), 9);
+        assert!(tty.satisfied(&s));
+    }
+}
