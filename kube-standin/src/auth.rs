@@ -136,7 +136,9 @@ fn san(n: &str) -> SanType {
 fn client_params(user: &User) -> CertificateParams {
     let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
     params.distinguished_name.push(DnType::CommonName, user.name.as_str());
-    for g in &user.groups {
+    // rcgen keeps one value per attribute type: the first group goes in the certificate
+    // (`system:authenticated` is added to every authenticated user anyway)
+    if let Some(g) = user.groups.iter().find(|g| *g != "system:authenticated") {
         params.distinguished_name.push(DnType::OrganizationName, g.as_str());
     }
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
@@ -148,7 +150,9 @@ pub fn cert_user(der: &[u8]) -> Option<User> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let subject = cert.subject();
     let name = subject.iter_common_name().next()?.as_str().ok()?.to_string();
-    let groups = subject.iter_organization().filter_map(|o| o.as_str().ok().map(str::to_string)).collect();
+    let mut groups: Vec<String> =
+        subject.iter_organization().filter_map(|o| o.as_str().ok().map(str::to_string)).collect();
+    groups.push("system:authenticated".into());
     Some(User { name, groups })
 }
 

@@ -5,6 +5,7 @@
 #[allow(dead_code)]
 mod common;
 
+mod cluster;
 mod crash;
 mod harness;
 mod http;
