@@ -320,3 +320,241 @@ async fn a_pod_the_node_cannot_run_fails_with_the_field_named() {
     assert_eq!(st.reason.as_deref(), Some("UnsupportedPodSpec"));
     assert!(st.message.unwrap().contains("spec.runtimeClassName: Unsupported value: \"gvisor\""));
 }
+
+/// Accepts any server certificate, as `curl -k` does (the kubelet's is self-signed).
+#[derive(Debug)]
+struct AnyServer(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &[rustls_pki_types::CertificateDer<'_>],
+        _: &rustls_pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &rustls_pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &rustls_pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// What a SPDY exec returned: stdout, stderr, and the error stream's status.
+#[derive(Debug, Default)]
+struct ExecResult {
+    status: u16,
+    stdout: String,
+    stderr: String,
+    error: String,
+}
+
+/// `kubectl exec` as the API server does it toward a kubelet: an upgrade to SPDY/3.1 with
+/// `v4.channel.k8s.io`, then error, stdin, stdout and stderr streams.
+async fn spdy_exec(port: u16, path: &str, cert: (&str, &str), stdin: &[u8]) -> ExecResult {
+    use rustls_pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(cert.0).unwrap().map(|c| c.unwrap()).collect();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(cert.1).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AnyServer(provider)))
+        .with_client_auth_cert(certs, key)
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\nContent-Length: 0\r\n\r\n"
+    );
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if tls.read(&mut byte).await.unwrap() == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let mut result = ExecResult { status, ..Default::default() };
+    if status != 101 {
+        let mut rest = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(2), tls.read(&mut rest))
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .unwrap_or(0);
+        result.error = String::from_utf8_lossy(&rest[..n]).to_string();
+        return result;
+    }
+    let mut codec = spdy::Codec::new();
+    let streams = [(1u32, "error"), (3, "stdin"), (5, "stdout"), (7, "stderr")];
+    for (id, kind) in streams {
+        let f = spdy::Frame::SynStream {
+            id,
+            associated: 0,
+            priority: 0,
+            flags: 0,
+            headers: vec![("streamtype".into(), kind.into())],
+        };
+        tls.write_all(&codec.encode(&f)).await.unwrap();
+    }
+    tls.write_all(&codec.encode(&spdy::Frame::Data { id: 3, flags: 0, data: stdin.to_vec() })).await.unwrap();
+    tls.write_all(&codec.encode(&spdy::Frame::Data { id: 3, flags: spdy::FLAG_FIN, data: vec![] })).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    'read: loop {
+        let n = match tokio::time::timeout(Duration::from_secs(20), tls.read(&mut chunk)).await {
+            Ok(Ok(n)) => n,
+            _ => 0,
+        };
+        if n == 0 || Instant::now() > deadline {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some((f, used)) = codec.decode(&buf).unwrap() {
+            buf.drain(..used);
+            match f {
+                spdy::Frame::Data { id: 1, data, .. } => result.error.push_str(&String::from_utf8_lossy(&data)),
+                spdy::Frame::Data { id: 5, data, .. } => result.stdout.push_str(&String::from_utf8_lossy(&data)),
+                spdy::Frame::Data { id: 7, data, .. } => result.stderr.push_str(&String::from_utf8_lossy(&data)),
+                spdy::Frame::GoAway { .. } => break 'read,
+                _ => {}
+            }
+        }
+    }
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kubelet_api_serves_logs_exec_and_stats_to_authorized_callers_only() {
+    let apps = tokio::task::block_in_place(|| Apps::push(&["hello"]));
+    let busybox = tokio::task::block_in_place(|| push_busybox(&apps.registry, "amd64", "latest"));
+    let c = Cluster::start().await;
+    // who may do what on nodes/*, answered through SubjectAccessReview
+    c.api.add_token("viewer-token", User::new("viewer", &["system:authenticated"]));
+    c.api.grant(Grant::new("viewer", &["get"], &["nodes/proxy", "nodes/stats", "nodes/metrics", "nodes/pods"]));
+    c.api.add_token("nobody-token", User::new("nobody", &["system:authenticated"]));
+    let operator = User::new("operator", &["ops"]);
+    c.api.grant(Grant::new("ops", &["get", "create"], &["nodes/proxy"]));
+    let apiserver = User::new("kube-apiserver-kubelet-client", &["system:masters"]);
+
+    let mut hello = wasm_pod("hello", &apps.image("hello", "v1"), &["one", "two"], "Never");
+    hello["spec"]["containers"][0]["env"] = json!([{"name": "GREETING", "value": "hi"}]);
+    c.create_pod(hello).await;
+    let shell = json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "shell"},
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "sh", "image": busybox, "command": ["sleep", "3600"]}],
+        },
+    });
+    c.create_pod(shell).await;
+    c.wait_pod("hello", "Succeeded", |p| phase(p) == "Succeeded").await;
+    c.wait_pod("shell", "Running", running).await;
+
+    // anonymous: 401; an unknown token: 401
+    let (code, body) = c.kubelet_get("/pods", &[]);
+    assert_eq!((code, body.as_str()), (401, "Unauthorized"));
+    let (code, _) = c.kubelet_get("/pods", &["-H", "Authorization: Bearer not-a-token"]);
+    assert_eq!(code, 401);
+    // a valid identity without rights: 403 naming the attributes
+    let (code, body) = c.kubelet_get("/containerLogs/default/hello/app", &["-H", "Authorization: Bearer nobody-token"]);
+    assert_eq!(code, 403);
+    assert_eq!(body, "Forbidden (user=nobody, verb=get, resource=nodes, subresource=proxy)");
+    // a certificate from another CA is refused at the handshake
+    let stranger = kube_standin::Ca::new();
+    let (cert, key) = stranger.client_cert(&apiserver);
+    let (cp, kp) = (c.dir.path().join("stranger.crt"), c.dir.path().join("stranger.key"));
+    std::fs::write(&cp, cert).unwrap();
+    std::fs::write(&kp, key).unwrap();
+    let (code, _) = c.kubelet_get("/pods", &["--cert", cp.to_str().unwrap(), "--key", kp.to_str().unwrap()]);
+    assert_eq!(code, 0, "no HTTP answer without a trusted certificate");
+
+    // logs with a token (TokenReview) and with options
+    let viewer = ["-H", "Authorization: Bearer viewer-token"];
+    let (code, logs) = c.kubelet_get("/containerLogs/default/hello/app", &viewer);
+    assert_eq!(code, 200, "{logs}");
+    assert!(logs.starts_with("hello from wasm (3 args)\narg[0]="), "{logs}");
+    assert!(logs.contains("env GREETING=hi\n"), "{logs}");
+    let (_, tail) = c.kubelet_get("/containerLogs/default/hello/app?tailLines=1&timestamps=true", &viewer);
+    assert_eq!(tail.lines().count(), 1, "{tail}");
+    assert!(tail.split(' ').next().unwrap().parse::<chrono::DateTime<chrono::FixedOffset>>().is_ok(), "{tail}");
+    let (_, recent) = c.kubelet_get("/containerLogs/default/hello/app?sinceSeconds=3600", &viewer);
+    assert_eq!(recent, logs);
+    let (code, _) = c.kubelet_get("/containerLogs/default/hello/app?previous=true", &viewer);
+    assert_eq!(code, 400);
+    let (code, pods) = c.kubelet_get("/pods", &viewer);
+    assert_eq!(code, 200);
+    let pods: Value = serde_json::from_str(&pods).unwrap();
+    assert_eq!(pods["kind"], "PodList");
+    assert_eq!(pods["items"].as_array().unwrap().len(), 2);
+
+    // exec: the viewer may get but not create
+    let (vc, vk) = c.cert_files(&User::new("viewer", &["system:authenticated"]));
+    let cmd = "/exec/default/shell/sh?command=sh&command=-c&command=cat%3B+echo+err+%3E%262%3B+exit+3&input=1&output=1&error=1";
+    let denied = spdy_exec(c.port, cmd, (&vc, &vk), b"").await;
+    assert_eq!(denied.status, 403);
+    assert!(
+        denied.error.contains("Forbidden (user=viewer, verb=create, resource=nodes, subresource=proxy)"),
+        "{denied:?}"
+    );
+    // the operator (client certificate, create on nodes/proxy) and the API server may
+    for user in [&operator, &apiserver] {
+        let (cp, kp) = c.cert_files(user);
+        let r = spdy_exec(c.port, cmd, (&cp, &kp), b"ping\n").await;
+        assert_eq!(r.status, 101, "{r:?}");
+        assert_eq!(r.stdout, "ping\n", "{r:?}");
+        assert_eq!(r.stderr, "err\n", "{r:?}");
+        let status: Value = serde_json::from_str(&r.error).unwrap();
+        assert_eq!(status["reason"], "NonZeroExitCode");
+        assert_eq!(status["details"]["causes"][0]["message"], "3");
+    }
+    let (cp, kp) = c.cert_files(&apiserver);
+    let ok = spdy_exec(c.port, "/exec/default/shell/sh?command=true&output=1&error=1", (&cp, &kp), b"").await;
+    let status: Value = serde_json::from_str(&ok.error).unwrap();
+    assert_eq!(status["status"], "Success");
+
+    // stats and metrics, as metrics-server and Prometheus read them
+    let (code, summary) = c.kubelet_get("/stats/summary", &viewer);
+    assert_eq!(code, 200);
+    let summary: Value = serde_json::from_str(&summary).unwrap();
+    assert_eq!(summary["node"]["nodeName"], NODE);
+    assert!(summary["node"]["memory"]["workingSetBytes"].as_u64().unwrap() > 0);
+    let shell_stats = summary["pods"].as_array().unwrap().iter().find(|p| p["podRef"]["name"] == "shell").cloned();
+    let shell_stats = shell_stats.expect("the running pod has stats");
+    assert!(shell_stats["containers"][0]["memory"]["workingSetBytes"].as_u64().unwrap() > 0, "{shell_stats}");
+    let (_, resource) = c.kubelet_get("/metrics/resource", &viewer);
+    assert!(resource.contains("node_cpu_usage_seconds_total "), "{resource}");
+    assert!(
+        resource.contains("container_memory_working_set_bytes{container=\"sh\",namespace=\"default\",pod=\"shell\"}")
+    );
+    let (_, metrics) = c.kubelet_get("/metrics", &viewer);
+    assert!(metrics.contains("kubelet_pod_start_sli_duration_seconds_bucket{le=\"0.5\"}"), "{metrics}");
+    assert!(metrics.contains("kubelet_pod_start_sli_duration_seconds_count 2"), "{metrics}");
+    assert!(metrics.contains("wasmlet_api_server_connected 1"));
+    c.pods().delete("shell", &DeleteParams::default()).await.unwrap();
+}
