@@ -246,6 +246,18 @@ impl ApiServer {
         self.state.grants.lock().unwrap().push(grant);
     }
 
+    /// What the control plane does while a node cannot reach it: a pod created (and
+    /// bound) or removed at once (a forced delete), straight in the store.
+    pub fn create_direct(&self, plural: &str, namespace: &str, object: Value) -> Value {
+        let r = RESOURCES.iter().find(|r| r.plural == plural).expect("a known resource");
+        create_object(&self.state, r, namespace, object).unwrap_or_else(|_| panic!("creating a {plural}"))
+    }
+
+    pub fn remove_direct(&self, plural: &str, namespace: &str, name: &str) -> Option<Value> {
+        let r = RESOURCES.iter().find(|r| r.plural == plural).expect("a known resource");
+        self.state.store.lock().unwrap().remove(&key(r, namespace, name))
+    }
+
     /// Requests served so far, and by `VERB resource`.
     pub fn requests(&self) -> (u64, BTreeMap<String, u64>) {
         (self.state.requests.load(Ordering::Relaxed), self.state.by_kind.lock().unwrap().clone())

@@ -558,3 +558,99 @@ async fn kubelet_api_serves_logs_exec_and_stats_to_authorized_callers_only() {
     assert!(metrics.contains("wasmlet_api_server_connected 1"));
     c.pods().delete("shell", &DeleteParams::default()).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pods_keep_running_without_the_api_server_and_converge_when_it_returns() {
+    let apps = tokio::task::block_in_place(|| Apps::push(&["sleep"]));
+    let c = Cluster::start().await;
+    c.create_pod(wasm_pod("stays", &apps.image("sleep", "v1"), &["3600"], "Always")).await;
+    c.create_pod(wasm_pod("goes", &apps.image("sleep", "v1"), &["3600"], "Always")).await;
+    c.wait_pod("stays", "Running", running).await;
+    c.wait_pod("goes", "Running", running).await;
+
+    // the control plane is gone: the node's pods keep running
+    c.api.stop();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for name in ["stays", "goes"] {
+        let p = tokio::task::block_in_place(|| c.agent().pod(name));
+        assert_eq!(p["status"]["phase"], "Running", "{name} while the API server is away");
+    }
+    // meanwhile, there: one pod is force-deleted and one is created for the node
+    c.api.remove_direct("pods", "default", "goes").unwrap();
+    let mut fresh = wasm_pod("fresh", &apps.image("sleep", "v1"), &["3600"], "Always");
+    fresh["spec"]["nodeName"] = json!(NODE);
+    c.api.create_direct("pods", "default", fresh);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let p = tokio::task::block_in_place(|| c.agent().pod("stays"));
+    assert_eq!(p["status"]["phase"], "Running");
+
+    // back: within 30 s the deleted pod is stopped and the new one reported Running
+    let back = Instant::now();
+    c.api.restart().await.unwrap();
+    c.wait_pod("fresh", "Running", running).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let gone = !tokio::task::block_in_place(|| c.agent().cli(&["get", "pods", "goes"])).status.success();
+        if gone {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the pod deleted meanwhile still runs:\n{}", c.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("converged {:?} after the API server returned", back.elapsed());
+    assert!(back.elapsed() < Duration::from_secs(30));
+    let p = c.pods().get("stays").await.unwrap();
+    assert!(running(&p));
+    let restarts = p.status.unwrap().container_statuses.unwrap()[0].restart_count;
+    assert_eq!(restarts, 0, "the API server's absence restarted nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_started_offline_runs_its_pods_with_their_last_configmaps() {
+    let apps = tokio::task::block_in_place(|| Apps::push(&["hello", "sleep"]));
+    let mut c = Cluster::start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(c.admin.clone(), "default");
+    let cm =
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}, "data": {"mode": "edge"}});
+    cms.create(&PostParams::default(), &serde_json::from_value(cm).unwrap()).await.unwrap();
+    // hello prints its environment and exits; Always restarts it
+    let mut pod = wasm_pod("printer", &apps.image("hello", "v1"), &[], "Always");
+    pod["spec"]["containers"][0]["env"] =
+        json!([{"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "mode"}}}]);
+    c.create_pod(pod).await;
+    c.create_pod(wasm_pod("long", &apps.image("sleep", "v1"), &["3600"], "Always")).await;
+    c.wait_pod("long", "Running", running).await;
+    c.wait_pod("printer", "a first run", |p| {
+        p.status.as_ref().and_then(|s| s.container_statuses.as_ref()).is_some_and(|c| c[0].restart_count >= 1)
+    })
+    .await;
+
+    // the machine goes down, and comes back with no control plane
+    let kubeconfig = c.dir.path().join("node.kubeconfig");
+    let mut agent = c.agent.take().unwrap();
+    tokio::task::block_in_place(|| agent.kill9());
+    c.api.stop();
+    tokio::task::block_in_place(|| agent.restart());
+    c.agent = Some(agent);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let long = tokio::task::block_in_place(|| c.agent().pod("long"));
+        let logs = tokio::task::block_in_place(|| c.agent().cli(&["logs", "printer"]));
+        let logs = String::from_utf8_lossy(&logs.stdout).to_string();
+        if long["status"]["phase"] == "Running" && logs.contains("env MODE=edge") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "offline, the pods did not run again:\n{}", c.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = kubeconfig;
+    // the control plane returns: the statuses converge
+    c.api.restart().await.unwrap();
+    let long_uid = tokio::task::block_in_place(|| c.agent().pod("long"))["metadata"]["uid"].clone();
+    let p = c
+        .wait_pod("long", "Running after the restart", |p| {
+            running(p) && p.status.as_ref().unwrap().container_statuses.as_ref().unwrap()[0].restart_count >= 1
+        })
+        .await;
+    assert_eq!(json!(p.metadata.uid), long_uid);
+}
