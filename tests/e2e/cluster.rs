@@ -654,3 +654,88 @@ async fn an_agent_started_offline_runs_its_pods_with_their_last_configmaps() {
         .await;
     assert_eq!(json!(p.metadata.uid), long_uid);
 }
+
+/// Approves every pending CertificateSigningRequest, as `kubectl certificate approve`.
+async fn approve_pending(admin: &kube::Client) -> Vec<String> {
+    use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+    let api: Api<CertificateSigningRequest> = Api::all(admin.clone());
+    let mut approved = Vec::new();
+    for csr in api.list(&Default::default()).await.unwrap().items {
+        let pending = csr.status.as_ref().and_then(|s| s.conditions.as_ref()).is_none_or(|c| c.is_empty());
+        if pending {
+            let name = csr.metadata.name.clone().unwrap();
+            let patch = json!({"status": {"conditions": [
+                {"type": "Approved", "status": "True", "reason": "TestApproved", "message": "approved by the test"}
+            ]}});
+            api.patch_approval(&name, &Default::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+            approved.push(format!("{} {}", csr.spec.signer_name, csr.spec.username.unwrap_or_default()));
+        }
+    }
+    approved
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_bootstraps_its_identity_and_serving_certificate_through_csrs() {
+    let api = ApiServer::start().await.unwrap();
+    let admin = client(&api.kubeconfig_token(ADMIN_TOKEN)).await;
+    api.add_token("abcdef.0123456789abcdef", User::new("system:bootstrap:abcdef", &["system:bootstrappers"]));
+    let dir = tempfile::tempdir().unwrap();
+    let bootstrap = dir.path().join("bootstrap.kubeconfig");
+    std::fs::write(&bootstrap, api.kubeconfig_token("abcdef.0123456789abcdef")).unwrap();
+    let kubeconfig = dir.path().join("node.kubeconfig");
+    let port = free_port().to_string();
+    let flags = [
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--bootstrap-kubeconfig",
+        bootstrap.to_str().unwrap(),
+        "--rotate-server-certificates",
+        "--node-name",
+        NODE,
+        "--node-ip",
+        "127.0.0.1",
+        "--address",
+        "127.0.0.1",
+        "--port",
+        &port,
+    ];
+    let agent = tokio::task::block_in_place(|| Agent::start_with(&flags));
+    let nodes: Api<Node> = Api::all(admin.clone());
+    let mut approved = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while approved.len() < 2 || nodes.get_opt(NODE).await.unwrap().is_none() {
+        approved.extend(approve_pending(&admin).await);
+        assert!(Instant::now() < deadline, "bootstrap did not finish; approved {approved:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    approved.sort();
+    assert_eq!(
+        approved,
+        [
+            "kubernetes.io/kube-apiserver-client-kubelet system:bootstrap:abcdef".to_string(),
+            format!("kubernetes.io/kubelet-serving system:node:{NODE}"),
+        ]
+    );
+    // the issued identity was written, root-only
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&kubeconfig).unwrap().permissions().mode() & 0o777, 0o600);
+    let key = agent.state_dir().join("pki/kubelet-client.key");
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    // the kubelet API now presents the cluster-signed certificate: curl trusts it by the CA
+    let ca = dir.path().join("ca.crt");
+    std::fs::write(&ca, &api.ca().cert_pem).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = Command::new("curl")
+            .args(["-s", "--cacert", ca.to_str().unwrap(), "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("https://127.0.0.1:{port}/healthz"))
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout) == "401" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the kubelet API does not serve the signed certificate");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::task::block_in_place(|| drop(agent));
+}
