@@ -125,6 +125,8 @@ struct State {
     requests: AtomicU64,
     /// Requests by `VERB resource[/subresource]`.
     by_kind: Mutex<BTreeMap<String, u64>>,
+    /// Requests by authenticated user.
+    by_user: Mutex<BTreeMap<String, u64>>,
 }
 
 /// A running stand-in. Stop and start it again to play a lost control plane; its objects
@@ -161,6 +163,7 @@ impl ApiServer {
             grants: Mutex::new(Vec::new()),
             requests: AtomicU64::new(0),
             by_kind: Mutex::new(BTreeMap::new()),
+            by_user: Mutex::new(BTreeMap::new()),
         });
         for ns in ["default", "kube-system", "kube-node-lease"] {
             let o = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
@@ -261,6 +264,11 @@ impl ApiServer {
     /// Requests served so far, and by `VERB resource`.
     pub fn requests(&self) -> (u64, BTreeMap<String, u64>) {
         (self.state.requests.load(Ordering::Relaxed), self.state.by_kind.lock().unwrap().clone())
+    }
+
+    /// Authenticated requests of one user so far.
+    pub fn requests_of(&self, user: &str) -> u64 {
+        self.state.by_user.lock().unwrap().get(user).copied().unwrap_or(0)
     }
 
     /// A kubeconfig that authenticates with a bearer token.
@@ -419,6 +427,7 @@ async fn handle(state: &Arc<State>, cert_user: Option<User>, req: Request<Incomi
     let Some(user) = authenticate(state, cert_user, &req) else {
         return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
     };
+    *state.by_user.lock().unwrap().entry(user.name.clone()).or_default() += 1;
     let path = req.uri().path().to_string();
     if path == "/version" {
         return json_response(

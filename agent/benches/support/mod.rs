@@ -25,9 +25,16 @@ pub fn cli(state: &std::path::Path, args: &[&str]) -> String {
 }
 
 /// `wasmlet serve` on `state`, once it answers.
+#[allow(dead_code)] // not every bench starts a plain agent
 pub fn start_agent(state: &std::path::Path) -> Child {
+    start_agent_with(state, &[])
+}
+
+/// `wasmlet serve FLAGS…` on `state`, once it answers.
+pub fn start_agent_with(state: &std::path::Path, flags: &[&str]) -> Child {
     let agent = Command::new(WASMLET)
         .args(["--state-dir", state.to_str().unwrap(), "serve"])
+        .args(flags)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -64,11 +64,13 @@ pub struct ClusterArgs {
     /// kubernetes.io/kubelet-serving; needs approval) instead of a self-signed one.
     #[arg(long)]
     pub rotate_server_certificates: bool,
-    /// Pod status updates and events per second sent to the API server…
-    #[arg(long, default_value_t = 50)]
+    /// Pod status updates per second sent to the API server (events have a budget of
+    /// the same size of their own). Higher than the kubelet's 50: a Wasm pod starts in
+    /// a millisecond, so its status report is what a creation burst waits for…
+    #[arg(long, default_value_t = 200)]
     pub kube_api_qps: u32,
     /// …and the burst above that.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 400)]
     pub kube_api_burst: u32,
 }
 

@@ -49,6 +49,8 @@ pub struct PodSync {
     events: tokio::sync::mpsc::UnboundedSender<(String, crate::pod::Event)>,
     events_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(String, crate::pod::Event)>>>,
     limiter: Limiter,
+    /// Events have their own budget: they must not hold up status updates.
+    event_limiter: Limiter,
     /// Whether the watch is connected (for the kubelet API's healthz detail).
     pub connected: std::sync::atomic::AtomicBool,
 }
@@ -156,6 +158,7 @@ impl PodSync {
             client,
             mgr,
             limiter: Limiter::new(cfg.qps, cfg.burst),
+            event_limiter: Limiter::new(cfg.qps, cfg.burst),
             cfg,
             dirty: Mutex::new(BTreeSet::new()),
             wake: Notify::new(),
@@ -521,7 +524,7 @@ impl PodSync {
         let name = format!("{pod_name}.{digest:08x}");
         let now = jiff::Timestamp::now();
         let api: Api<KubeEvent> = Api::namespaced(self.client.clone(), &ns);
-        self.limiter.take().await;
+        self.event_limiter.take().await;
         let result = if count > 1 {
             let patch = json!({"count": count, "lastTimestamp": Time(now)});
             api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ())
