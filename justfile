@@ -29,7 +29,8 @@ lint:
     cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 # benchmarks with their peers measured in the same run (BIG_MB, RUNS tune the pull bench;
-# START_PODS, DENSITY the agent bench; SECS, HTTP_PODS the HTTP bench); builds the
+# START_PODS, DENSITY the agent bench; SECS, HTTP_PODS the HTTP bench; CLUSTER_PODS,
+# CREATE_RATE the cluster bench); builds the
 # wasmtime-cli peer once
 bench: wasm-apps
     scripts/setup-bench.sh
@@ -37,6 +38,7 @@ bench: wasm-apps
     cargo bench -p wasmlet --bench agent
     cargo bench -p wasmlet --bench linux
     cargo bench -p wasmlet --bench http
+    cargo bench -p wasmlet --bench cluster
 
 # a local registry, the example apps pushed and pulled back by wasmlet
 demo: wasm-apps

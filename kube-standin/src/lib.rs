@@ -318,12 +318,25 @@ fn server_tls(ca_pem: &str, cert_pem: &str, key_pem: &str) -> anyhow::Result<rus
 }
 
 /// A `metav1.Status` failure, as the API server sends it.
-fn status(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
-    let body = json!({
-        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-        "message": message, "reason": reason, "code": code.as_u16(),
-    });
-    json_response(code, &body)
+#[derive(Debug)]
+struct Failure {
+    code: StatusCode,
+    reason: &'static str,
+    message: String,
+}
+
+impl Failure {
+    fn response(self) -> Response<Body> {
+        let body = json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": self.message, "reason": self.reason, "code": self.code.as_u16(),
+        });
+        json_response(self.code, &body)
+    }
+}
+
+fn status(code: StatusCode, reason: &'static str, message: &str) -> Failure {
+    Failure { code, reason, message: message.to_string() }
 }
 
 fn json_response(code: StatusCode, v: &Value) -> Response<Body> {
@@ -425,7 +438,7 @@ fn verb(method: &Method, name: &str, q: &BTreeMap<String, String>) -> &'static s
 async fn handle(state: &Arc<State>, cert_user: Option<User>, req: Request<Incoming>) -> Response<Body> {
     state.requests.fetch_add(1, Ordering::Relaxed);
     let Some(user) = authenticate(state, cert_user, &req) else {
-        return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
+        return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized").response();
     };
     *state.by_user.lock().unwrap().entry(user.name.clone()).or_default() += 1;
     let path = req.uri().path().to_string();
@@ -440,7 +453,8 @@ async fn handle(state: &Arc<State>, cert_user: Option<User>, req: Request<Incomi
             StatusCode::NOT_FOUND,
             "NotFound",
             &format!("the server could not find the requested resource ({path})"),
-        );
+        )
+        .response();
     };
     let q = query(&req);
     let verb = verb(req.method(), &t.name, &q);
@@ -485,14 +499,14 @@ async fn handle(state: &Arc<State>, cert_user: Option<User>, req: Request<Incomi
         if !why.is_empty() {
             message.push_str(&format!(": {why}"));
         }
-        return status(StatusCode::FORBIDDEN, "Forbidden", &message);
+        return status(StatusCode::FORBIDDEN, "Forbidden", &message).response();
     }
     let content_type = req.headers().get("content-type").and_then(|h| h.to_str().ok()).unwrap_or("").to_string();
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
-        Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string()),
+        Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string()).response(),
     };
-    let parsed = || -> Result<Value, Response<Body>> {
+    let parsed = || -> Result<Value, Failure> {
         serde_json::from_slice(&body)
             .map_err(|e| status(StatusCode::BAD_REQUEST, "BadRequest", &format!("invalid JSON: {e}")))
     };
@@ -517,7 +531,8 @@ async fn handle(state: &Arc<State>, cert_user: Option<User>, req: Request<Incomi
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
                     "UnsupportedMediaType",
                     &format!("the stand-in takes merge patches only, not {content_type}"),
-                );
+                )
+                .response();
             }
             parsed().and_then(|v| patch(state, &t, v)).map(|o| (StatusCode::OK, o))
         }
@@ -531,7 +546,7 @@ async fn handle(state: &Arc<State>, cert_user: Option<User>, req: Request<Incomi
     };
     match result {
         Ok((code, v)) => json_response(code, &v),
-        Err(resp) => resp,
+        Err(f) => f.response(),
     }
 }
 
@@ -567,7 +582,7 @@ fn uid() -> String {
     format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
-fn not_found(r: &Resource, name: &str) -> Response<Body> {
+fn not_found(r: &Resource, name: &str) -> Failure {
     let what = if r.group.is_empty() { r.plural.to_string() } else { format!("{}.{}", r.plural, r.group) };
     status(StatusCode::NOT_FOUND, "NotFound", &format!("{what} \"{name}\" not found"))
 }
@@ -576,7 +591,7 @@ fn key(r: &Resource, namespace: &str, name: &str) -> Key {
     (r.plural.to_string(), if r.namespaced { namespace.to_string() } else { String::new() }, name.to_string())
 }
 
-fn create_object(state: &State, r: &Resource, namespace: &str, mut v: Value) -> Result<Value, Response<Body>> {
+fn create_object(state: &State, r: &Resource, namespace: &str, mut v: Value) -> Result<Value, Failure> {
     if v["metadata"]["name"].as_str().unwrap_or("").is_empty() {
         match v["metadata"]["generateName"].as_str() {
             Some(prefix) => {
@@ -633,7 +648,7 @@ fn create_object(state: &State, r: &Resource, namespace: &str, mut v: Value) -> 
     Ok(store.put(k, v, "ADDED"))
 }
 
-fn get_object(state: &State, t: &Target) -> Result<Value, Response<Body>> {
+fn get_object(state: &State, t: &Target) -> Result<Value, Failure> {
     let store = state.store.lock().unwrap();
     store.get(&key(t.resource, &t.namespace, &t.name)).cloned().ok_or_else(|| not_found(t.resource, &t.name))
 }
@@ -650,7 +665,7 @@ fn list(state: &State, t: &Target, field: &BTreeMap<String, String>, labels: &BT
     })
 }
 
-fn conflict(r: &Resource, name: &str) -> Response<Body> {
+fn conflict(r: &Resource, name: &str) -> Failure {
     let what = if r.group.is_empty() { r.plural.to_string() } else { format!("{}.{}", r.plural, r.group) };
     status(
         StatusCode::CONFLICT,
@@ -664,7 +679,7 @@ fn conflict(r: &Resource, name: &str) -> Response<Body> {
 /// Writes `new` over the stored object as the (sub)resource allows: a status write keeps
 /// all but the status, a main write keeps the status of resources that have one. A
 /// resourceVersion in `new` must be the stored one.
-fn write(state: &State, t: &Target, mut new: Value, rv: Option<String>) -> Result<Value, Response<Body>> {
+fn write(state: &State, t: &Target, mut new: Value, rv: Option<String>) -> Result<Value, Failure> {
     let r = t.resource;
     let k = key(r, &t.namespace, &t.name);
     let mut store = state.store.lock().unwrap();
@@ -712,12 +727,12 @@ fn write(state: &State, t: &Target, mut new: Value, rv: Option<String>) -> Resul
     Ok(store.put(k, new, "MODIFIED"))
 }
 
-fn update(state: &State, t: &Target, v: Value) -> Result<Value, Response<Body>> {
+fn update(state: &State, t: &Target, v: Value) -> Result<Value, Failure> {
     let rv = v["metadata"]["resourceVersion"].as_str().map(str::to_string);
     write(state, t, v, rv)
 }
 
-fn patch(state: &State, t: &Target, p: Value) -> Result<Value, Response<Body>> {
+fn patch(state: &State, t: &Target, p: Value) -> Result<Value, Failure> {
     let old = get_object(state, t)?;
     let rv = p["metadata"]["resourceVersion"].as_str().map(str::to_string);
     let mut merged = old.clone();
@@ -746,7 +761,7 @@ fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
-fn delete(state: &State, t: &Target, grace: Option<i64>, uid: Option<&str>) -> Result<Value, Response<Body>> {
+fn delete(state: &State, t: &Target, grace: Option<i64>, uid: Option<&str>) -> Result<Value, Failure> {
     let r = t.resource;
     let k = key(r, &t.namespace, &t.name);
     let mut store = state.store.lock().unwrap();

@@ -44,13 +44,16 @@ pub struct User {
     pub groups: Vec<String>,
 }
 
+/// An authorization question: who, which verb, which `nodes` subresource.
+type Decision = (User, String, String);
+
 pub struct KubeletApi {
     client: kube::Client,
     mgr: Arc<Manager>,
     cfg: Arc<ClusterConfig>,
     sync: Arc<PodSync>,
     tokens: Mutex<HashMap<String, (Option<User>, Instant)>>,
-    decisions: Mutex<HashMap<(User, String, String), (bool, Instant)>>,
+    decisions: Mutex<HashMap<Decision, (bool, Instant)>>,
     started: chrono::DateTime<chrono::Utc>,
 }
 
