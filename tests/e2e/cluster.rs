@@ -369,6 +369,18 @@ struct ExecResult {
 /// `kubectl exec` as the API server does it toward a kubelet: an upgrade to SPDY/3.1 with
 /// `v4.channel.k8s.io`, then error, stdin, stdout and stderr streams.
 async fn spdy_exec(port: u16, path: &str, cert: (&str, &str), stdin: &[u8]) -> ExecResult {
+    spdy_session(port, path, cert, Some(stdin), None).await
+}
+
+/// A SPDY session as `kubectl exec` (stdin `Some`) or `kubectl attach` (`None`) opens it;
+/// with `until`, the client hangs up once stdout holds that text.
+async fn spdy_session(
+    port: u16,
+    path: &str,
+    cert: (&str, &str),
+    stdin: Option<&[u8]>,
+    until: Option<&str>,
+) -> ExecResult {
     use rustls_pki_types::pem::PemObject;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
@@ -411,7 +423,7 @@ async fn spdy_exec(port: u16, path: &str, cert: (&str, &str), stdin: &[u8]) -> E
     }
     let mut codec = spdy::Codec::new();
     let streams = [(1u32, "error"), (3, "stdin"), (5, "stdout"), (7, "stderr")];
-    for (id, kind) in streams {
+    for (id, kind) in streams.into_iter().filter(|(id, _)| *id != 3 || stdin.is_some()) {
         let f = spdy::Frame::SynStream {
             id,
             associated: 0,
@@ -421,8 +433,10 @@ async fn spdy_exec(port: u16, path: &str, cert: (&str, &str), stdin: &[u8]) -> E
         };
         tls.write_all(&codec.encode(&f)).await.unwrap();
     }
-    tls.write_all(&codec.encode(&spdy::Frame::Data { id: 3, flags: 0, data: stdin.to_vec() })).await.unwrap();
-    tls.write_all(&codec.encode(&spdy::Frame::Data { id: 3, flags: spdy::FLAG_FIN, data: vec![] })).await.unwrap();
+    if let Some(stdin) = stdin {
+        tls.write_all(&codec.encode(&spdy::Frame::Data { id: 3, flags: 0, data: stdin.to_vec() })).await.unwrap();
+        tls.write_all(&codec.encode(&spdy::Frame::Data { id: 3, flags: spdy::FLAG_FIN, data: vec![] })).await.unwrap();
+    }
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 16 * 1024];
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -444,6 +458,9 @@ async fn spdy_exec(port: u16, path: &str, cert: (&str, &str), stdin: &[u8]) -> E
                 spdy::Frame::GoAway { .. } => break 'read,
                 _ => {}
             }
+        }
+        if until.is_some_and(|u| result.stdout.contains(u)) {
+            break;
         }
     }
     result
@@ -473,6 +490,15 @@ async fn kubelet_api_serves_logs_exec_and_stats_to_authorized_callers_only() {
         },
     });
     c.create_pod(shell).await;
+    let ticker = json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ticker"},
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "t", "image": busybox, "command": ["sh", "-c", "while true; do echo tick; echo tock >&2; sleep 0.2; done"]}],
+        },
+    });
+    c.create_pod(ticker).await;
+    c.wait_pod("ticker", "Running", running).await;
     c.wait_pod("hello", "Succeeded", |p| phase(p) == "Succeeded").await;
     c.wait_pod("shell", "Running", running).await;
 
@@ -511,7 +537,7 @@ async fn kubelet_api_serves_logs_exec_and_stats_to_authorized_callers_only() {
     assert_eq!(code, 200);
     let pods: Value = serde_json::from_str(&pods).unwrap();
     assert_eq!(pods["kind"], "PodList");
-    assert_eq!(pods["items"].as_array().unwrap().len(), 2);
+    assert_eq!(pods["items"].as_array().unwrap().len(), 3);
 
     // exec: the viewer may get but not create
     let (vc, vk) = c.cert_files(&User::new("viewer", &["system:authenticated"]));
@@ -538,6 +564,16 @@ async fn kubelet_api_serves_logs_exec_and_stats_to_authorized_callers_only() {
     let status: Value = serde_json::from_str(&ok.error).unwrap();
     assert_eq!(status["status"], "Success");
 
+    // attach: the container's output from now on, on stdout and stderr
+    let attach = "/attach/default/ticker/t?output=1&error=1";
+    let denied = spdy_session(c.port, attach, (&vc, &vk), None, None).await;
+    assert_eq!(denied.status, 403, "attach needs create too");
+    let r = spdy_session(c.port, attach, (&cp, &kp), None, Some("tick\ntick\n")).await;
+    assert_eq!(r.status, 101, "{r:?}");
+    assert!(r.stdout.starts_with("tick\ntick\n") && r.stderr.starts_with("tock\n"), "{r:?}");
+    let stdin = spdy_session(c.port, "/attach/default/ticker/t?input=1&output=1", (&cp, &kp), None, None).await;
+    assert_eq!(stdin.status, 400, "there is no stdin to attach to: {stdin:?}");
+
     // stats and metrics, as metrics-server and Prometheus read them
     let (code, summary) = c.kubelet_get("/stats/summary", &viewer);
     assert_eq!(code, 200);
@@ -554,9 +590,11 @@ async fn kubelet_api_serves_logs_exec_and_stats_to_authorized_callers_only() {
     );
     let (_, metrics) = c.kubelet_get("/metrics", &viewer);
     assert!(metrics.contains("kubelet_pod_start_sli_duration_seconds_bucket{le=\"0.5\"}"), "{metrics}");
-    assert!(metrics.contains("kubelet_pod_start_sli_duration_seconds_count 2"), "{metrics}");
+    assert!(metrics.contains("kubelet_pod_start_sli_duration_seconds_count 3"), "{metrics}");
     assert!(metrics.contains("wasmlet_api_server_connected 1"));
-    c.pods().delete("shell", &DeleteParams::default()).await.unwrap();
+    for name in ["shell", "ticker"] {
+        c.pods().delete(name, &DeleteParams::default()).await.unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -306,6 +306,10 @@ impl KubeletApi {
                 let target = (ns.to_string(), pod.to_string(), container.to_string());
                 super::streaming::exec(self.mgr.clone(), target, &query, req).await
             }
+            (Method::GET | Method::POST, ["attach", ns, pod, container] | ["attach", ns, pod, _, container]) => {
+                let target = (ns.to_string(), pod.to_string(), container.to_string());
+                super::streaming::attach(self.mgr.clone(), target, &query, req).await
+            }
             (Method::GET, ["stats", "summary"]) => Ok(json_response(&self.summary())),
             (Method::GET, ["metrics", "resource"]) => Ok(prometheus(self.resource_metrics())),
             (Method::GET, ["metrics"]) => Ok(prometheus(self.metrics())),

@@ -32,21 +32,14 @@ fn flag(query: &[(String, String)], key: &str) -> bool {
     matches!(crate::api::get(query, key), Some("1" | "true"))
 }
 
-/// Answers `/exec/{ns}/{pod}/{container}`: upgrades, then runs the command.
-pub async fn exec(
-    mgr: Arc<Manager>,
-    (ns, pod, container): (String, String, String),
-    query: &[(String, String)],
-    req: Request<Incoming>,
-) -> Result<Response<Body>, ApiError> {
-    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
-    let command: Vec<String> = query.iter().filter(|(k, _)| k == "command").map(|(_, v)| v.clone()).collect();
-    if command.is_empty() {
-        return Err(bad("you must specify at least 1 command".into()));
-    }
+/// Checks the upgrade (SPDY/3.1, `v4.channel.k8s.io`) and reads which streams are asked for.
+fn negotiate(req: &Request<Incoming>, query: &[(String, String)]) -> Result<Wanted, ApiError> {
     let upgrade = req.headers().get(hyper::header::UPGRADE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !upgrade.eq_ignore_ascii_case("SPDY/3.1") {
-        return Err(bad(format!("unable to upgrade: the connection asks for {upgrade:?}; this node speaks SPDY/3.1")));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("unable to upgrade: the connection asks for {upgrade:?}; this node speaks SPDY/3.1"),
+        ));
     }
     let offered: Vec<String> = req
         .headers()
@@ -63,12 +56,37 @@ pub async fn exec(
             ),
         ));
     }
-    let want = Wanted {
+    Ok(Wanted {
         stdin: flag(query, "input") || flag(query, "stdin"),
         stdout: flag(query, "output") || flag(query, "stdout"),
         stderr: flag(query, "error") || flag(query, "stderr"),
         tty: flag(query, "tty"),
-    };
+    })
+}
+
+fn switching() -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(hyper::header::CONNECTION, "Upgrade")
+        .header(hyper::header::UPGRADE, "SPDY/3.1")
+        .header("X-Stream-Protocol-Version", PROTOCOL)
+        .body(full(Bytes::new()))
+        .expect("valid response")
+}
+
+/// Answers `/exec/{ns}/{pod}/{container}`: upgrades, then runs the command.
+pub async fn exec(
+    mgr: Arc<Manager>,
+    (ns, pod, container): (String, String, String),
+    query: &[(String, String)],
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
+    let command: Vec<String> = query.iter().filter(|(k, _)| k == "command").map(|(_, v)| v.clone()).collect();
+    if command.is_empty() {
+        return Err(bad("you must specify at least 1 command".into()));
+    }
+    let want = negotiate(&req, query)?;
     let id = mgr.exec_target(&crate::pod::key(&ns, &pod), Some(&container)).map_err(bad)?;
     let linux = mgr.runtimes().linux().map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     let session = linux
@@ -86,13 +104,190 @@ pub async fn exec(
             Err(e) => tracing::warn!(error = %e, "exec upgrade failed"),
         }
     });
-    Ok(Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(hyper::header::CONNECTION, "Upgrade")
-        .header(hyper::header::UPGRADE, "SPDY/3.1")
-        .header("X-Stream-Protocol-Version", PROTOCOL)
-        .body(full(Bytes::new()))
-        .expect("valid response"))
+    Ok(switching())
+}
+
+/// Answers `/attach/{ns}/{pod}/{container}`: the container's output from now on, on
+/// stdout and stderr, until it exits. wasmlet's containers have no stdin (the field is
+/// refused), so there is nothing to attach input or a terminal to.
+pub async fn attach(
+    mgr: Arc<Manager>,
+    (ns, pod, container): (String, String, String),
+    query: &[(String, String)],
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let want = negotiate(&req, query)?;
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
+    if want.stdin || want.tty {
+        return Err(bad(format!(
+            "container {container} has no stdin or terminal to attach to (stdin is not supported)"
+        )));
+    }
+    let key = crate::pod::key(&ns, &pod);
+    let rec = mgr.get(&key)?.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("pod {key} not found")))?;
+    let idx = rec
+        .plan
+        .containers
+        .iter()
+        .position(|c| c.name == container)
+        .ok_or_else(|| bad(format!("container {container} is not valid for pod {pod}")))?;
+    let status = &rec.status.containers[idx];
+    if !matches!(status.state, crate::pod::state::State::Running { .. }) {
+        return Err(bad(format!("container {container} is not running")));
+    }
+    let target = Tail { key, idx, instance: status.instances, path: mgr.log_path(&rec, &container, status.instances) };
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => {
+                let io = hyper_util::rt::TokioIo::new(upgraded);
+                if let Err(e) = run_attach(io, mgr, want, target).await {
+                    tracing::debug!(error = %e, "attach session ended");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "attach upgrade failed"),
+        }
+    });
+    Ok(switching())
+}
+
+/// The container instance an attach follows, and its log.
+struct Tail {
+    key: String,
+    idx: usize,
+    instance: u32,
+    path: std::path::PathBuf,
+}
+
+type Writer = (tokio::sync::mpsc::Sender<Frame>, tokio::task::JoinHandle<()>);
+
+/// The connection's one writer: frames are encoded (one header-compression stream) and
+/// written in the order they are sent; a GOAWAY ends the connection.
+fn spawn_writer<W: tokio::io::AsyncWrite + Unpin + Send + 'static>(
+    mut wr: W,
+    codec: Arc<std::sync::Mutex<Codec>>,
+) -> Writer {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Frame>(64);
+    let task = tokio::spawn(async move {
+        while let Some(f) = rx.recv().await {
+            let bytes = codec.lock().unwrap_or_else(|e| e.into_inner()).encode(&f);
+            if wr.write_all(&bytes).await.is_err() || wr.flush().await.is_err() {
+                return;
+            }
+            if matches!(f, Frame::GoAway { .. }) {
+                let _ = wr.shutdown().await;
+                return;
+            }
+        }
+    });
+    (tx, task)
+}
+
+/// Waits (up to 30 s) for the client to open the streams it asked for, answering each.
+/// Returns them by type, and any frames that came after them.
+async fn open_streams<R: tokio::io::AsyncRead + Unpin>(
+    rd: &mut R,
+    codec: &std::sync::Mutex<Codec>,
+    out: &tokio::sync::mpsc::Sender<Frame>,
+    want: Wanted,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<(HashMap<String, u32>, Vec<Frame>)>> {
+    let mut streams: HashMap<String, u32> = HashMap::new();
+    let mut early: Vec<Frame> = Vec::new();
+    let mut chunk = vec![0u8; 32 * 1024];
+    let deadline = tokio::time::Instant::now() + STREAM_WAIT;
+    while !want.satisfied(&streams) {
+        let n = tokio::time::timeout_at(deadline, rd.read(&mut chunk))
+            .await
+            .map_err(|_| std::io::Error::other("the client did not open its streams in time"))??;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        for frame in decode_all(codec, buf)? {
+            match frame {
+                Frame::SynStream { id, headers, .. } => {
+                    let kind = spdy::header(&headers, "streamtype").unwrap_or("").to_string();
+                    let _ = out.send(Frame::SynReply { id, flags: 0, headers: vec![] }).await;
+                    streams.insert(kind, id);
+                }
+                Frame::Ping { id } => {
+                    let _ = out.send(Frame::Ping { id }).await;
+                }
+                f @ Frame::Data { .. } => early.push(f),
+                _ => {}
+            }
+        }
+    }
+    Ok(Some((streams, early)))
+}
+
+/// Ends a session: FIN on the streams the node writes, then GOAWAY.
+async fn finish(out: &tokio::sync::mpsc::Sender<Frame>, streams: &HashMap<String, u32>) {
+    for kind in ["stdout", "stderr", "error"] {
+        if let Some(&id) = streams.get(kind) {
+            let _ = out.send(Frame::Data { id, flags: FLAG_FIN, data: vec![] }).await;
+        }
+    }
+    let last_good = streams.values().copied().max().unwrap_or(0);
+    let _ = out.send(Frame::GoAway { last_good, status: 0 }).await;
+}
+
+async fn run_attach<S>(io: S, mgr: Arc<Manager>, want: Wanted, t: Tail) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut rd, wr) = tokio::io::split(io);
+    let codec = Arc::new(std::sync::Mutex::new(Codec::new()));
+    let (out, writer) = spawn_writer(wr, codec.clone());
+    let mut buf = Vec::new();
+    let Some((streams, _)) = open_streams(&mut rd, &codec, &out, want, &mut buf).await? else { return Ok(()) };
+    // output from the moment of attaching: what the log gains from its current end
+    let mut offset = std::fs::metadata(&t.path).map(|m| m.len()).unwrap_or(0);
+    let mut partial = String::new();
+    let mut chunk = vec![0u8; 4096];
+    loop {
+        let running = mgr.get(&t.key).ok().flatten().is_some_and(|r| {
+            let c = &r.status.containers[t.idx];
+            c.instances == t.instance && matches!(c.state, crate::pod::state::State::Running { .. })
+        });
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(&t.path) {
+            use std::io::{Read, Seek};
+            if f.seek(std::io::SeekFrom::Start(offset)).is_ok() {
+                let _ = f.read_to_string(&mut text);
+            }
+        }
+        offset += text.len() as u64;
+        partial.push_str(&text);
+        while let Some(i) = partial.find('\n') {
+            let line: String = partial.drain(..=i).collect();
+            let Some(r) = crate::runtime::log::parse(line.trim_end_matches('\n')) else { continue };
+            let kind = if r.stream == "stderr" && streams.contains_key("stderr") { "stderr" } else { "stdout" };
+            if let Some(&id) = streams.get(kind) {
+                let data = if r.full { format!("{}\n", r.line) } else { r.line.to_string() };
+                let _ = out.send(Frame::Data { id, flags: 0, data: data.into_bytes() }).await;
+            }
+        }
+        if !running {
+            if let Some(&id) = streams.get("error") {
+                let status = exit_status(0, &[]).to_string().into_bytes();
+                let _ = out.send(Frame::Data { id, flags: 0, data: status }).await;
+            }
+            break;
+        }
+        tokio::select! {
+            r = rd.read(&mut chunk) => {
+                if matches!(r, Ok(0) | Err(_)) {
+                    break; // the client detached
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    finish(&out, &streams).await;
+    drop(out);
+    let _ = writer.await;
+    Ok(())
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -138,60 +333,16 @@ async fn run<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut rd, mut wr) = tokio::io::split(io);
+    let (mut rd, wr) = tokio::io::split(io);
     let codec = Arc::new(std::sync::Mutex::new(Codec::new()));
-    // one writer for the connection: frames are encoded in the order they are sent
-    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Frame>(64);
-    let writer = {
-        let codec = codec.clone();
-        tokio::spawn(async move {
-            while let Some(f) = out_rx.recv().await {
-                let bytes = codec.lock().unwrap_or_else(|e| e.into_inner()).encode(&f);
-                if wr.write_all(&bytes).await.is_err() || wr.flush().await.is_err() {
-                    return;
-                }
-                if matches!(f, Frame::GoAway { .. }) {
-                    let _ = wr.shutdown().await;
-                    return;
-                }
-            }
-        })
-    };
-    let mut streams: HashMap<String, u32> = HashMap::new();
+    let (out_tx, writer) = spawn_writer(wr, codec.clone());
     let mut buf = Vec::with_capacity(16 * 1024);
-    let mut chunk = vec![0u8; 32 * 1024];
-    // stdin that came before the command started
-    let mut early: Vec<Frame> = Vec::new();
-    let deadline = tokio::time::Instant::now() + STREAM_WAIT;
-    // phase 1: the client opens its streams
-    while !want.satisfied(&streams) {
-        let n = tokio::time::timeout_at(deadline, rd.read(&mut chunk))
-            .await
-            .map_err(|_| std::io::Error::other("the client did not open its streams in time"))??;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        for frame in decode_all(&codec, &mut buf)? {
-            match frame {
-                Frame::SynStream { id, headers, .. } => {
-                    let kind = spdy::header(&headers, "streamtype").unwrap_or("").to_string();
-                    let _ = out_tx.send(Frame::SynReply { id, flags: 0, headers: vec![] }).await;
-                    streams.insert(kind, id);
-                }
-                Frame::Ping { id } => {
-                    let _ = out_tx.send(Frame::Ping { id }).await;
-                }
-                f @ Frame::Data { .. } => early.push(f),
-                _ => {}
-            }
-        }
-    }
-    // phase 2: the command runs through the local API's relay, at the far end of a pipe
+    let Some((streams, early)) = open_streams(&mut rd, &codec, &out_tx, want, &mut buf).await? else { return Ok(()) };
+    // the command runs through the local API's relay, at the far end of a pipe
     let (ours, theirs) = tokio::io::duplex(64 * 1024);
     let (mut relay_rd, mut relay_wr) = tokio::io::split(ours);
     let relay = tokio::spawn(crate::api::exec::relay(theirs, session, want.stdin));
-    let pump = {
+    let mut pump = {
         let (out_tx, streams) = (out_tx.clone(), streams.clone());
         tokio::spawn(async move {
             while let Ok(Some((kind, payload))) = read_frame(&mut relay_rd).await {
@@ -212,17 +363,11 @@ where
                     let _ = out_tx.send(Frame::Data { id, flags: 0, data: payload }).await;
                 }
             }
-            for kind in ["stdout", "stderr", "error"] {
-                if let Some(&id) = streams.get(kind) {
-                    let _ = out_tx.send(Frame::Data { id, flags: FLAG_FIN, data: vec![] }).await;
-                }
-            }
-            let last_good = streams.values().copied().max().unwrap_or(0);
-            let _ = out_tx.send(Frame::GoAway { last_good, status: 0 }).await;
+            finish(&out_tx, &streams).await;
         })
     };
     let mut to_relay = early;
-    let mut pump = pump;
+    let mut chunk = vec![0u8; 32 * 1024];
     loop {
         for frame in to_relay.drain(..) {
             match frame {
