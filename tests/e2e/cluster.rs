@@ -35,12 +35,23 @@ async fn client(kubeconfig: &str) -> kube::Client {
 impl Cluster {
     /// The stand-in, and an agent joined to it as `edge-1` with a client certificate.
     async fn start() -> Cluster {
+        Self::start_as(false).await
+    }
+
+    /// With `token`, the node's kubeconfig holds a bearer token for `system:node:edge-1`
+    /// instead of a client certificate.
+    async fn start_as(token: bool) -> Cluster {
         let api = ApiServer::start().await.unwrap();
         let admin = client(&api.kubeconfig_token(ADMIN_TOKEN)).await;
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("node.kubeconfig");
         let node_user = User::new(&format!("system:node:{NODE}"), &["system:nodes", "system:authenticated"]);
-        std::fs::write(&kubeconfig, api.kubeconfig_cert(&node_user)).unwrap();
+        if token {
+            api.add_token("node-token", node_user);
+            std::fs::write(&kubeconfig, api.kubeconfig_token("node-token")).unwrap();
+        } else {
+            std::fs::write(&kubeconfig, api.kubeconfig_cert(&node_user)).unwrap();
+        }
         let port = free_port();
         let mut c = Cluster { api, admin, agent: None, port, dir };
         c.start_agent(&kubeconfig);
@@ -372,6 +383,9 @@ async fn spdy_exec(port: u16, path: &str, cert: (&str, &str), stdin: &[u8]) -> E
     spdy_session(port, path, cert, Some(stdin), None).await
 }
 
+/// `kubectl exec -it` sets the terminal size on the resize stream first.
+const RESIZE: &[u8] = br#"{"Width":100,"Height":40}"#;
+
 /// A SPDY session as `kubectl exec` (stdin `Some`) or `kubectl attach` (`None`) opens it;
 /// with `until`, the client hangs up once stdout holds that text.
 async fn spdy_session(
@@ -422,8 +436,15 @@ async fn spdy_session(
         return result;
     }
     let mut codec = spdy::Codec::new();
-    let streams = [(1u32, "error"), (3, "stdin"), (5, "stdout"), (7, "stderr")];
-    for (id, kind) in streams.into_iter().filter(|(id, _)| *id != 3 || stdin.is_some()) {
+    let tty = path.contains("tty=1");
+    let streams = [(1u32, "error"), (3, "stdin"), (5, "stdout"), (7, "stderr"), (9, "resize")];
+    let wanted = |id: u32| match id {
+        3 => stdin.is_some(),
+        7 => !tty,
+        9 => tty,
+        _ => true,
+    };
+    for (id, kind) in streams.into_iter().filter(|(id, _)| wanted(*id)) {
         let f = spdy::Frame::SynStream {
             id,
             associated: 0,
@@ -432,6 +453,9 @@ async fn spdy_session(
             headers: vec![("streamtype".into(), kind.into())],
         };
         tls.write_all(&codec.encode(&f)).await.unwrap();
+    }
+    if tty {
+        tls.write_all(&codec.encode(&spdy::Frame::Data { id: 9, flags: 0, data: RESIZE.to_vec() })).await.unwrap();
     }
     if let Some(stdin) = stdin {
         tls.write_all(&codec.encode(&spdy::Frame::Data { id: 3, flags: 0, data: stdin.to_vec() })).await.unwrap();
@@ -563,6 +587,12 @@ async fn kubelet_api_serves_logs_exec_and_stats_to_authorized_callers_only() {
     let ok = spdy_exec(c.port, "/exec/default/shell/sh?command=true&output=1&error=1", (&cp, &kp), b"").await;
     let status: Value = serde_json::from_str(&ok.error).unwrap();
     assert_eq!(status["status"], "Success");
+    // a terminal, sized through the resize stream (kubectl exec -it)
+    let tty =
+        "/exec/default/shell/sh?command=sh&command=-c&command=sleep+0.3%3B+stty+size%3B+tty&input=1&output=1&tty=1";
+    let r = spdy_exec(c.port, tty, (&cp, &kp), b"").await;
+    assert!(r.stdout.contains("40 100"), "{r:?}");
+    assert!(r.stdout.contains("/dev/pts/"), "{r:?}");
 
     // attach: the container's output from now on, on stdout and stderr
     let attach = "/attach/default/ticker/t?output=1&error=1";
@@ -646,7 +676,8 @@ async fn pods_keep_running_without_the_api_server_and_converge_when_it_returns()
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_agent_started_offline_runs_its_pods_with_their_last_configmaps() {
     let apps = tokio::task::block_in_place(|| Apps::push(&["hello", "sleep"]));
-    let mut c = Cluster::start().await;
+    // this node authenticates with a token
+    let mut c = Cluster::start_as(true).await;
     let cms: Api<ConfigMap> = Api::namespaced(c.admin.clone(), "default");
     let cm =
         json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}, "data": {"mode": "edge"}});
