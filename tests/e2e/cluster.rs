@@ -26,6 +26,18 @@ struct Cluster {
     dir: tempfile::TempDir,
 }
 
+/// `serve` flags for a node named `edge-1` on loopback, its kubelet API on `port`.
+fn node_flags(kubeconfig: &std::path::Path, port: u16, extra: &[&str]) -> Vec<String> {
+    let mut flags: Vec<String> = ["--kubeconfig", kubeconfig.to_str().unwrap(), "--node-name", NODE]
+        .into_iter()
+        .chain(["--node-ip", "127.0.0.1", "--address", "127.0.0.1", "--port"])
+        .map(String::from)
+        .collect();
+    flags.push(port.to_string());
+    flags.extend(extra.iter().map(|s| s.to_string()));
+    flags
+}
+
 async fn client(kubeconfig: &str) -> kube::Client {
     let kc = kube::config::Kubeconfig::from_yaml(kubeconfig).unwrap();
     let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
@@ -59,21 +71,8 @@ impl Cluster {
     }
 
     fn start_agent(&mut self, kubeconfig: &std::path::Path) {
-        let port = self.port.to_string();
-        let flags = [
-            "--kubeconfig",
-            kubeconfig.to_str().unwrap(),
-            "--node-name",
-            NODE,
-            "--node-ip",
-            "127.0.0.1",
-            "--address",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--node-labels",
-            "site=lab",
-        ];
+        let flags = node_flags(kubeconfig, self.port, &["--node-labels", "site=lab"]);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         self.agent = Some(tokio::task::block_in_place(|| Agent::start_with(&flags)));
     }
 
@@ -752,22 +751,10 @@ async fn a_node_bootstraps_its_identity_and_serving_certificate_through_csrs() {
     let bootstrap = dir.path().join("bootstrap.kubeconfig");
     std::fs::write(&bootstrap, api.kubeconfig_token("abcdef.0123456789abcdef")).unwrap();
     let kubeconfig = dir.path().join("node.kubeconfig");
-    let port = free_port().to_string();
-    let flags = [
-        "--kubeconfig",
-        kubeconfig.to_str().unwrap(),
-        "--bootstrap-kubeconfig",
-        bootstrap.to_str().unwrap(),
-        "--rotate-server-certificates",
-        "--node-name",
-        NODE,
-        "--node-ip",
-        "127.0.0.1",
-        "--address",
-        "127.0.0.1",
-        "--port",
-        &port,
-    ];
+    let port = free_port();
+    let extra = ["--bootstrap-kubeconfig", bootstrap.to_str().unwrap(), "--rotate-server-certificates"];
+    let flags = node_flags(&kubeconfig, port, &extra);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let agent = tokio::task::block_in_place(|| Agent::start_with(&flags));
     let nodes: Api<Node> = Api::all(admin.clone());
     let mut approved = Vec::new();

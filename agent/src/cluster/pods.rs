@@ -276,31 +276,38 @@ impl PodSync {
         let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
         let (cms, secrets) = references(pod);
         let mut out = Vec::new();
-        let cm_api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
         for name in cms {
-            match cm_api.get_opt(&name).await {
-                Ok(Some(mut c)) => {
-                    clean_meta(&mut c.metadata);
-                    out.push(Object::ConfigMap(c));
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(configmap = %name, error = %e, "cannot read a ConfigMap; using the stored copy")
-                }
+            if let Some(mut c) = self.fetch::<ConfigMap>(&ns, &name).await {
+                clean_meta(&mut c.metadata);
+                out.push(Object::ConfigMap(c));
             }
         }
-        let secret_api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
         for name in secrets {
-            match secret_api.get_opt(&name).await {
-                Ok(Some(mut s)) => {
-                    clean_meta(&mut s.metadata);
-                    out.push(Object::Secret(s));
-                }
-                Ok(None) => {}
-                Err(e) => tracing::warn!(secret = %name, error = %e, "cannot read a Secret; using the stored copy"),
+            if let Some(mut s) = self.fetch::<Secret>(&ns, &name).await {
+                clean_meta(&mut s.metadata);
+                out.push(Object::Secret(s));
             }
         }
         out
+    }
+
+    /// One object by name; `None` when it does not exist or cannot be read now (then the
+    /// stored copy stands).
+    async fn fetch<K>(&self, ns: &str, name: &str) -> Option<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), ns);
+        match api.get_opt(name).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(kind = %K::kind(&()), %name, error = %e, "cannot read an object; using the stored copy");
+                None
+            }
+        }
     }
 
     /// A pod this node cannot run: Failed, with the reason, as the kubelet's admission

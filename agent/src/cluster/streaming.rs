@@ -64,6 +64,26 @@ fn negotiate(req: &Request<Incoming>, query: &[(String, String)]) -> Result<Want
     })
 }
 
+type Upgraded = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;
+
+/// Runs `session` on the connection once the 101 has gone out.
+fn upgrade<F, Fut>(req: Request<Incoming>, what: &'static str, session: F)
+where
+    F: FnOnce(Upgraded) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = std::io::Result<()>> + Send,
+{
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => {
+                if let Err(e) = session(hyper_util::rt::TokioIo::new(upgraded)).await {
+                    tracing::debug!(error = %e, "{what} session ended");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "{what} upgrade failed"),
+        }
+    });
+}
+
 fn switching() -> Response<Body> {
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -93,17 +113,7 @@ pub async fn exec(
         .exec_session(&id, &command, want.tty)
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    tokio::spawn(async move {
-        match hyper::upgrade::on(req).await {
-            Ok(upgraded) => {
-                let io = hyper_util::rt::TokioIo::new(upgraded);
-                if let Err(e) = run(io, session, want, command).await {
-                    tracing::debug!(error = %e, "exec session ended");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "exec upgrade failed"),
-        }
-    });
+    upgrade(req, "exec", move |io| run(io, session, want, command));
     Ok(switching())
 }
 
@@ -136,17 +146,7 @@ pub async fn attach(
         return Err(bad(format!("container {container} is not running")));
     }
     let target = Tail { key, idx, instance: status.instances, path: mgr.log_path(&rec, &container, status.instances) };
-    tokio::spawn(async move {
-        match hyper::upgrade::on(req).await {
-            Ok(upgraded) => {
-                let io = hyper_util::rt::TokioIo::new(upgraded);
-                if let Err(e) = run_attach(io, mgr, want, target).await {
-                    tracing::debug!(error = %e, "attach session ended");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "attach upgrade failed"),
-        }
-    });
+    upgrade(req, "attach", move |io| run_attach(io, mgr, want, target));
     Ok(switching())
 }
 
