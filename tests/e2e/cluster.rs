@@ -217,7 +217,15 @@ async fn joins_as_a_node_runs_bound_pods_and_deletes_them_gracefully() {
 
     // the lease: held by the node, 40 s, renewed every 10 s
     let leases: Api<Lease> = Api::namespaced(c.admin.clone(), "kube-node-lease");
-    let lease = leases.get(NODE).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lease = loop {
+        // created once the node is registered
+        if let Some(l) = leases.get_opt(NODE).await.unwrap() {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no lease within 10 s of registration");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let spec = lease.spec.clone().unwrap();
     assert_eq!((spec.holder_identity.as_deref(), spec.lease_duration_seconds), (Some(NODE), Some(40)));
     assert_eq!(lease.metadata.owner_references.unwrap()[0].kind, "Node");
