@@ -212,7 +212,17 @@ fn node_rule(node: &str, a: &Attributes, store: &Store) -> Option<Result<(), Str
                 _ => deny(&format!("no relationship found between node '{node}' and this object")),
             }
         }
-        ("serviceaccounts", "token") if verb == "create" => Some(Ok(())),
+        ("serviceaccounts", "token") if verb == "create" => {
+            // only for the service accounts of pods bound to the node
+            let used = store.iter("pods", Some(&a.namespace)).any(|p| {
+                p["spec"]["nodeName"] == node && p["spec"]["serviceAccountName"].as_str().unwrap_or("default") == a.name
+            });
+            if used {
+                Some(Ok(()))
+            } else {
+                deny(&format!("no relationship found between node '{node}' and this object"))
+            }
+        }
         ("events", "") if matches!(verb, "create" | "update" | "patch") => Some(Ok(())),
         ("tokenreviews" | "subjectaccessreviews", "") if verb == "create" => Some(Ok(())),
         ("certificatesigningrequests", "") if matches!(verb, "create" | "get" | "list" | "watch") => Some(Ok(())),

@@ -169,6 +169,8 @@ impl ApiServer {
             let o = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
             create_object(&state, &RESOURCES[6], "", o).expect("namespace");
         }
+        let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}});
+        create_object(&state, &RESOURCES[7], "default", sa).expect("service account");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let server = ApiServer { state, addr, tls, accept: Mutex::new(None) };
@@ -348,6 +350,7 @@ fn json_response(code: StatusCode, v: &Value) -> Response<Body> {
 }
 
 /// A request's target, from its path.
+#[derive(Clone)]
 struct Target {
     resource: &'static Resource,
     namespace: String,
@@ -513,6 +516,7 @@ async fn handle(state: &Arc<State>, cert_user: Option<User>, req: Request<Incomi
     let r = t.resource;
     let result = match (verb, r.plural) {
         ("create", "tokenreviews") => parsed().map(|v| token_review(state, v)),
+        ("create", "serviceaccounts") if t.subresource == "token" => parsed().and_then(|v| token_request(state, &t, v)),
         ("create", "subjectaccessreviews") => parsed().map(|v| access_review(state, v)),
         ("create", _) => parsed().and_then(|mut v| {
             if r.plural == "certificatesigningrequests" {
@@ -794,6 +798,31 @@ fn delete(state: &State, t: &Target, grace: Option<i64>, uid: Option<&str>) -> R
         }
     }
     Ok(store.remove(&k).expect("present"))
+}
+
+/// A TokenRequest: a new bearer token for the service account, which authenticates as
+/// `system:serviceaccount:NS:NAME` from then on.
+fn token_request(state: &State, t: &Target, mut v: Value) -> Result<(StatusCode, Value), Failure> {
+    get_object(state, &Target { subresource: String::new(), ..t.clone() })?;
+    let mut raw = [0u8; 16];
+    fastrand::fill(&mut raw);
+    let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let user = User {
+        name: format!("system:serviceaccount:{}:{}", t.namespace, t.name),
+        groups: vec![
+            "system:serviceaccounts".into(),
+            format!("system:serviceaccounts:{}", t.namespace),
+            "system:authenticated".into(),
+        ],
+    };
+    state.tokens.lock().unwrap().insert(token.clone(), user);
+    let ttl = v["spec"]["expirationSeconds"].as_i64().unwrap_or(3600);
+    let expires = chrono::Utc::now() + chrono::Duration::seconds(ttl);
+    v["apiVersion"] = json!("authentication.k8s.io/v1");
+    v["kind"] = json!("TokenRequest");
+    v["status"] =
+        json!({"token": token, "expirationTimestamp": expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)});
+    Ok((StatusCode::CREATED, v))
 }
 
 fn token_review(state: &State, mut v: Value) -> (StatusCode, Value) {

@@ -814,3 +814,50 @@ async fn a_node_bootstraps_its_identity_and_serving_certificate_through_csrs() {
     }
     tokio::task::block_in_place(|| drop(agent));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn service_account_tokens_are_requested_bound_to_the_pod_and_mounted() {
+    use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+    let apps = tokio::task::block_in_place(|| Apps::push(&["cat"]));
+    let c = Cluster::start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(c.admin.clone(), "default");
+    let ca = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kube-root-ca.crt"}, "data": {"ca.crt": c.api.ca().cert_pem}});
+    cms.create(&PostParams::default(), &serde_json::from_value(ca).unwrap()).await.unwrap();
+    // the volume the API server's ServiceAccount admission adds to every pod
+    let dir = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let files = [format!("{dir}/token"), format!("{dir}/namespace"), format!("{dir}/ca.crt")];
+    let args: Vec<&str> = files.iter().map(String::as_str).collect();
+    let mut pod = wasm_pod("api-client", &apps.image("cat", "v1"), &args, "Never");
+    pod["spec"]["serviceAccountName"] = json!("default");
+    pod["spec"]["volumes"] = json!([{"name": "kube-api-access-x7k2p", "projected": {"defaultMode": 420, "sources": [
+        {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+        {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+    ]}}]);
+    pod["spec"]["containers"][0]["volumeMounts"] =
+        json!([{"name": "kube-api-access-x7k2p", "mountPath": dir, "readOnly": true}]);
+    c.create_pod(pod).await;
+    c.wait_pod("api-client", "Succeeded", |p| phase(p) == "Succeeded").await;
+    let out = tokio::task::block_in_place(|| c.agent().ok(&["logs", "api-client"]));
+    // the token (32 hex digits here, no newline), the namespace, the cluster CA
+    let (token, rest) = out.split_at(32);
+    assert!(rest.starts_with("default-----BEGIN CERTIFICATE-----"), "{out}");
+    // the API server knows the token as the pod's service account
+    let reviews: Api<TokenReview> = Api::all(c.admin.clone());
+    let review =
+        TokenReview { spec: TokenReviewSpec { token: token.to_string(), ..Default::default() }, ..Default::default() };
+    let r = reviews.create(&PostParams::default(), &review).await.unwrap();
+    let user = r.status.unwrap().user.unwrap();
+    assert_eq!(user.username.as_deref(), Some("system:serviceaccount:default:default"));
+    // and the token goes from the node with the pod
+    c.pods().delete("api-client", &DeleteParams::default()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let secrets = tokio::task::block_in_place(|| c.agent().ok(&["get", "secrets", "-o", "json"]));
+        if !secrets.contains("wasmlet-sa-token") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the token is still on the node");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

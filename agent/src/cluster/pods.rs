@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Event as KubeEvent, ObjectReference, Pod, Secret};
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, Event as KubeEvent, ObjectReference, Pod, Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::WatchStreamExt;
@@ -144,6 +145,19 @@ pub fn references(pod: &Pod) -> (BTreeSet<String>, BTreeSet<String>) {
         }
     }
     (cms, secrets)
+}
+
+/// When a stored service-account token is to be requested again.
+const REFRESH_AFTER: &str = "wasmlet.dev/token-refresh-after";
+
+/// The (audience, lifetime) of each service-account token a pod's volumes project.
+pub fn token_sources(pod: &Pod) -> BTreeSet<(Option<String>, Option<i64>)> {
+    let volumes = pod.spec.iter().flat_map(|s| s.volumes.iter().flatten());
+    let sources = volumes.flat_map(|v| v.projected.iter().flat_map(|p| p.sources.iter().flatten()));
+    sources
+        .filter_map(|s| s.service_account_token.as_ref())
+        .map(|t| (t.audience.clone(), t.expiration_seconds))
+        .collect()
 }
 
 fn clean_meta(m: &mut ObjectMeta) {
@@ -288,6 +302,71 @@ impl PodSync {
                 out.push(Object::Secret(s));
             }
         }
+        out.extend(self.tokens(pod).await);
+        out
+    }
+
+    /// The service-account tokens a pod's projected volumes ask for, each requested
+    /// (TokenRequest, bound to the pod) when there is none yet or 80 % of its lifetime has
+    /// passed, as the kubelet's token manager does. Kept as node-local Secrets.
+    async fn tokens(&self, pod: &Pod) -> Vec<Object> {
+        let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let spec = pod.spec.clone().unwrap_or_default();
+        let account = spec.service_account_name.clone().unwrap_or_else(|| "default".into());
+        let mut out = Vec::new();
+        for (audience, expiration) in token_sources(pod) {
+            let name = crate::pod::volume::token_secret_name(&uid, audience.as_deref(), expiration);
+            let stored = crate::pod::env::Objects::secret(&*self.mgr, &ns, &name);
+            let due = stored
+                .as_ref()
+                .and_then(|s| s.metadata.annotations.as_ref()?.get(REFRESH_AFTER).cloned())
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+                .is_none_or(|t| t <= chrono::Utc::now());
+            if !due {
+                continue;
+            }
+            let request = TokenRequest {
+                spec: Some(TokenRequestSpec {
+                    audiences: audience.clone().map(|a| vec![a]),
+                    expiration_seconds: expiration.or(Some(3600)),
+                    bound_object_ref: Some(BoundObjectReference {
+                        api_version: Some("v1".into()),
+                        kind: Some("Pod".into()),
+                        name: pod.metadata.name.clone(),
+                        uid: Some(uid.clone()),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &ns);
+            let issued = match api.create_token_request(&account, &PostParams::default(), &request).await {
+                Ok(r) => r.status,
+                Err(e) => {
+                    tracing::warn!(account = %account, error = %e, "cannot get a service-account token; keeping the stored one");
+                    continue;
+                }
+            };
+            let Some(token) = issued.and_then(|s| s.token) else { continue };
+            let ttl = expiration.unwrap_or(3600);
+            let refresh = chrono::Utc::now() + chrono::Duration::seconds(ttl * 8 / 10);
+            let secret = Secret {
+                metadata: ObjectMeta {
+                    name: Some(name),
+                    namespace: Some(ns.clone()),
+                    annotations: Some(
+                        [(REFRESH_AFTER.to_string(), refresh.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))]
+                            .into(),
+                    ),
+                    ..Default::default()
+                },
+                data: Some([("token".to_string(), k8s_openapi::ByteString(token.into_bytes()))].into()),
+                type_: Some("wasmlet.dev/service-account-token".into()),
+                ..Default::default()
+            };
+            out.push(Object::Secret(secret));
+        }
         out
     }
 
@@ -419,6 +498,10 @@ impl PodSync {
             let (cms, secrets) = references(&r.pod);
             used.extend(cms.into_iter().map(|n| format!("ConfigMap/{}/{n}", r.namespace())));
             used.extend(secrets.into_iter().map(|n| format!("Secret/{}/{n}", r.namespace())));
+            for (audience, expiration) in token_sources(&r.pod) {
+                let name = crate::pod::volume::token_secret_name(&r.uid, audience.as_deref(), expiration);
+                used.insert(format!("Secret/{}/{name}", r.namespace()));
+            }
         }
         for kind in ["ConfigMap", "Secret"] {
             for o in self.mgr.objects(kind).unwrap_or_default() {

@@ -25,7 +25,7 @@ use crate::store::{Store, Table};
 pub mod env;
 mod probe;
 pub mod state;
-mod volume;
+pub mod volume;
 mod worker;
 
 use state::{ContainerPlan, Plan, PodStatus, PullPolicy, RestartPolicy, Role};

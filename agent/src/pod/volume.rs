@@ -181,10 +181,27 @@ fn payload(objects: &dyn Objects, rec: &PodRecord, node: &Node, v: &Volume) -> R
                 }
             } else if let Some(d) = &src.downward_api {
                 downward(d.items.as_deref().unwrap_or_default(), mode, &mut out)?;
+            } else if let Some(t) = &src.service_account_token {
+                // issued by the API server (cluster mode), kept as a node-local Secret
+                let name = token_secret_name(&rec.uid, t.audience.as_deref(), t.expiration_seconds);
+                let token = objects.secret(ns, &name).and_then(|s| s.data?.remove("token")).ok_or_else(|| {
+                    mount_error(format!(
+                        "MountVolume.SetUp failed for volume {:?} : failed to fetch token: the service account token is not issued yet",
+                        v.name
+                    ))
+                })?;
+                out.insert(t.path.clone(), (token.0, mode));
             }
         }
     }
     Ok(out)
+}
+
+/// The node-local Secret that holds a pod's service-account token for one audience and
+/// lifetime (the TokenRequest the node made for it).
+pub fn token_secret_name(uid: &str, audience: Option<&str>, expiration: Option<i64>) -> String {
+    let which = crc32fast::hash(format!("{}/{}", audience.unwrap_or(""), expiration.unwrap_or(3600)).as_bytes());
+    format!("wasmlet-sa-token.{uid}.{which:08x}")
 }
 
 /// hostPath with the kubelet's type checks.

@@ -144,10 +144,10 @@ pub fn api_pod(mut value: Value) -> Result<Pod, FieldError> {
             m.remove(f);
         }
     }
-    match parse_object(value)? {
-        Object::Pod(p) => Ok(*p),
-        _ => unreachable!("a pod parses as a pod"),
-    }
+    let mut p: Pod = typed(&value)?;
+    pod::default(&mut p);
+    pod::validate_in(&p, true)?;
+    Ok(p)
 }
 
 fn parse_object(value: Value) -> Result<Object, FieldError> {

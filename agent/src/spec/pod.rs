@@ -96,6 +96,12 @@ fn check_support(value: &Value, table_prefix: &str, field_prefix: &str, skip: &[
 pub const RUNTIME_CLASS: &str = "wasmlet";
 
 pub(super) fn validate(pod: &Pod) -> Result<(), FieldError> {
+    validate_in(pod, false)
+}
+
+/// As [`validate`]; `cluster` when an API server sent the pod, so that what needs one
+/// (service-account tokens) is accepted.
+pub(super) fn validate_in(pod: &Pod, cluster: bool) -> Result<(), FieldError> {
     validate_meta(&pod.metadata)?;
     super::annotations::http_options(pod.metadata.annotations.as_ref())?;
     let spec = pod.spec.as_ref().ok_or_else(|| FieldError::new("spec", "Required value"))?;
@@ -131,7 +137,7 @@ pub(super) fn validate(pod: &Pod) -> Result<(), FieldError> {
         super::dns_subdomain(&r.name)
             .map_err(|m| FieldError::new(field, format!("Invalid value: {:?}: {m}", r.name)))?;
     }
-    let volumes = validate_volumes(spec)?;
+    let volumes = validate_volumes(spec, cluster)?;
     let mut names = std::collections::HashSet::new();
     let init =
         spec.init_containers.iter().flatten().enumerate().map(|(i, c)| (format!("spec.initContainers[{i}]"), c, true));
@@ -595,7 +601,7 @@ fn validate_downward(items: Option<&Vec<DownwardAPIVolumeFile>>, path: &str) -> 
 }
 
 /// Volume names, after checking each volume's source.
-fn validate_volumes(spec: &PodSpec) -> Result<Vec<String>, FieldError> {
+fn validate_volumes(spec: &PodSpec, cluster: bool) -> Result<Vec<String>, FieldError> {
     let mut names = Vec::new();
     for (i, v) in spec.volumes.iter().flatten().enumerate() {
         let at = format!("spec.volumes[{i}]");
@@ -650,11 +656,23 @@ fn validate_volumes(spec: &PodSpec) -> Result<Vec<String>, FieldError> {
             mode(p.default_mode, &format!("{at}.projected.defaultMode"))?;
             for (j, s) in p.sources.iter().flatten().enumerate() {
                 let sat = format!("{at}.projected.sources[{j}]");
-                if s.service_account_token.is_some() {
-                    return Err(forbid(
-                        format!("{sat}.serviceAccountToken"),
-                        "local mode has no API server to issue tokens",
-                    ));
+                if let Some(t) = &s.service_account_token {
+                    if !cluster {
+                        return Err(forbid(
+                            format!("{sat}.serviceAccountToken"),
+                            "local mode has no API server to issue tokens",
+                        ));
+                    }
+                    item_path(&t.path, &format!("{sat}.serviceAccountToken.path"))?;
+                    if let Some(e) = t.expiration_seconds
+                        && !(600..=(1 << 32)).contains(&e)
+                    {
+                        return Err(FieldError::new(
+                            format!("{sat}.serviceAccountToken.expirationSeconds"),
+                            format!("Invalid value: {e}: may not specify a duration less than 10 minutes"),
+                        ));
+                    }
+                    continue;
                 }
                 if s.cluster_trust_bundle.is_some() || s.pod_certificate.is_some() {
                     return Err(forbid(sat, "only configMap, secret and downwardAPI sources are supported"));

@@ -119,7 +119,10 @@ pub const FIELDS: &[(&str, Support)] = &[
     ("spec.volumes[].configMap", Honoured("items, defaultMode, optional; updated in place (atomic ..data swap)")),
     ("spec.volumes[].secret", Honoured("as configMap, on tmpfs")),
     ("spec.volumes[].downwardAPI", Honoured("metadata fields and resourceFieldRef")),
-    ("spec.volumes[].projected", Honoured("configMap, secret and downwardAPI sources")),
+    (
+        "spec.volumes[].projected",
+        Honoured("configMap, secret and downwardAPI sources; serviceAccountToken in cluster mode (TokenRequest)"),
+    ),
     ("Deployment.spec.replicas", Honoured("default 1")),
     ("Deployment.spec.selector", Honoured("must match the template's labels")),
     ("Deployment.spec.template", Honoured("as a pod; a change rolls the pods out")),
