@@ -413,44 +413,10 @@ async fn spdy_session(
     stdin: Option<&[u8]>,
     until: Option<&str>,
 ) -> ExecResult {
-    use rustls_pki_types::pem::PemObject;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(cert.0).unwrap().map(|c| c.unwrap()).collect();
-    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(cert.1).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(std::sync::Arc::new(AnyServer(provider)))
-        .with_client_auth_cert(certs, key)
-        .unwrap();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.unwrap();
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\nContent-Length: 0\r\n\r\n"
-    );
-    tls.write_all(req.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if tls.read(&mut byte).await.unwrap() == 0 {
-            break;
-        }
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_string();
-    let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let mut result = ExecResult { status, ..Default::default() };
+    let (status, mut tls, refusal) = upgrade(port, path, cert, "v4.channel.k8s.io").await;
+    let mut result = ExecResult { status, error: refusal, ..Default::default() };
     if status != 101 {
-        let mut rest = vec![0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(2), tls.read(&mut rest))
-            .await
-            .ok()
-            .and_then(|r| r.ok())
-            .unwrap_or(0);
-        result.error = String::from_utf8_lossy(&rest[..n]).to_string();
         return result;
     }
     let mut codec = spdy::Codec::new();
@@ -508,6 +474,96 @@ async fn spdy_session(
     result
 }
 
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// Connects to the kubelet API with a client certificate and asks to upgrade `path` to
+/// SPDY/3.1 with `protocol`: the status, the stream, and the body of a refusal.
+async fn upgrade(port: u16, path: &str, cert: (&str, &str), protocol: &str) -> (u16, Tls, String) {
+    use rustls_pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(cert.0).unwrap().map(|c| c.unwrap()).collect();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(cert.1).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AnyServer(provider)))
+        .with_client_auth_cert(certs, key)
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: {protocol}\r\nContent-Length: 0\r\n\r\n"
+    );
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if tls.read(&mut byte).await.unwrap() == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let mut refusal = String::new();
+    if status != 101 {
+        let mut rest = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(2), tls.read(&mut rest))
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .unwrap_or(0);
+        refusal = String::from_utf8_lossy(&rest[..n]).to_string();
+    }
+    (status, tls, refusal)
+}
+
+/// `kubectl port-forward`'s traffic for one connection: error and data streams for
+/// `target`, `request` sent, then what came back on each until both ended.
+async fn port_forward(port: u16, pod: &str, cert: (&str, &str), target: u16, request: &[u8]) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (status, mut tls, refusal) =
+        upgrade(port, &format!("/portForward/default/{pod}"), cert, "portforward.k8s.io").await;
+    assert_eq!(status, 101, "{refusal}");
+    let mut codec = spdy::Codec::new();
+    for (id, kind) in [(1u32, "error"), (3, "data")] {
+        let headers = vec![
+            ("streamtype".into(), kind.into()),
+            ("port".into(), target.to_string()),
+            ("requestid".into(), "0".into()),
+        ];
+        let f = spdy::Frame::SynStream { id, associated: 0, priority: 0, flags: 0, headers };
+        tls.write_all(&codec.encode(&f)).await.unwrap();
+    }
+    tls.write_all(&codec.encode(&spdy::Frame::Data { id: 3, flags: 0, data: request.to_vec() })).await.unwrap();
+    tls.write_all(&codec.encode(&spdy::Frame::Data { id: 3, flags: spdy::FLAG_FIN, data: vec![] })).await.unwrap();
+    let (mut data, mut error, mut ended) = (String::new(), String::new(), 0);
+    let (mut buf, mut chunk) = (Vec::new(), vec![0u8; 16 * 1024]);
+    while ended < 2 {
+        let n = match tokio::time::timeout(Duration::from_secs(10), tls.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => break,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some((f, used)) = codec.decode(&buf).unwrap() {
+            buf.drain(..used);
+            if let spdy::Frame::Data { id, flags, data: bytes } = f {
+                let text = String::from_utf8_lossy(&bytes).to_string();
+                if id == 3 {
+                    data.push_str(&text)
+                } else {
+                    error.push_str(&text)
+                }
+                ended += usize::from(flags & spdy::FLAG_FIN != 0);
+            }
+        }
+    }
+    (data, error)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kubelet_api_serves_logs_exec_and_stats_to_authorized_callers_only() {
     let apps = tokio::task::block_in_place(|| Apps::push(&["hello"]));
@@ -540,7 +596,17 @@ async fn kubelet_api_serves_logs_exec_and_stats_to_authorized_callers_only() {
         },
     });
     c.create_pod(ticker).await;
+    let web = json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"},
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "httpd", "image": busybox, "command": ["sh", "-c",
+                "mkdir -p /www && echo through-port-forward > /www/index.html && exec httpd -f -p 8080 -h /www"]}],
+        },
+    });
+    c.create_pod(web).await;
     c.wait_pod("ticker", "Running", running).await;
+    c.wait_pod("web", "Running", running).await;
     c.wait_pod("hello", "Succeeded", |p| phase(p) == "Succeeded").await;
     c.wait_pod("shell", "Running", running).await;
 
@@ -579,7 +645,7 @@ async fn kubelet_api_serves_logs_exec_and_stats_to_authorized_callers_only() {
     assert_eq!(code, 200);
     let pods: Value = serde_json::from_str(&pods).unwrap();
     assert_eq!(pods["kind"], "PodList");
-    assert_eq!(pods["items"].as_array().unwrap().len(), 3);
+    assert_eq!(pods["items"].as_array().unwrap().len(), 4);
 
     // exec: the viewer may get but not create
     let (vc, vk) = c.cert_files(&User::new("viewer", &["system:authenticated"]));
@@ -622,6 +688,20 @@ async fn kubelet_api_serves_logs_exec_and_stats_to_authorized_callers_only() {
     let stdin = spdy_session(c.port, "/attach/default/ticker/t?input=1&output=1", (&cp, &kp), None, None).await;
     assert_eq!(stdin.status, 400, "there is no stdin to attach to: {stdin:?}");
 
+    // port-forward: a connection to the pod's port, and a refused one told on the error stream
+    let request = b"GET /index.html HTTP/1.0\r\n\r\n";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (page, error) = loop {
+        let (page, error) = port_forward(c.port, "web", (&cp, &kp), 8080, request).await;
+        if page.contains("through-port-forward") || Instant::now() > deadline {
+            break (page, error);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await; // httpd may not listen yet
+    };
+    assert!(page.starts_with("HTTP/1.") && page.contains("through-port-forward"), "{page:?} {error:?}");
+    let (nothing, error) = port_forward(c.port, "web", (&cp, &kp), 9, request).await;
+    assert!(nothing.is_empty() && error.contains("error forwarding port 9 to pod"), "{error}");
+
     // stats and metrics, as metrics-server and Prometheus read them
     let (code, summary) = c.kubelet_get("/stats/summary", &viewer);
     assert_eq!(code, 200);
@@ -638,9 +718,9 @@ async fn kubelet_api_serves_logs_exec_and_stats_to_authorized_callers_only() {
     );
     let (_, metrics) = c.kubelet_get("/metrics", &viewer);
     assert!(metrics.contains("kubelet_pod_start_sli_duration_seconds_bucket{le=\"0.5\"}"), "{metrics}");
-    assert!(metrics.contains("kubelet_pod_start_sli_duration_seconds_count 3"), "{metrics}");
+    assert!(metrics.contains("kubelet_pod_start_sli_duration_seconds_count 4"), "{metrics}");
     assert!(metrics.contains("wasmlet_api_server_connected 1"));
-    for name in ["shell", "ticker"] {
+    for name in ["shell", "ticker", "web"] {
         c.pods().delete(name, &DeleteParams::default()).await.unwrap();
     }
 }

@@ -92,7 +92,7 @@ fn crash_loop_restarts_at_once_then_backs_off_10s() {
     let started = Instant::now();
     // (until the second instance has run and ended, the waiting state still shows the
     // first back-off: wait for the doubled one)
-    let p = agent.wait_pod("loop", "second restart", |p| {
+    agent.wait_pod("loop", "second restart", |p| {
         restarts(p) == 2
             && state(p).1["reason"] == "CrashLoopBackOff"
             && state(p).1["message"].as_str().is_some_and(|m| m.starts_with("back-off 20s"))

@@ -310,6 +310,9 @@ impl KubeletApi {
                 let target = (ns.to_string(), pod.to_string(), container.to_string());
                 super::streaming::attach(self.mgr.clone(), target, &query, req).await
             }
+            (Method::GET | Method::POST, ["portForward", ns, pod] | ["portForward", ns, pod, _]) => {
+                super::streaming::port_forward(self.mgr.clone(), (ns.to_string(), pod.to_string()), req).await
+            }
             (Method::GET, ["stats", "summary"]) => Ok(json_response(&self.summary())),
             (Method::GET, ["metrics", "resource"]) => Ok(prometheus(self.resource_metrics())),
             (Method::GET, ["metrics"]) => Ok(prometheus(self.metrics())),

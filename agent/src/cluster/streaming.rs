@@ -417,6 +417,169 @@ where
     Ok(())
 }
 
+/// The port-forward protocol (`portforward.k8s.io`).
+pub const PORT_FORWARD: &str = "portforward.k8s.io";
+
+/// Answers `/portForward/{ns}/{pod}`: upgrades to SPDY; then each pair of streams the
+/// client opens (`error` and `data`, with the same `requestID` and a `port`) is one TCP
+/// connection to that port of the pod: its IP for a pod with a network of its own,
+/// loopback for a Wasm pod (whose guests listen on the host).
+pub async fn port_forward(
+    mgr: Arc<Manager>,
+    (ns, pod): (String, String),
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let spdy = req.headers().get(hyper::header::UPGRADE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let offered = req
+        .headers()
+        .get_all("x-stream-protocol-version")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|p| p.trim() == PORT_FORWARD));
+    if !spdy.eq_ignore_ascii_case("SPDY/3.1") || !offered {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("unable to upgrade: port-forward speaks SPDY/3.1 with {PORT_FORWARD}"),
+        ));
+    }
+    let key = crate::pod::key(&ns, &pod);
+    let rec = mgr.get(&key)?.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("pod {key} not found")))?;
+    if rec.deleting || rec.status.phase.is_terminal() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("pod {pod} is not running")));
+    }
+    let host = rec.pod_ip.clone().unwrap_or_else(|| "127.0.0.1".into());
+    upgrade(req, "port-forward", move |io| run_port_forward(io, host));
+    Ok(Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(hyper::header::CONNECTION, "Upgrade")
+        .header(hyper::header::UPGRADE, "SPDY/3.1")
+        .header("X-Stream-Protocol-Version", PORT_FORWARD)
+        .body(full(Bytes::new()))
+        .expect("valid response"))
+}
+
+/// One forwarded connection's streams as they are opened.
+#[derive(Default)]
+struct Pair {
+    error: Option<u32>,
+    data: Option<u32>,
+    port: u16,
+}
+
+async fn run_port_forward<S>(io: S, host: String) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut rd, wr) = tokio::io::split(io);
+    let codec = Arc::new(std::sync::Mutex::new(Codec::new()));
+    let (out, writer) = spawn_writer(wr, codec.clone());
+    let mut pairs: HashMap<String, Pair> = HashMap::new();
+    // what the client sends on each data stream goes to its connection's writer
+    let mut inputs: HashMap<u32, tokio::sync::mpsc::UnboundedSender<Option<Vec<u8>>>> = HashMap::new();
+    let mut pending: HashMap<u32, Vec<Option<Vec<u8>>>> = HashMap::new();
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 32 * 1024];
+    loop {
+        let n = rd.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        for frame in decode_all(&codec, &mut buf)? {
+            match frame {
+                Frame::SynStream { id, headers, .. } => {
+                    let _ = out.send(Frame::SynReply { id, flags: 0, headers: vec![] }).await;
+                    let request = spdy::header(&headers, "requestid").unwrap_or("").to_string();
+                    let pair = pairs.entry(request.clone()).or_default();
+                    pair.port = spdy::header(&headers, "port").and_then(|p| p.parse().ok()).unwrap_or(0);
+                    match spdy::header(&headers, "streamtype") {
+                        Some("error") => pair.error = Some(id),
+                        Some("data") => pair.data = Some(id),
+                        _ => {}
+                    }
+                    if let (Some(error), Some(data)) = (pair.error, pair.data) {
+                        let port = pair.port;
+                        pairs.remove(&request);
+                        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                        for early in pending.remove(&data).unwrap_or_default() {
+                            let _ = tx.send(early);
+                        }
+                        inputs.insert(data, tx);
+                        tokio::spawn(forward(host.clone(), port, error, data, rx, out.clone()));
+                    }
+                }
+                Frame::Data { id, flags, data } => {
+                    let mut msgs = Vec::new();
+                    if !data.is_empty() {
+                        msgs.push(Some(data));
+                    }
+                    if flags & FLAG_FIN != 0 {
+                        msgs.push(None);
+                    }
+                    match inputs.get(&id) {
+                        Some(tx) => msgs.into_iter().for_each(|m| drop(tx.send(m))),
+                        None => pending.entry(id).or_default().extend(msgs),
+                    }
+                }
+                Frame::Ping { id } => {
+                    let _ = out.send(Frame::Ping { id }).await;
+                }
+                Frame::GoAway { .. } => break,
+                _ => {}
+            }
+        }
+    }
+    drop(out);
+    writer.abort();
+    Ok(())
+}
+
+/// One forwarded connection: the client's data stream to the pod's port and back; a
+/// failure to connect is told on the error stream.
+async fn forward(
+    host: String,
+    port: u16,
+    error: u32,
+    data: u32,
+    mut input: tokio::sync::mpsc::UnboundedReceiver<Option<Vec<u8>>>,
+    out: tokio::sync::mpsc::Sender<Frame>,
+) {
+    let fin = |id| Frame::Data { id, flags: FLAG_FIN, data: vec![] };
+    let tcp = match tokio::net::TcpStream::connect((host.as_str(), port)).await {
+        Ok(t) => t,
+        Err(e) => {
+            let message = format!("error forwarding port {port} to pod: failed to connect to {host}:{port}: {e}");
+            let _ = out.send(Frame::Data { id: error, flags: 0, data: message.into_bytes() }).await;
+            let _ = out.send(fin(error)).await;
+            let _ = out.send(fin(data)).await;
+            return;
+        }
+    };
+    let (mut from_pod, mut to_pod) = tcp.into_split();
+    let upstream = tokio::spawn(async move {
+        while let Some(Some(bytes)) = input.recv().await {
+            if to_pod.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        let _ = to_pod.shutdown().await;
+    });
+    let mut chunk = vec![0u8; 32 * 1024];
+    loop {
+        match from_pod.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if out.send(Frame::Data { id: data, flags: 0, data: chunk[..n].to_vec() }).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = out.send(fin(data)).await;
+    let _ = out.send(fin(error)).await;
+    upstream.abort();
+}
+
 /// Every whole frame at the front of `buf`, which keeps the rest.
 fn decode_all(codec: &std::sync::Mutex<Codec>, buf: &mut Vec<u8>) -> std::io::Result<Vec<Frame>> {
     let mut out = Vec::new();
