@@ -941,3 +941,30 @@ async fn service_account_tokens_are_requested_bound_to_the_pod_and_mounted() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn configmap_changes_in_the_api_server_reach_running_pods() {
+    let apps = tokio::task::block_in_place(|| Apps::push(&["sleep"]));
+    let c = Cluster::start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(c.admin.clone(), "default");
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "live"}, "data": {"level": "one"}});
+    cms.create(&PostParams::default(), &serde_json::from_value(cm).unwrap()).await.unwrap();
+    let mut pod = wasm_pod("watcher", &apps.image("sleep", "v1"), &["3600"], "Always");
+    pod["spec"]["volumes"] = json!([{"name": "cfg", "configMap": {"name": "live"}}]);
+    pod["spec"]["containers"][0]["volumeMounts"] = json!([{"name": "cfg", "mountPath": "/cfg"}]);
+    let created = c.create_pod(pod).await;
+    c.wait_pod("watcher", "Running", running).await;
+    let uid = created.metadata.uid.unwrap();
+    let file = c.agent().state_dir().join(format!("pods/{uid}/volumes/cfg/level"));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "one");
+    let patch = json!({"data": {"level": "two"}});
+    cms.patch("live", &Default::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+    // the node reads its pods' objects again every 30 s
+    let deadline = Instant::now() + Duration::from_secs(45);
+    while std::fs::read_to_string(&file).unwrap_or_default() != "two" {
+        assert!(Instant::now() < deadline, "the change did not reach the volume in 45 s:\n{}", c.log());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let p = c.pods().get("watcher").await.unwrap();
+    assert_eq!(p.status.unwrap().container_statuses.unwrap()[0].restart_count, 0, "updated in place");
+}

@@ -50,7 +50,8 @@ pub struct PodSync {
     events: tokio::sync::mpsc::UnboundedSender<(String, crate::pod::Event)>,
     events_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(String, crate::pod::Event)>>>,
     limiter: Limiter,
-    /// Events have their own budget: they must not hold up status updates.
+    /// Events and the periodic re-reads of ConfigMaps and Secrets have their own budget:
+    /// they must not hold up status updates.
     event_limiter: Limiter,
     /// Whether the watch is connected (for the kubelet API's healthz detail).
     pub connected: std::sync::atomic::AtomicBool,
@@ -524,9 +525,29 @@ impl PodSync {
     async fn refresh_loop(self: Arc<Self>) {
         loop {
             tokio::time::sleep(REFRESH).await;
+            // each object once, however many pods use it; each read waits its turn in the
+            // bucket, so a thousand pods do not make a burst of reads
+            let (mut cms, mut secrets) = (BTreeSet::new(), BTreeSet::new());
             let mut objects = Vec::new();
             for rec in self.mgr.list().unwrap_or_default().iter().filter(|r| self.ours(r) && !r.deleting) {
-                objects.extend(self.dependencies(&rec.pod).await);
+                let (c, s) = references(&rec.pod);
+                cms.extend(c.into_iter().map(|n| (rec.namespace().to_string(), n)));
+                secrets.extend(s.into_iter().map(|n| (rec.namespace().to_string(), n)));
+                objects.extend(self.tokens(&rec.pod).await);
+            }
+            for (ns, name) in cms {
+                self.event_limiter.take().await;
+                if let Some(mut c) = self.fetch::<ConfigMap>(&ns, &name).await {
+                    clean_meta(&mut c.metadata);
+                    objects.push(Object::ConfigMap(c));
+                }
+            }
+            for (ns, name) in secrets {
+                self.event_limiter.take().await;
+                if let Some(mut s) = self.fetch::<Secret>(&ns, &name).await {
+                    clean_meta(&mut s.metadata);
+                    objects.push(Object::Secret(s));
+                }
             }
             if !objects.is_empty()
                 && let Err(e) = self.mgr.apply(objects).await
