@@ -23,13 +23,7 @@ impl Node {
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "localhost".into());
         let cpus = std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1);
-        let memory_bytes = std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|m| {
-                let line = m.lines().find(|l| l.starts_with("MemTotal:"))?.to_string();
-                line.split_whitespace().nth(1)?.parse::<u64>().ok()
-            })
-            .map_or(0, |kib| kib * 1024);
+        let memory_bytes = meminfo("MemTotal").unwrap_or(0);
         let ephemeral_bytes = rustix::fs::statvfs(state_dir)
             .or_else(|_| rustix::fs::statvfs("/"))
             .map(|s| s.f_blocks * s.f_frsize)
@@ -47,4 +41,20 @@ fn host_ip() -> String {
         Ok(s.local_addr()?.ip())
     };
     probe().map(|ip| ip.to_string()).unwrap_or_else(|_| "127.0.0.1".into())
+}
+
+/// A `/proc/meminfo` figure (`MemTotal`, `MemAvailable`, …) in bytes.
+pub fn meminfo(key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let rest = text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))?;
+    rest.split_whitespace().next()?.parse::<u64>().ok().map(|kib| kib * 1024)
+}
+
+/// Processes on the host now, and the most there may be (`kernel.pid_max`).
+pub fn processes() -> (u64, Option<u64>) {
+    let count = std::fs::read_dir("/proc")
+        .map(|d| d.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok()).count())
+        .unwrap_or(0) as u64;
+    let max = std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse().ok());
+    (count, max)
 }

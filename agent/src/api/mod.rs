@@ -71,7 +71,7 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).map_err(|never| match never {}).boxed()
 }
 
-fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+pub(crate) fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     Response::builder()
         .status(status)
         .header("content-type", "application/json")

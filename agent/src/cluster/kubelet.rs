@@ -24,7 +24,8 @@ use serde_json::{Value, json};
 
 use super::ClusterConfig;
 use super::pods::PodSync;
-use crate::api::{ApiError, Body, full, parse_query};
+use crate::api::view::time;
+use crate::api::{ApiError, Body, full, json_response, parse_query};
 use crate::pod::Manager;
 
 const AUTHN_TTL: Duration = Duration::from_secs(120);
@@ -155,10 +156,6 @@ fn text(code: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
         .header("content-type", "text/plain; charset=utf-8")
         .body(full(body.into()))
         .expect("response")
-}
-
-fn json_response(v: &Value) -> Response<Body> {
-    Response::builder().header("content-type", "application/json").body(full(v.to_string())).expect("response")
 }
 
 /// The authorization attributes of a request: verb and `nodes` subresources to try.
@@ -294,7 +291,10 @@ impl KubeletApi {
             (Method::GET, ["healthz"]) | (Method::GET, ["healthz", "ping"]) => Ok(text(StatusCode::OK, "ok")),
             (Method::GET, ["pods"]) => {
                 let items: Vec<Value> = self.mgr.list()?.iter().map(crate::api::view::pod).collect();
-                Ok(json_response(&json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items})))
+                Ok(json_response(
+                    StatusCode::OK,
+                    &json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}),
+                ))
             }
             (Method::GET, ["containerLogs", ns, pod, container]) => {
                 let mut q = query.clone();
@@ -313,7 +313,7 @@ impl KubeletApi {
             (Method::GET | Method::POST, ["portForward", ns, pod] | ["portForward", ns, pod, _]) => {
                 super::streaming::port_forward(self.mgr.clone(), (ns.to_string(), pod.to_string()), req).await
             }
-            (Method::GET, ["stats", "summary"]) => Ok(json_response(&self.summary())),
+            (Method::GET, ["stats", "summary"]) => Ok(json_response(StatusCode::OK, &self.summary())),
             (Method::GET, ["metrics", "resource"]) => Ok(prometheus(self.resource_metrics())),
             (Method::GET, ["metrics"]) => Ok(prometheus(self.metrics())),
             _ => Err(ApiError::new(StatusCode::NOT_FOUND, format!("404 page not found: {path}"))),
@@ -485,11 +485,6 @@ fn prometheus(body: String) -> Response<Body> {
     Response::builder().header("content-type", "text/plain; version=0.0.4").body(full(body)).expect("response")
 }
 
-fn time(ms: u64) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms);
-    chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
 struct Host {
     cpu_ns: u64,
     available: u64,
@@ -504,21 +499,10 @@ fn host_usage() -> Host {
         stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
     // user nice system idle iowait irq softirq steal; USER_HZ is 100
     let busy: u64 = jiffies.iter().enumerate().filter(|(i, _)| *i != 3 && *i != 4 && *i < 8).map(|(_, v)| v).sum();
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let kib = |key: &str| {
-        meminfo
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            .unwrap_or(0)
-            * 1024
-    };
-    let (total, available) = (kib("MemTotal:"), kib("MemAvailable:"));
-    let procs = std::fs::read_dir("/proc")
-        .map(|d| d.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok()).count())
-        .unwrap_or(0) as u64;
-    let pid_max =
-        std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+    let total = crate::node::meminfo("MemTotal").unwrap_or(0);
+    let available = crate::node::meminfo("MemAvailable").unwrap_or(0);
+    let (procs, pid_max) = crate::node::processes();
+    let pid_max = pid_max.unwrap_or(0);
     Host { cpu_ns: busy * 10_000_000, available, used: total.saturating_sub(available), pid_max, procs }
 }
 

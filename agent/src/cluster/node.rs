@@ -32,11 +32,8 @@ pub fn backoff(attempt: u32) -> Duration {
 
 /// The labels this node carries: the well-known ones and wasmlet's runtime labels.
 pub fn labels(cfg: &ClusterConfig, linux: bool) -> BTreeMap<String, String> {
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        a => a,
-    };
+    let arch = arch();
+    let arch = arch.as_str();
     let mut l = BTreeMap::new();
     for (k, v) in [
         ("kubernetes.io/hostname", cfg.node_name.as_str()),
@@ -99,12 +96,13 @@ pub fn system_info() -> NodeSystemInfo {
         kubelet_version: super::KUBELET_VERSION.into(),
         kube_proxy_version: String::new(),
         operating_system: "linux".into(),
-        architecture: labels_arch(),
+        architecture: arch(),
         ..Default::default()
     }
 }
 
-fn labels_arch() -> String {
+/// The machine's architecture in Go's words, as Kubernetes labels and nodeInfo use them.
+fn arch() -> String {
     match std::env::consts::ARCH {
         "x86_64" => "amd64".into(),
         "aarch64" => "arm64".into(),
@@ -124,19 +122,11 @@ impl Pressure {
     /// `memory.available<100Mi`, `nodefs.available<10%` (the state directory's
     /// filesystem), and more than 95 % of `pid_max` in use.
     pub fn read(state_dir: &std::path::Path) -> Pressure {
-        let available = read("/proc/meminfo")
-            .lines()
-            .find_map(|l| l.strip_prefix("MemAvailable:").map(str::to_string))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            .map_or(u64::MAX, |kib| kib * 1024);
+        let available = crate::node::meminfo("MemAvailable").unwrap_or(u64::MAX);
         let disk =
             rustix::fs::statvfs(state_dir).map(|s| s.f_blocks > 0 && s.f_bavail * 10 < s.f_blocks).unwrap_or(false);
-        let pid_max: u64 = read("/proc/sys/kernel/pid_max").parse().unwrap_or(u64::MAX);
-        let procs = std::fs::read_dir("/proc")
-            .map(|d| {
-                d.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok()).count()
-            })
-            .unwrap_or(0) as u64;
+        let (procs, pid_max) = crate::node::processes();
+        let pid_max = pid_max.unwrap_or(u64::MAX);
         Pressure {
             memory: available < EVICTION_MEMORY,
             disk,

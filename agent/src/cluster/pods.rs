@@ -290,20 +290,39 @@ impl PodSync {
     async fn dependencies(&self, pod: &Pod) -> Vec<Object> {
         let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
         let (cms, secrets) = references(pod);
+        let named = |names: BTreeSet<String>| names.into_iter().map(|n| (ns.clone(), n)).collect();
+        let mut out = self.read_objects(named(cms), named(secrets), None).await;
+        out.extend(self.tokens(pod).await);
+        out
+    }
+
+    /// ConfigMaps and Secrets by (namespace, name), those that exist and can be read now,
+    /// each read waiting its turn in `limiter` when one is given.
+    async fn read_objects(
+        &self,
+        cms: BTreeSet<(String, String)>,
+        secrets: BTreeSet<(String, String)>,
+        limiter: Option<&Limiter>,
+    ) -> Vec<Object> {
         let mut out = Vec::new();
-        for name in cms {
+        for (ns, name) in cms {
+            if let Some(l) = limiter {
+                l.take().await;
+            }
             if let Some(mut c) = self.fetch::<ConfigMap>(&ns, &name).await {
                 clean_meta(&mut c.metadata);
                 out.push(Object::ConfigMap(c));
             }
         }
-        for name in secrets {
+        for (ns, name) in secrets {
+            if let Some(l) = limiter {
+                l.take().await;
+            }
             if let Some(mut s) = self.fetch::<Secret>(&ns, &name).await {
                 clean_meta(&mut s.metadata);
                 out.push(Object::Secret(s));
             }
         }
-        out.extend(self.tokens(pod).await);
         out
     }
 
@@ -535,20 +554,7 @@ impl PodSync {
                 secrets.extend(s.into_iter().map(|n| (rec.namespace().to_string(), n)));
                 objects.extend(self.tokens(&rec.pod).await);
             }
-            for (ns, name) in cms {
-                self.event_limiter.take().await;
-                if let Some(mut c) = self.fetch::<ConfigMap>(&ns, &name).await {
-                    clean_meta(&mut c.metadata);
-                    objects.push(Object::ConfigMap(c));
-                }
-            }
-            for (ns, name) in secrets {
-                self.event_limiter.take().await;
-                if let Some(mut s) = self.fetch::<Secret>(&ns, &name).await {
-                    clean_meta(&mut s.metadata);
-                    objects.push(Object::Secret(s));
-                }
-            }
+            objects.extend(self.read_objects(cms, secrets, Some(&self.event_limiter)).await);
             if !objects.is_empty()
                 && let Err(e) = self.mgr.apply(objects).await
             {

@@ -84,12 +84,13 @@ where
     });
 }
 
-fn switching() -> Response<Body> {
+/// The 101 that starts a SPDY session speaking `protocol`.
+fn switching(protocol: &str) -> Response<Body> {
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(hyper::header::CONNECTION, "Upgrade")
         .header(hyper::header::UPGRADE, "SPDY/3.1")
-        .header("X-Stream-Protocol-Version", PROTOCOL)
+        .header("X-Stream-Protocol-Version", protocol)
         .body(full(Bytes::new()))
         .expect("valid response")
 }
@@ -114,7 +115,7 @@ pub async fn exec(
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     upgrade(req, "exec", move |io| run(io, session, want, command));
-    Ok(switching())
+    Ok(switching(PROTOCOL))
 }
 
 /// Answers `/attach/{ns}/{pod}/{container}`: the container's output from now on, on
@@ -147,7 +148,7 @@ pub async fn attach(
     }
     let target = Tail { key, idx, instance: status.instances, path: mgr.log_path(&rec, &container, status.instances) };
     upgrade(req, "attach", move |io| run_attach(io, mgr, want, target));
-    Ok(switching())
+    Ok(switching(PROTOCOL))
 }
 
 /// The container instance an attach follows, and its log.
@@ -449,13 +450,7 @@ pub async fn port_forward(
     }
     let host = rec.pod_ip.clone().unwrap_or_else(|| "127.0.0.1".into());
     upgrade(req, "port-forward", move |io| run_port_forward(io, host));
-    Ok(Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(hyper::header::CONNECTION, "Upgrade")
-        .header(hyper::header::UPGRADE, "SPDY/3.1")
-        .header("X-Stream-Protocol-Version", PORT_FORWARD)
-        .body(full(Bytes::new()))
-        .expect("valid response"))
+    Ok(switching(PORT_FORWARD))
 }
 
 /// One forwarded connection's streams as they are opened.
