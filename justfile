@@ -18,8 +18,14 @@ wasm-apps:
 build:
     cargo build --workspace
 
+# a real Kubernetes control plane (v1.20, from Debian's kubernetes source package) for
+# the cluster tests: built once per machine into /var/cache/wasmlet/kubernetes
+kube:
+    scripts/setup-kube.sh >/dev/null
+
 # every test: unit, integration against real docker-registry/skopeo/umoci, end-to-end
-test: wasm-apps
+# (cluster mode against the real control plane)
+test: wasm-apps kube
     cargo nextest run --workspace --no-fail-fast
     cargo test --workspace --doc --quiet
 
@@ -30,15 +36,16 @@ lint:
 
 # benchmarks with their peers measured in the same run (BIG_MB, RUNS tune the pull bench;
 # START_PODS, DENSITY the agent bench; SECS, HTTP_PODS the HTTP bench; CLUSTER_PODS,
-# CREATE_RATE the cluster bench); builds the
-# wasmtime-cli peer once
-bench: wasm-apps
+# CREATE_RATE the stand-in cluster bench; REAL_PODS, REAL_RATE the real control plane's);
+# builds the wasmtime-cli peer once
+bench: wasm-apps kube
     scripts/setup-bench.sh
     cargo bench -p registry-client --bench pull
     cargo bench -p wasmlet --bench agent
     cargo bench -p wasmlet --bench linux
     cargo bench -p wasmlet --bench http
     cargo bench -p wasmlet --bench cluster
+    cargo bench -p wasmlet --bench cluster_real
 
 # a local registry, the example apps pushed and pulled back by wasmlet
 demo: wasm-apps

@@ -72,6 +72,8 @@ impl Attributes {
 #[derive(Debug)]
 pub struct Ca {
     pub cert_pem: String,
+    /// The CA's private key (PKCS#8 PEM), for a real controller-manager's CSR signer.
+    pub key_pem: String,
     issuer: Issuer<'static, KeyPair>,
 }
 
@@ -82,7 +84,7 @@ impl Ca {
         params.distinguished_name.push(DnType::CommonName, "kubernetes");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let cert = params.self_signed(&key).expect("self-signed CA");
-        Ca { cert_pem: cert.pem(), issuer: Issuer::new(params, key) }
+        Ca { cert_pem: cert.pem(), key_pem: key.serialize_pem(), issuer: Issuer::new(params, key) }
     }
 
     /// A client certificate for `user` (PEM certificate, PEM key).

@@ -1,8 +1,9 @@
-//! Cluster mode: the real `wasmlet serve --kubeconfig` against the stand-in API server
-//! (`kube-standin`: real TLS, real `kube` client wire protocol, list/watch with
-//! resourceVersions, 409s, the status subresource, the Node authorizer), pods scheduled
-//! to it through that API, and its kubelet API reached over TLS with curl and a SPDY
-//! client.
+//! Cluster mode: the real `wasmlet serve --kubeconfig` joined to a real control plane
+//! (kube-apiserver, controller-manager and scheduler v1.20 with etcd, see
+//! `control_plane.rs`): registration, the Lease, pods bound by `nodeName` and placed by
+//! the real scheduler, the real ReplicaSet and Job controllers, ConfigMaps, Secrets and
+//! service-account tokens, deletion, the kubelet API reached over TLS with curl, a SPDY
+//! client and kubectl through the API server, and the control plane's loss.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -10,16 +11,19 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, Secret};
 use kube::api::{Api, DeleteParams, PostParams};
-use kube_standin::{ADMIN_TOKEN, ApiServer, Grant, User};
+use kube_standin::User;
 use serde_json::{Value, json};
 
 use crate::common::free_port;
+use crate::control_plane::{BOOTSTRAP_TOKEN, ControlPlane, Partition};
 use crate::harness::{Agent, Apps, push_busybox};
 
 const NODE: &str = "edge-1";
 
 struct Cluster {
-    api: ApiServer,
+    api: ControlPlane,
+    /// The node's only road to the API server, to cut as a partition.
+    net: Partition,
     admin: kube::Client,
     agent: Option<Agent>,
     port: u16,
@@ -38,34 +42,31 @@ fn node_flags(kubeconfig: &std::path::Path, port: u16, extra: &[&str]) -> Vec<St
     flags
 }
 
-async fn client(kubeconfig: &str) -> kube::Client {
-    let kc = kube::config::Kubeconfig::from_yaml(kubeconfig).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
-    kube::Client::try_from(config).unwrap()
-}
-
 impl Cluster {
-    /// The stand-in, and an agent joined to it as `edge-1` with a client certificate.
+    /// A control plane, and an agent joined to it as `edge-1` with a client certificate.
     async fn start() -> Cluster {
-        Self::start_as(false).await
+        Self::start_as(false, &[]).await
     }
 
     /// With `token`, the node's kubeconfig holds a bearer token for `system:node:edge-1`
-    /// instead of a client certificate.
-    async fn start_as(token: bool) -> Cluster {
-        let api = ApiServer::start().await.unwrap();
-        let admin = client(&api.kubeconfig_token(ADMIN_TOKEN)).await;
+    /// instead of a client certificate. `cm_flags` go to the controller-manager.
+    async fn start_as(token: bool, cm_flags: &[&str]) -> Cluster {
+        let api = ControlPlane::start_with(cm_flags).await;
+        let admin = api.admin().await;
+        let net = Partition::start(api.api_port).await;
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("node.kubeconfig");
-        let node_user = User::new(&format!("system:node:{NODE}"), &["system:nodes", "system:authenticated"]);
+        let node_user = User::new(&format!("system:node:{NODE}"), &["system:nodes"]);
         if token {
-            api.add_token("node-token", node_user);
-            std::fs::write(&kubeconfig, api.kubeconfig_token("node-token")).unwrap();
+            std::fs::write(&kubeconfig, api.kubeconfig_token("node-token-edge-1", net.port)).unwrap();
         } else {
-            std::fs::write(&kubeconfig, api.kubeconfig_cert(&node_user)).unwrap();
+            std::fs::write(&kubeconfig, api.kubeconfig_cert(&node_user, net.port)).unwrap();
         }
+        // the RuntimeClass users apply from examples/ (the test pods name it)
+        let rc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/cluster/runtimeclass.yaml"));
+        tokio::task::block_in_place(|| api.apply(&rc.unwrap()));
         let port = free_port();
-        let mut c = Cluster { api, admin, agent: None, port, dir };
+        let mut c = Cluster { api, net, admin, agent: None, port, dir };
         c.start_agent(&kubeconfig);
         c
     }
@@ -87,6 +88,26 @@ impl Cluster {
         tail.into_iter().rev().collect::<Vec<_>>().join("\n")
     }
 
+    /// `kubectl` as the admin; its stdout, failing the test on an error.
+    fn kubectl(&self, args: &[&str]) -> String {
+        tokio::task::block_in_place(|| self.api.kubectl_ok(args))
+    }
+
+    /// Waits until the node's Ready condition in the API server is `status`.
+    async fn wait_node_ready(&self, status: &str, limit: Duration) -> Duration {
+        let t0 = Instant::now();
+        let nodes: Api<Node> = Api::all(self.admin.clone());
+        loop {
+            if let Ok(Some(n)) = nodes.get_opt(NODE).await
+                && node_condition(&n, "Ready").as_deref() == Some(status)
+            {
+                return t0.elapsed();
+            }
+            assert!(t0.elapsed() < limit, "the node's Ready is not {status} within {limit:?}:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     fn pods(&self) -> Api<Pod> {
         Api::namespaced(self.admin.clone(), "default")
     }
@@ -101,7 +122,11 @@ impl Cluster {
 
     /// Polls the pod in the API server until `check` holds.
     async fn wait_pod(&self, name: &str, what: &str, check: impl Fn(&Pod) -> bool) -> Pod {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        self.wait_pod_for(name, what, Duration::from_secs(60), check).await
+    }
+
+    async fn wait_pod_for(&self, name: &str, what: &str, limit: Duration, check: impl Fn(&Pod) -> bool) -> Pod {
+        let deadline = Instant::now() + limit;
         let mut last = None;
         while Instant::now() < deadline {
             if let Ok(Some(p)) = self.pods().get_opt(name).await {
@@ -121,7 +146,7 @@ impl Cluster {
 
     /// A client-certificate pair signed by the cluster CA, written to files.
     fn cert_files(&self, user: &User) -> (String, String) {
-        let (cert, key) = self.api.ca().client_cert(user);
+        let (cert, key) = self.api.ca.client_cert(user);
         let n = fastrand::u32(..);
         let (c, k) = (self.dir.path().join(format!("{n}.crt")), self.dir.path().join(format!("{n}.key")));
         std::fs::write(&c, cert).unwrap();
@@ -156,6 +181,18 @@ fn running(p: &Pod) -> bool {
             .as_ref()
             .and_then(|s| s.container_statuses.as_ref())
             .is_some_and(|c| c.iter().all(|c| c.state.as_ref().is_some_and(|s| s.running.is_some())))
+}
+
+fn node_condition(n: &Node, kind: &str) -> Option<String> {
+    let conditions = n.status.as_ref()?.conditions.as_ref()?;
+    conditions.iter().find(|c| c.type_ == kind).map(|c| c.status.clone())
+}
+
+fn pod_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 fn phase(p: &Pod) -> &str {
@@ -341,6 +378,8 @@ async fn joins_as_a_node_runs_bound_pods_and_deletes_them_gracefully() {
 async fn a_pod_the_node_cannot_run_fails_with_the_field_named() {
     let apps = tokio::task::block_in_place(|| Apps::push(&["sleep"]));
     let c = Cluster::start().await;
+    // a RuntimeClass the cluster has (its admission refuses unknown ones), not wasmlet's
+    c.api.apply("apiVersion: node.k8s.io/v1\nkind: RuntimeClass\nmetadata:\n  name: gvisor\nhandler: runsc\n");
     let mut pod = wasm_pod("gvisor", &apps.image("sleep", "v1"), &[], "Always");
     pod["spec"]["runtimeClassName"] = json!("gvisor");
     c.create_pod(pod).await;
@@ -570,11 +609,10 @@ async fn kubelet_api_serves_logs_exec_and_stats_to_authorized_callers_only() {
     let busybox = tokio::task::block_in_place(|| push_busybox(&apps.registry, "amd64", "latest"));
     let c = Cluster::start().await;
     // who may do what on nodes/*, answered through SubjectAccessReview
-    c.api.add_token("viewer-token", User::new("viewer", &["system:authenticated"]));
-    c.api.grant(Grant::new("viewer", &["get"], &["nodes/proxy", "nodes/stats", "nodes/metrics", "nodes/pods"]));
-    c.api.add_token("nobody-token", User::new("nobody", &["system:authenticated"]));
+    // (viewer-token and nobody-token are in the API server's token file)
+    c.api.grant("viewer", "User:viewer", &["get"], &["nodes/proxy", "nodes/stats", "nodes/metrics", "nodes/pods"]);
     let operator = User::new("operator", &["ops"]);
-    c.api.grant(Grant::new("ops", &["get", "create"], &["nodes/proxy"]));
+    c.api.grant("ops", "Group:ops", &["get", "create"], &["nodes/proxy"]);
     let apiserver = User::new("kube-apiserver-kubelet-client", &["system:masters"]);
 
     let mut hello = wasm_pod("hello", &apps.image("hello", "v1"), &["one", "two"], "Never");
@@ -703,6 +741,11 @@ async fn kubelet_api_serves_logs_exec_and_stats_to_authorized_callers_only() {
     assert!(nothing.is_empty() && error.contains("error forwarding port 9 to pod"), "{error}");
 
     // stats and metrics, as metrics-server and Prometheus read them
+    // usageNanoCores is a rate: it needs two readings a second apart (the agent reads
+    // every 10 s by itself; a scrape is a reading too)
+    let (code, _) = c.kubelet_get("/stats/summary", &viewer);
+    assert_eq!(code, 200);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let (code, summary) = c.kubelet_get("/stats/summary", &viewer);
     assert_eq!(code, 200);
     let summary: Value = serde_json::from_str(&summary).unwrap();
@@ -711,6 +754,13 @@ async fn kubelet_api_serves_logs_exec_and_stats_to_authorized_callers_only() {
     let shell_stats = summary["pods"].as_array().unwrap().iter().find(|p| p["podRef"]["name"] == "shell").cloned();
     let shell_stats = shell_stats.expect("the running pod has stats");
     assert!(shell_stats["containers"][0]["memory"]["workingSetBytes"].as_u64().unwrap() > 0, "{shell_stats}");
+    assert!(summary["node"]["cpu"]["usageNanoCores"].as_u64().is_some(), "{}", summary["node"]);
+    assert!(shell_stats["containers"][0]["cpu"]["usageNanoCores"].as_u64().is_some(), "{shell_stats}");
+    assert!(shell_stats["cpu"]["usageNanoCores"].as_u64().is_some(), "{shell_stats}");
+    let (code, cadvisor) = c.kubelet_get("/metrics/cadvisor", &viewer);
+    assert_eq!(code, 200);
+    assert!(cadvisor.contains("container_cpu_usage_seconds_total{container=\"\",id=\"/\""), "{cadvisor}");
+    assert!(cadvisor.contains("container_memory_working_set_bytes{container=\"sh\""), "{cadvisor}");
     let (_, resource) = c.kubelet_get("/metrics/resource", &viewer);
     assert!(resource.contains("node_cpu_usage_seconds_total "), "{resource}");
     assert!(
@@ -726,35 +776,50 @@ async fn kubelet_api_serves_logs_exec_and_stats_to_authorized_callers_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn pods_keep_running_without_the_api_server_and_converge_when_it_returns() {
+async fn pods_keep_running_without_the_api_server_or_cut_off_from_it_and_converge() {
     let apps = tokio::task::block_in_place(|| Apps::push(&["sleep"]));
-    let c = Cluster::start().await;
+    let mut c = Cluster::start_as(false, &["--node-monitor-grace-period=16s", "--node-monitor-period=2s"]).await;
     c.create_pod(wasm_pod("stays", &apps.image("sleep", "v1"), &["3600"], "Always")).await;
     c.create_pod(wasm_pod("goes", &apps.image("sleep", "v1"), &["3600"], "Always")).await;
     c.wait_pod("stays", "Running", running).await;
     c.wait_pod("goes", "Running", running).await;
 
-    // the control plane is gone: the node's pods keep running
-    c.api.stop();
+    // the API server is gone: the node's pods keep running
+    c.api.stop_apiserver();
     tokio::time::sleep(Duration::from_secs(3)).await;
     for name in ["stays", "goes"] {
         let p = tokio::task::block_in_place(|| c.agent().pod(name));
         assert_eq!(p["status"]["phase"], "Running", "{name} while the API server is away");
     }
-    // meanwhile, there: one pod is force-deleted and one is created for the node
-    c.api.remove_direct("pods", "default", "goes").unwrap();
-    let mut fresh = wasm_pod("fresh", &apps.image("sleep", "v1"), &["3600"], "Always");
-    fresh["spec"]["nodeName"] = json!(NODE);
-    c.api.create_direct("pods", "default", fresh);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let p = tokio::task::block_in_place(|| c.agent().pod("stays"));
-    assert_eq!(p["status"]["phase"], "Running");
-
-    // back: within 30 s the deleted pod is stopped and the new one reported Running
+    // back: the statuses are the node's again within 10 s
     let back = Instant::now();
-    c.api.restart().await.unwrap();
-    c.wait_pod("fresh", "Running", running).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
+    c.api.restart_apiserver().await;
+    let restarted = back.elapsed();
+    c.wait_pod_for("stays", "Running and Ready", Duration::from_secs(10), |p| running(p) && pod_ready(p)).await;
+    c.wait_node_ready("True", Duration::from_secs(10)).await;
+    eprintln!("converged {:?} after the API server was ready again", back.elapsed() - restarted);
+
+    // the node cut off from a running API server for longer than the node monitor's
+    // grace period (16 s here): the node controller marks it Unknown and its pods not
+    // Ready; meanwhile one pod is force-deleted and one is made for the node
+    c.net.cut();
+    let unknown = c.wait_node_ready("Unknown", Duration::from_secs(60)).await;
+    eprintln!("the node controller marked the node Unknown {unknown:?} into the partition");
+    c.wait_pod("stays", "NotReady by the node controller", |p| !pod_ready(p)).await;
+    c.pods().delete("goes", &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await.unwrap();
+    c.create_pod(wasm_pod("fresh", &apps.image("sleep", "v1"), &["3600"], "Always")).await;
+    for name in ["stays", "goes"] {
+        let p = tokio::task::block_in_place(|| c.agent().pod(name));
+        assert_eq!(p["status"]["phase"], "Running", "{name} while cut off");
+    }
+    // healed: within 10 s the node is Ready, its pods Ready, the new pod runs and the
+    // deleted one is stopped
+    let healed = Instant::now();
+    c.net.heal();
+    let ready = c.wait_node_ready("True", Duration::from_secs(10)).await;
+    c.wait_pod_for("stays", "Ready again", Duration::from_secs(10), pod_ready).await;
+    c.wait_pod_for("fresh", "Running", Duration::from_secs(10), running).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let gone = !tokio::task::block_in_place(|| c.agent().cli(&["get", "pods", "goes"])).status.success();
         if gone {
@@ -763,19 +828,24 @@ async fn pods_keep_running_without_the_api_server_and_converge_when_it_returns()
         assert!(Instant::now() < deadline, "the pod deleted meanwhile still runs:\n{}", c.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    eprintln!("converged {:?} after the API server returned", back.elapsed());
-    assert!(back.elapsed() < Duration::from_secs(30));
+    eprintln!("after the partition: node Ready in {ready:?}, all converged in {:?}", healed.elapsed());
     let p = c.pods().get("stays").await.unwrap();
-    assert!(running(&p));
+    assert!(running(&p) && pod_ready(&p));
     let restarts = p.status.unwrap().container_statuses.unwrap()[0].restart_count;
-    assert_eq!(restarts, 0, "the API server's absence restarted nothing");
+    assert_eq!(restarts, 0, "the control plane's absence restarted nothing");
+
+    // an admin's patch that says the node is not Ready is put right within 10 s
+    let patch = json!({"status": {"conditions": [{"type": "Ready", "status": "False", "reason": "AdminSaysSo"}]}});
+    let nodes: Api<Node> = Api::all(c.admin.clone());
+    nodes.patch_status(NODE, &Default::default(), &kube::api::Patch::Strategic(&patch)).await.unwrap();
+    c.wait_node_ready("True", Duration::from_secs(12)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_agent_started_offline_runs_its_pods_with_their_last_configmaps() {
     let apps = tokio::task::block_in_place(|| Apps::push(&["hello", "sleep"]));
     // this node authenticates with a token
-    let mut c = Cluster::start_as(true).await;
+    let mut c = Cluster::start_as(true, &[]).await;
     let cms: Api<ConfigMap> = Api::namespaced(c.admin.clone(), "default");
     let cm =
         json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}, "data": {"mode": "edge"}});
@@ -796,7 +866,7 @@ async fn an_agent_started_offline_runs_its_pods_with_their_last_configmaps() {
     let kubeconfig = c.dir.path().join("node.kubeconfig");
     let mut agent = c.agent.take().unwrap();
     tokio::task::block_in_place(|| agent.kill9());
-    c.api.stop();
+    c.api.stop_apiserver();
     tokio::task::block_in_place(|| agent.restart());
     c.agent = Some(agent);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -812,7 +882,7 @@ async fn an_agent_started_offline_runs_its_pods_with_their_last_configmaps() {
     }
     let _ = kubeconfig;
     // the control plane returns: the statuses converge
-    c.api.restart().await.unwrap();
+    c.api.restart_apiserver().await;
     let long_uid = tokio::task::block_in_place(|| c.agent().pod("long"))["metadata"]["uid"].clone();
     let p = c
         .wait_pod("long", "Running after the restart", |p| {
@@ -843,12 +913,13 @@ async fn approve_pending(admin: &kube::Client) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_bootstraps_its_identity_and_serving_certificate_through_csrs() {
-    let api = ApiServer::start().await.unwrap();
-    let admin = client(&api.kubeconfig_token(ADMIN_TOKEN)).await;
-    api.add_token("abcdef.0123456789abcdef", User::new("system:bootstrap:abcdef", &["system:bootstrappers"]));
+    let api = ControlPlane::start().await;
+    let admin = api.admin().await;
+    // a bootstrap token that may ask for node client certificates, as kubeadm makes it
+    tokio::task::block_in_place(|| api.bootstrap_token());
     let dir = tempfile::tempdir().unwrap();
     let bootstrap = dir.path().join("bootstrap.kubeconfig");
-    std::fs::write(&bootstrap, api.kubeconfig_token("abcdef.0123456789abcdef")).unwrap();
+    std::fs::write(&bootstrap, api.kubeconfig_token(BOOTSTRAP_TOKEN, api.api_port)).unwrap();
     let kubeconfig = dir.path().join("node.kubeconfig");
     let port = free_port();
     let extra = ["--bootstrap-kubeconfig", bootstrap.to_str().unwrap(), "--rotate-server-certificates"];
@@ -878,7 +949,7 @@ async fn a_node_bootstraps_its_identity_and_serving_certificate_through_csrs() {
     assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
     // the kubelet API now presents the cluster-signed certificate: curl trusts it by the CA
     let ca = dir.path().join("ca.crt");
-    std::fs::write(&ca, &api.ca().cert_pem).unwrap();
+    std::fs::write(&ca, &api.ca.cert_pem).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let out = Command::new("curl")
@@ -898,11 +969,15 @@ async fn a_node_bootstraps_its_identity_and_serving_certificate_through_csrs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn service_account_tokens_are_requested_bound_to_the_pod_and_mounted() {
     use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
-    let apps = tokio::task::block_in_place(|| Apps::push(&["cat"]));
+    let apps = tokio::task::block_in_place(|| Apps::push(&["cat", "sleep"]));
     let c = Cluster::start().await;
+    // kube-root-ca.crt is published in every namespace by the controller-manager
     let cms: Api<ConfigMap> = Api::namespaced(c.admin.clone(), "default");
-    let ca = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kube-root-ca.crt"}, "data": {"ca.crt": c.api.ca().cert_pem}});
-    cms.create(&PostParams::default(), &serde_json::from_value(ca).unwrap()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cms.get_opt("kube-root-ca.crt").await.unwrap().is_none() {
+        assert!(Instant::now() < deadline, "no kube-root-ca.crt ConfigMap");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // the volume the API server's ServiceAccount admission adds to every pod
     let dir = "/var/run/secrets/kubernetes.io/serviceaccount";
     let files = [format!("{dir}/token"), format!("{dir}/namespace"), format!("{dir}/ca.crt")];
@@ -916,12 +991,13 @@ async fn service_account_tokens_are_requested_bound_to_the_pod_and_mounted() {
     ]}}]);
     pod["spec"]["containers"][0]["volumeMounts"] =
         json!([{"name": "kube-api-access-x7k2p", "mountPath": dir, "readOnly": true}]);
-    c.create_pod(pod).await;
+    c.create_pod(pod.clone()).await;
     c.wait_pod("api-client", "Succeeded", |p| phase(p) == "Succeeded").await;
     let out = tokio::task::block_in_place(|| c.agent().ok(&["logs", "api-client"]));
-    // the token (32 hex digits here, no newline), the namespace, the cluster CA
-    let (token, rest) = out.split_at(32);
-    assert!(rest.starts_with("default-----BEGIN CERTIFICATE-----"), "{out}");
+    // the token (a JWT, no newline), the namespace, the cluster CA
+    let at = out.find("default-----BEGIN CERTIFICATE-----").unwrap_or_else(|| panic!("{out}"));
+    let token = &out[..at];
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
     // the API server knows the token as the pod's service account
     let reviews: Api<TokenReview> = Api::all(c.admin.clone());
     let review =
@@ -931,6 +1007,10 @@ async fn service_account_tokens_are_requested_bound_to_the_pod_and_mounted() {
     assert_eq!(user.username.as_deref(), Some("system:serviceaccount:default:default"));
     // and the token goes from the node with the pod
     c.pods().delete("api-client", &DeleteParams::default()).await.unwrap();
+    let mut holder = pod.clone();
+    holder["metadata"]["name"] = json!("holder");
+    holder["spec"]["containers"][0]["image"] = json!(apps.image("sleep", "v1"));
+    holder["spec"]["containers"][0]["args"] = json!(["3600"]);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let secrets = tokio::task::block_in_place(|| c.agent().ok(&["get", "secrets", "-o", "json"]));
@@ -940,6 +1020,16 @@ async fn service_account_tokens_are_requested_bound_to_the_pod_and_mounted() {
         assert!(Instant::now() < deadline, "the token is still on the node");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // a running pod's token is on tmpfs; an agent that stops unmounts it
+    c.create_pod(holder).await;
+    c.wait_pod("holder", "Running", running).await;
+    let mounts = tokio::task::block_in_place(|| c.agent().mounts());
+    assert!(mounts.iter().any(|m| m.ends_with("/volumes/kube-api-access-x7k2p")), "{mounts:?}");
+    let mut c = c;
+    let mut agent = c.agent.take().unwrap();
+    tokio::task::block_in_place(|| agent.terminate());
+    let left = agent.mounts();
+    assert!(left.is_empty(), "mounted after the agent stopped: {left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -967,4 +1057,109 @@ async fn configmap_changes_in_the_api_server_reach_running_pods() {
     }
     let p = c.pods().get("watcher").await.unwrap();
     assert_eq!(p.status.unwrap().container_statuses.unwrap()[0].restart_count, 0, "updated in place");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_real_scheduler_and_controllers_run_deployments_and_jobs_here_and_kubectl_reaches_them() {
+    let apps = tokio::task::block_in_place(|| Apps::push(&["sleep", "hello"]));
+    let busybox = tokio::task::block_in_place(|| push_busybox(&apps.registry, "amd64", "latest"));
+    let c = Cluster::start().await;
+    let ready_after = c.wait_node_ready("True", Duration::from_secs(30)).await;
+    eprintln!("node Ready {ready_after:?} after the control plane was up and the agent answered");
+    // the RuntimeClass (applied by Cluster::start from examples/): its admission adds
+    // the toleration and node selector, and the real scheduler places the pods here
+    c.api.apply(&format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: sleepers\nspec:\n  replicas: 3\n  selector:\n    matchLabels:\n      app: sleepers\n  template:\n    metadata:\n      labels:\n        app: sleepers\n    spec:\n      runtimeClassName: wasmlet\n      containers:\n      - name: app\n        image: {}\n        args: [\"3600\"]\n",
+        apps.image("sleep", "v1")
+    ));
+    // a Job through the real Job controller: its pods must run to completion here
+    c.api.apply(&format!(
+        "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: greeter\nspec:\n  completions: 2\n  parallelism: 2\n  backoffLimit: 0\n  template:\n    spec:\n      runtimeClassName: wasmlet\n      restartPolicy: Never\n      containers:\n      - name: app\n        image: {}\n        args: [\"from-a-job\"]\n",
+        apps.image("hello", "v1")
+    ));
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let d: Value = serde_json::from_str(&c.kubectl(&["get", "deployment", "sleepers", "-o", "json"])).unwrap();
+        let j: Value = serde_json::from_str(&c.kubectl(&["get", "job", "greeter", "-o", "json"])).unwrap();
+        let available = d["status"]["availableReplicas"].as_i64() == Some(3);
+        let complete = j["status"]["succeeded"].as_i64() == Some(2);
+        if available && complete {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deployment {} job {}\n{}",
+            d["status"],
+            j["status"],
+            c.kubectl(&["get", "pods", "-o", "wide"])
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let wide = c.kubectl(&["get", "pods", "-l", "app=sleepers", "-o", "wide"]);
+    assert_eq!(wide.matches(NODE).count(), 3, "the scheduler placed them here: {wide}");
+    // the Job's pods stay as they ended: Succeeded, with their logs, none killed
+    let logs = c.kubectl(&["logs", "job/greeter"]);
+    assert!(logs.starts_with("hello from wasm") && logs.contains("from-a-job"), "{logs}");
+    let job_pods: Value =
+        serde_json::from_str(&c.kubectl(&["get", "pods", "-l", "job-name=greeter", "-o", "json"])).unwrap();
+    let items = job_pods["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "no extra pods were made for killed ones: {job_pods}");
+    assert!(items.iter().all(|p| p["status"]["phase"] == "Succeeded"), "{job_pods}");
+
+    // a Linux pod placed by the scheduler (it tolerates the taint), reached by kubectl
+    // logs and exec through the API server; its imageID names the digest
+    c.api.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: shell\nspec:\n  terminationGracePeriodSeconds: 1\n  tolerations:\n  - key: wasmlet.dev/node\n    operator: Exists\n  containers:\n  - name: sh\n    image: {busybox}\n    command: [\"sh\", \"-c\", \"echo started; printf no-newline-at-the-end; exec sleep 3600\"]\n"
+    ));
+    let p = c.wait_pod("shell", "Running", running).await;
+    let image_id = p.status.unwrap().container_statuses.unwrap()[0].image_id.clone();
+    assert!(image_id.contains("@sha256:"), "imageID {image_id:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let logs = c.kubectl(&["logs", "shell"]);
+        if logs == "started\nno-newline-at-the-end" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "kubectl logs: {logs:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let out = c.kubectl(&["exec", "shell", "--", "sh", "-c", "echo $((6*7)) from $(hostname)"]);
+    assert_eq!(out, "42 from shell\n");
+    let out = tokio::task::block_in_place(|| c.api.kubectl(&["exec", "shell", "--", "sh", "-c", "exit 3"]));
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    // `kubectl exec -it` from a real terminal, through the API server: typed lines reach
+    // the shell and their output comes back
+    let cmd = format!(
+        "{} --kubeconfig {} exec -it shell -- sh",
+        crate::control_plane::kubectl().display(),
+        c.api.admin_kubeconfig().display()
+    );
+    tokio::task::block_in_place(|| {
+        let session = crate::harness::Interactive::start(&cmd);
+        session.expect("# ", "the shell's prompt");
+        session.type_line("echo typed-$((6*7))");
+        session.expect("typed-42", "the output of a typed command");
+        session.type_line("exit 5");
+        assert_eq!(session.wait(), Some(5), "screen:\n{}", session.screen());
+    });
+
+    // scaled down by the real ReplicaSet controller: the surplus pods stop here
+    c.kubectl(&["scale", "deployment", "sleepers", "--replicas=1"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let local: Value =
+            serde_json::from_str(&tokio::task::block_in_place(|| c.agent().ok(&["get", "pods", "-o", "json"])))
+                .unwrap();
+        let n = local["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["metadata"]["name"].as_str().unwrap().starts_with("sleepers-"))
+            .count();
+        if n == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{n} sleepers still on the node");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

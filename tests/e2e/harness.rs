@@ -1,5 +1,6 @@
 //! The agent under test: `wasmlet serve` on a temp state dir, and the CLI against it.
 
+use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -84,6 +85,31 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// SIGTERM, as systemd stops the service; waits for the exit.
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(c.id() as i32).unwrap(),
+                rustix::process::Signal::TERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while c.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    panic!("the agent did not exit within 20 s of SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Mount points under the state dir, from /proc/self/mountinfo.
+    pub fn mounts(&self) -> Vec<String> {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let dir = self.state_dir().display().to_string();
+        info.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&dir)).map(str::to_string).collect()
     }
 
     /// SIGKILL, no cleanup.
@@ -172,6 +198,16 @@ impl Drop for Agent {
 /// A busybox image (static busybox, every applet linked) built with umoci and pushed
 /// to `registry` as `busybox:TAG`, for the given architecture.
 pub fn push_busybox(registry: &Registry, arch: &str, tag: &str) -> String {
+    push_busybox_image(registry, arch, tag, true)
+}
+
+/// busybox as Docker Hub ships it: no ENTRYPOINT, `CMD ["sh"]`, for the pods people
+/// copy from the Kubernetes documentation.
+pub fn push_busybox_like_hub(registry: &Registry, tag: &str) -> String {
+    push_busybox_image(registry, "amd64", tag, false)
+}
+
+fn push_busybox_image(registry: &Registry, arch: &str, tag: &str, entrypoint: bool) -> String {
     let umoci = crate::common::require("umoci", "umoci");
     let busybox = Path::new("/bin/busybox");
     assert!(busybox.is_file(), "/bin/busybox is missing: install it with `apt-get install -y busybox-static`");
@@ -198,8 +234,12 @@ pub fn push_busybox(registry: &Registry, arch: &str, tag: &str) -> String {
     }
     std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
     run(&["repack", "--image", &image, bundle.to_str().unwrap()]);
-    run(&["config", "--image", &image, "--os", "linux", "--architecture", arch, "--config.entrypoint", "/bin/sh"]);
-    run(&["config", "--image", &image, "--config.cmd=-c", "--config.cmd=echo hello from busybox"]);
+    if entrypoint {
+        run(&["config", "--image", &image, "--os", "linux", "--architecture", arch, "--config.entrypoint", "/bin/sh"]);
+        run(&["config", "--image", &image, "--config.cmd=-c", "--config.cmd=echo hello from busybox"]);
+    } else {
+        run(&["config", "--image", &image, "--os", "linux", "--architecture", arch, "--config.cmd=sh"]);
+    }
     let target = format!("{}/busybox:{tag}", registry.host);
     let out = Command::new(WASMLET)
         .args(["push", "--layout", &format!("{}:{tag}", layout.display()), &target])
@@ -260,4 +300,74 @@ pub fn pod_yaml(name: &str, image: &str, restart: &str, extra_container: &str) -
     format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  restartPolicy: {restart}\n  terminationGracePeriodSeconds: 30\n  containers:\n  - name: app\n    image: {image}\n{extra_container}"
     )
+}
+
+/// A command run on a real pseudo-terminal (util-linux `script`), typed into and read.
+pub struct Interactive {
+    child: std::sync::Mutex<std::process::Child>,
+    input: std::sync::Mutex<std::process::ChildStdin>,
+    screen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Interactive {
+    pub fn start(command: &str) -> Interactive {
+        let script = crate::common::require("script", "bsdutils");
+        let mut child = std::process::Command::new(script)
+            .args(["-q", "-f", "-e", "-c", command, "/dev/null"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let input = child.stdin.take().unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let screen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = screen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = std::io::Read::read(&mut out, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                s.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Interactive { child: child.into(), input: input.into(), screen }
+    }
+
+    pub fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.screen.lock().unwrap()).into_owned()
+    }
+
+    pub fn expect(&self, text: &str, what: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while !self.screen().contains(text) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {what} ({text:?}) within 15 s; screen:\n{}",
+                self.screen()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn type_line(&self, line: &str) {
+        let mut input = self.input.lock().unwrap();
+        input.write_all(format!("{line}\r").as_bytes()).unwrap();
+        input.flush().unwrap();
+    }
+
+    pub fn wait(&self) -> Option<i32> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let mut child = self.child.lock().unwrap();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }

@@ -250,6 +250,15 @@ fn exec_runs_in_the_container_with_stdin_and_a_terminal() {
     let out = agent.cli(&["exec", "-t", "box", "--", "sh", "-c", "test -t 0 && tty"]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("/dev/pts/"));
+    // -i -t from a real terminal: the prompt comes, typed lines reach the shell while
+    // it waits for them, and their output comes back
+    let cmd = format!("{} --state-dir {} exec -i -t box -- sh", crate::harness::WASMLET, agent.state_dir().display());
+    let session = crate::harness::Interactive::start(&cmd);
+    session.expect("# ", "the shell's prompt");
+    session.type_line("echo typed-$((6*7))");
+    session.expect("typed-42", "the output of a typed command");
+    session.type_line("exit 7");
+    assert_eq!(session.wait(), Some(7), "the typed exit code; screen:\n{}", session.screen());
     // errors name what is wrong
     let out = agent.cli(&["exec", "box", "-c", "nope", "--", "true"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("container nope is not valid"), "{out:?}");

@@ -6,7 +6,9 @@
 mod common;
 
 mod cluster;
+mod control_plane;
 mod crash;
+mod docs;
 mod harness;
 mod http;
 mod images;

@@ -167,9 +167,9 @@ fn wasm_init_containers_run_in_order_and_sidecars_stop_after_the_app() {
     let app_started =
         p["status"]["containerStatuses"][0]["state"]["terminated"]["startedAt"].as_str().unwrap().to_string();
     assert!(t["finishedAt"].as_str().unwrap() <= app_started.as_str());
-    // the sidecar is stopped once the app is done, and does not fail the pod
-    let p = agent.wait_pod("ordered", "sidecar stopped", |p| init_state(p, 1).0 == "terminated");
-    assert_eq!(phase(&p), "Succeeded");
+    // the sidecar is stopped once the app is done, and does not fail the pod; as the
+    // kubelet, the pod is Succeeded only once its sidecar has stopped
+    assert_eq!(init_state(&p, 1).0, "terminated", "Succeeded while the sidecar runs: {p}");
     assert_eq!(condition(&p, "Initialized"), "True");
 
     // a failing init container fails a Never pod; the app never starts
@@ -255,9 +255,15 @@ fn termination_prestop_deadline_and_messages() {
         "wasm-msg",
         "Never",
         &format!(
-            "  containers:\n  - name: app\n    image: {}\n    args: [\"--write\", \"/dev/termination-log\", \"wasm says bye\"]\n",
+            "  containers:\n  - name: app\n    image: {}\n    terminationMessagePath: /msg/termination-log\n    args: [\"--write\", \"/msg/termination-log\", \"wasm says bye\"]\n",
             apps.image("cat", "v1")
         ),
+    ));
+    // with the default path, a Wasm guest that has no volumes has no preopens at all
+    agent.apply(&pod(
+        "wasm-fds",
+        "Never",
+        &format!("  containers:\n  - name: app\n    image: {}\n    args: [\"--fds\"]\n", apps.image("cat", "v1")),
     ));
     let msg = |name: &str| {
         let p = agent.wait_pod(name, "ended", |p| state(p).0 == "terminated");
@@ -266,6 +272,9 @@ fn termination_prestop_deadline_and_messages() {
     assert_eq!(msg("msg"), "custom message");
     assert_eq!(msg("fallback"), "first\noops");
     assert_eq!(msg("wasm-msg"), "wasm says bye\n");
+    msg("wasm-fds");
+    let fds = agent.ok(&["logs", "wasm-fds"]);
+    assert!(fds.starts_with("fd 3: closed\nfd 4: closed\n"), "fd 3 must be free: {fds}");
 
     // preStop runs before SIGTERM, inside the grace period
     let hook = format!(

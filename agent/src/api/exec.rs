@@ -121,10 +121,12 @@ where
     let runc_pid = session.child.id().and_then(|p| rustix::process::Pid::from_raw(p as i32));
     if let Some(master) = session.terminal.take() {
         master_for_resize = rustix::io::dup(&master).ok();
-        let file = tokio::fs::File::from_std(std::fs::File::from(master));
-        let (r, w) = tokio::io::split(file);
-        input = Some(Box::new(w));
-        pumps.push(spawn_pump(r, STDOUT, out_tx.clone()));
+        // one non-blocking descriptor with separate read and write readiness: a read
+        // waiting for output never holds up typed input (a blocking file split into
+        // halves did, and `exec -it` hung at the prompt)
+        let pty = Pty::new(master)?;
+        input = Some(Box::new(pty.clone()));
+        pumps.push(spawn_pump(pty, STDOUT, out_tx.clone()));
     } else {
         if let Some(out) = session.child.stdout.take() {
             pumps.push(spawn_pump(out, STDOUT, out_tx.clone()));
@@ -203,5 +205,72 @@ async fn pump<R: AsyncRead + Unpin>(r: &mut R, kind: u8, tx: mpsc::Sender<(u8, V
                 }
             }
         }
+    }
+}
+
+/// A terminal's master side, read and written at once through tokio's readiness.
+#[derive(Clone)]
+struct Pty(std::sync::Arc<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>);
+
+impl Pty {
+    #[allow(unsafe_code)]
+    fn new(master: std::os::fd::OwnedFd) -> std::io::Result<Pty> {
+        let flags = rustix::fs::fcntl_getfl(&master)?;
+        rustix::fs::fcntl_setfl(&master, flags | rustix::fs::OFlags::NONBLOCK)?;
+        // SAFETY: an OwnedFd is open and names the same descriptor for as long as it
+        // lives, and the AsyncFd owns it for its whole life
+        let fd = unsafe { tokio::io::unix::AsyncFd::register(master) }.map_err(std::io::Error::from)?;
+        Ok(Pty(std::sync::Arc::new(fd)))
+    }
+}
+
+impl AsyncRead for Pty {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        loop {
+            let mut guard = std::task::ready!(self.0.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            match guard.try_io(|fd| rustix::io::read(fd.get_ref(), &mut *unfilled).map_err(std::io::Error::from)) {
+                Ok(Ok(n)) => {
+                    buf.advance(n);
+                    return std::task::Poll::Ready(Ok(()));
+                }
+                Ok(Err(e)) => return std::task::Poll::Ready(Err(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Pty {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        loop {
+            let mut guard = std::task::ready!(self.0.poll_write_ready(cx))?;
+            match guard.try_io(|fd| rustix::io::write(fd.get_ref(), data).map_err(std::io::Error::from)) {
+                Ok(r) => return std::task::Poll::Ready(r),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
     }
 }

@@ -15,30 +15,48 @@ use crate::pod::Manager;
 use crate::pod::state::State;
 use crate::runtime::log;
 
-/// Renders complete CRI records: partial (`P`) records join the next one.
+/// Renders CRI records as the kubelet does: a `P` record continues on the next one, and a
+/// line the container never finished (`printf` with no newline, then exit) is still
+/// shown, without a newline. A timestamp, when asked for, starts each line.
 #[derive(Default)]
 struct Renderer {
     timestamps: bool,
-    /// Records from before this are left out (`sinceSeconds`, `sinceTime`).
+    /// Lines from before this are left out (`sinceSeconds`, `sinceTime`).
     since: Option<chrono::DateTime<chrono::Utc>>,
-    pending: String,
-    first_time: Option<String>,
+    /// The line being built from `P` records.
+    line: String,
+    /// The last record was partial: the next one continues its line.
+    mid_line: bool,
+    /// The line being built started before `since`.
+    skip: bool,
 }
 
 impl Renderer {
-    fn feed(&mut self, line: &str, out: &mut Vec<String>) {
-        let Some(r) = log::parse(line) else { return };
-        self.first_time.get_or_insert_with(|| r.time.to_string());
-        self.pending.push_str(r.line);
-        if r.full {
-            let time = self.first_time.take().unwrap_or_default();
-            let text = std::mem::take(&mut self.pending);
-            if let Some(since) = self.since
-                && chrono::DateTime::parse_from_rfc3339(&time).is_ok_and(|t| t < since)
-            {
-                return;
+    fn feed(&mut self, record: &str, out: &mut Vec<String>) {
+        let Some(r) = log::parse(record) else { return };
+        if !self.mid_line {
+            self.skip =
+                self.since.is_some_and(|since| chrono::DateTime::parse_from_rfc3339(r.time).is_ok_and(|t| t < since));
+            if self.timestamps && !self.skip {
+                self.line.push_str(r.time);
+                self.line.push(' ');
             }
-            out.push(if self.timestamps { format!("{time} {text}\n") } else { format!("{text}\n") });
+        }
+        self.mid_line = !r.full;
+        if self.skip {
+            return;
+        }
+        self.line.push_str(r.line);
+        if r.full {
+            self.line.push('\n');
+            out.push(std::mem::take(&mut self.line));
+        }
+    }
+
+    /// What there is of an unfinished line; its continuation gets no second timestamp.
+    fn flush(&mut self, out: &mut Vec<String>) {
+        if !self.line.is_empty() {
+            out.push(std::mem::take(&mut self.line));
         }
     }
 }
@@ -127,6 +145,7 @@ pub(crate) async fn respond(
     for l in complete.lines() {
         renderer.feed(l, &mut lines);
     }
+    renderer.flush(&mut lines);
     if let Some(n) = tail {
         lines.drain(..lines.len().saturating_sub(n));
     }
@@ -176,6 +195,7 @@ async fn follow_log(
             let line: String = partial.drain(..=i).collect();
             renderer.feed(line.trim_end_matches('\n'), &mut out);
         }
+        renderer.flush(&mut out);
         if !out.is_empty() && tx.send(Ok(Frame::data(Bytes::from(out.concat())))).is_err() {
             return; // the client went away
         }
@@ -183,5 +203,48 @@ async fn follow_log(
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Renderer;
+
+    fn render(r: &mut Renderer, records: &[&str]) -> String {
+        let mut out = Vec::new();
+        for rec in records {
+            r.feed(rec, &mut out);
+        }
+        r.flush(&mut out);
+        out.concat()
+    }
+
+    #[test]
+    fn a_last_line_without_a_newline_is_shown_as_the_kubelet_shows_it() {
+        let records = ["2026-01-01T00:00:00Z stdout F one", "2026-01-01T00:00:01Z stdout P two"];
+        assert_eq!(render(&mut Renderer::default(), &records), "one\ntwo");
+    }
+
+    #[test]
+    fn partial_records_join_and_a_timestamp_starts_each_line_once() {
+        let mut r = Renderer { timestamps: true, ..Default::default() };
+        assert_eq!(render(&mut r, &["2026-01-01T00:00:00Z stdout P ab"]), "2026-01-01T00:00:00Z ab");
+        // a follow that reads the rest later: no second timestamp mid-line
+        assert_eq!(
+            render(&mut r, &["2026-01-01T00:00:01Z stdout F cd", "2026-01-01T00:00:02Z stderr F e"]),
+            "cd\n2026-01-01T00:00:02Z e\n"
+        );
+    }
+
+    #[test]
+    fn since_drops_whole_lines_by_their_first_record() {
+        let since = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:01Z").unwrap().to_utc();
+        let mut r = Renderer { since: Some(since), ..Default::default() };
+        let records = [
+            "2026-01-01T00:00:00Z stdout P old",
+            "2026-01-01T00:00:02Z stdout F -tail",
+            "2026-01-01T00:00:03Z stdout F new",
+        ];
+        assert_eq!(render(&mut r, &records), "new\n");
     }
 }

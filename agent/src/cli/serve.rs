@@ -223,6 +223,7 @@ pub async fn run(global: &Global, args: ServeArgs) -> anyhow::Result<()> {
         r = cluster_mode => r.context("cluster mode")?,
         _ = shutdown_signal() => eprintln!("wasmlet: shutting down"),
     }
+    manager.release_secret_volumes();
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }

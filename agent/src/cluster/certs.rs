@@ -70,7 +70,9 @@ pub async fn node_kubeconfig(cfg: &ClusterConfig) -> anyhow::Result<PathBuf> {
         &format!("node-csr-{}", cfg.node_name),
         request,
         "kubernetes.io/kube-apiserver-client-kubelet",
-        &["digital signature", "client auth"],
+        // what the kubelet asks for: servers before 1.27 refuse a node client CSR
+        // without key encipherment, whatever the key type; later ones accept it
+        &["digital signature", "key encipherment", "client auth"],
     )
     .await?;
     let dir = pki(cfg);
@@ -204,7 +206,7 @@ pub async fn serving_cert(client: &kube::Client, cfg: &ClusterConfig) -> anyhow:
             &name,
             request,
             "kubernetes.io/kubelet-serving",
-            &["digital signature", "server auth"],
+            &["digital signature", "key encipherment", "server auth"],
         )
         .await?
     } else {

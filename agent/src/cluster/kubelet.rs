@@ -56,6 +56,50 @@ pub struct KubeletApi {
     tokens: Mutex<HashMap<String, (Option<User>, Instant)>>,
     decisions: Mutex<HashMap<Decision, (bool, Instant)>>,
     started: chrono::DateTime<chrono::Utc>,
+    /// Cumulative CPU readings, turned into `usageNanoCores`.
+    rates: CpuRates,
+}
+
+/// How often CPU is read in the background, as cAdvisor's housekeeping: a first
+/// scrape then already has a rate.
+const HOUSEKEEPING: Duration = Duration::from_secs(10);
+
+/// The last cumulative CPU reading of each node, pod and container, and the rate
+/// between the last two: `usageNanoCores` in the summary, which `kubectl top` (through
+/// metrics-server's summary source) shows.
+#[derive(Default)]
+struct CpuRates(Mutex<HashMap<String, CpuReading>>);
+
+#[derive(Clone, Copy)]
+struct CpuReading {
+    at: Instant,
+    cpu_ns: u64,
+    nano_cores: Option<u64>,
+}
+
+impl CpuRates {
+    /// Records `cpu_ns` for `key` at `now`, and gives the rate since the previous reading
+    /// (one less than 1 s old keeps the rate it had; a counter that went back, a new
+    /// container under an old key, starts again).
+    fn rate(&self, key: &str, now: Instant, cpu_ns: u64) -> Option<u64> {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let reading = match m.get(key) {
+            Some(r) if now.duration_since(r.at) < Duration::from_secs(1) => return r.nano_cores,
+            Some(r) if cpu_ns >= r.cpu_ns => {
+                let secs = now.duration_since(r.at).as_secs_f64();
+                CpuReading { at: now, cpu_ns, nano_cores: Some(((cpu_ns - r.cpu_ns) as f64 / secs) as u64) }
+            }
+            _ => CpuReading { at: now, cpu_ns, nano_cores: None },
+        };
+        m.insert(key.to_string(), reading);
+        reading.nano_cores
+    }
+
+    /// Forgets what was not read for 5 minutes (deleted pods).
+    fn prune(&self, now: Instant) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.retain(|_, r| now.duration_since(r.at) < Duration::from_secs(300));
+    }
 }
 
 impl std::fmt::Debug for KubeletApi {
@@ -74,7 +118,22 @@ impl KubeletApi {
             tokens: Mutex::new(HashMap::new()),
             decisions: Mutex::new(HashMap::new()),
             started: chrono::Utc::now(),
+            rates: CpuRates::default(),
         })
+    }
+
+    /// Reads CPU every 10 s while the API runs.
+    async fn housekeeping(api: std::sync::Weak<KubeletApi>) {
+        loop {
+            match api.upgrade() {
+                Some(a) => {
+                    a.summary();
+                    a.rates.prune(Instant::now());
+                }
+                None => return,
+            }
+            tokio::time::sleep(HOUSEKEEPING).await;
+        }
     }
 }
 
@@ -120,6 +179,7 @@ pub async fn serve(api: Arc<KubeletApi>, client_ca: &[u8], serving: (String, Str
         .map_err(|e| anyhow::anyhow!("binding the kubelet API on {addr}: {e}"))?;
     tracing::info!(%addr, "kubelet API listening");
     eprintln!("wasmlet: kubelet API on https://{addr}");
+    tokio::spawn(KubeletApi::housekeeping(Arc::downgrade(&api)));
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
         let (tcp, _) = match listener.accept().await {
@@ -315,6 +375,7 @@ impl KubeletApi {
             }
             (Method::GET, ["stats", "summary"]) => Ok(json_response(StatusCode::OK, &self.summary())),
             (Method::GET, ["metrics", "resource"]) => Ok(prometheus(self.resource_metrics())),
+            (Method::GET, ["metrics", "cadvisor"]) => Ok(prometheus(self.cadvisor_metrics())),
             (Method::GET, ["metrics"]) => Ok(prometheus(self.metrics())),
             _ => Err(ApiError::new(StatusCode::NOT_FOUND, format!("404 page not found: {path}"))),
         }
@@ -325,6 +386,7 @@ impl KubeletApi {
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let host = host_usage();
         let fs = fs_stats(&self.cfg.state_dir, &now);
+        let at = Instant::now();
         let mut pods = Vec::new();
         for rec in self.mgr.list().unwrap_or_default() {
             let mut containers = Vec::new();
@@ -337,9 +399,10 @@ impl KubeletApi {
                     crate::pod::state::State::Running { started_at } => time(*started_at),
                     _ => now.clone(),
                 };
+                let cores = self.rates.rate(&format!("{}/{}", rec.uid, c.name), at, u.cpu_ns);
                 containers.push(json!({
                     "name": c.name, "startTime": started,
-                    "cpu": {"time": now, "usageCoreNanoSeconds": u.cpu_ns},
+                    "cpu": {"time": now, "usageNanoCores": cores, "usageCoreNanoSeconds": u.cpu_ns},
                     "memory": {"time": now, "workingSetBytes": u.memory_bytes, "usageBytes": u.memory_bytes},
                 }));
             }
@@ -350,7 +413,7 @@ impl KubeletApi {
                 "podRef": {"name": rec.name(), "namespace": rec.namespace(), "uid": rec.uid},
                 "startTime": time(rec.status.start_time.unwrap_or(rec.created_at)),
                 "containers": containers,
-                "cpu": {"time": now, "usageCoreNanoSeconds": cpu},
+                "cpu": {"time": now, "usageNanoCores": self.rates.rate(&rec.uid, at, cpu), "usageCoreNanoSeconds": cpu},
                 "memory": {"time": now, "workingSetBytes": mem, "usageBytes": mem},
             }));
         }
@@ -358,7 +421,7 @@ impl KubeletApi {
             "node": {
                 "nodeName": self.cfg.node_name,
                 "startTime": self.started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                "cpu": {"time": now, "usageCoreNanoSeconds": host.cpu_ns},
+                "cpu": {"time": now, "usageNanoCores": self.rates.rate("", at, host.cpu_ns), "usageCoreNanoSeconds": host.cpu_ns},
                 "memory": {
                     "time": now, "availableBytes": host.available, "usageBytes": host.used,
                     "workingSetBytes": host.used, "rssBytes": self_rss(),
@@ -447,6 +510,66 @@ impl KubeletApi {
         out
     }
 
+    /// `/metrics/cadvisor`: cAdvisor's container series, as Prometheus scrapes them from
+    /// the kubelet, with cAdvisor's labels (`id` is the cgroup-like path; the node is
+    /// `id="/"`).
+    fn cadvisor_metrics(&self) -> String {
+        let ms = chrono::Utc::now().timestamp_millis();
+        let host = host_usage();
+        let root = "{container=\"\",id=\"/\",image=\"\",name=\"\",namespace=\"\",pod=\"\"}".to_string();
+        let (mut cpu, mut ws, mut usage, mut start) = (
+            vec![(root.clone(), host.cpu_ns as f64 / 1e9)],
+            vec![(root.clone(), host.used as f64)],
+            vec![(root, host.used as f64)],
+            vec![],
+        );
+        for rec in self.mgr.list().unwrap_or_default() {
+            for (i, c) in rec.plan.containers.iter().enumerate() {
+                let Some(u) = self.mgr.usage(&rec, i) else { continue };
+                let st = &rec.status.containers[i];
+                let labels = format!(
+                    "{{container=\"{}\",id=\"/kubepods/pod{}/{}\",image=\"{}\",name=\"{}\",namespace=\"{}\",pod=\"{}\"}}",
+                    c.name,
+                    rec.uid,
+                    c.name,
+                    st.image,
+                    format!("{}-{}-{}", rec.uid, c.name, st.instances),
+                    rec.namespace(),
+                    rec.name()
+                );
+                cpu.push((labels.clone(), u.cpu_ns as f64 / 1e9));
+                ws.push((labels.clone(), u.memory_bytes as f64));
+                usage.push((labels.clone(), u.memory_bytes as f64));
+                if let crate::pod::state::State::Running { started_at } = st.state {
+                    start.push((labels, started_at as f64 / 1e3));
+                }
+            }
+        }
+        let mut out = String::new();
+        for (name, kind, help, samples) in [
+            ("container_cpu_usage_seconds_total", "counter", "Cumulative cpu time consumed in seconds.", cpu),
+            ("container_memory_working_set_bytes", "gauge", "Current working set in bytes.", ws),
+            (
+                "container_memory_usage_bytes",
+                "gauge",
+                "Current memory usage in bytes, including all memory regardless of when it was accessed",
+                usage,
+            ),
+            (
+                "container_start_time_seconds",
+                "gauge",
+                "Start time of the container since unix epoch in seconds.",
+                start,
+            ),
+        ] {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for (labels, v) in samples {
+                out.push_str(&format!("{name}{labels} {v} {ms}\n"));
+            }
+        }
+        out
+    }
+
     /// `/metrics`: the agent's own, with the kubelet's pod start SLI.
     fn metrics(&self) -> String {
         let mut samples: Vec<f64> = self.mgr.start_latencies().iter().map(|d| d.as_secs_f64()).collect();
@@ -531,9 +654,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn cpu_rates_come_from_readings_at_least_a_second_apart() {
+        let r = CpuRates::default();
+        let t0 = Instant::now();
+        assert_eq!(r.rate("c", t0, 1_000_000_000), None, "one reading is no rate");
+        // half a core over 2 s
+        assert_eq!(r.rate("c", t0 + Duration::from_secs(2), 2_000_000_000), Some(500_000_000));
+        // a reading right after keeps the rate instead of dividing by a sliver of time
+        assert_eq!(r.rate("c", t0 + Duration::from_millis(2100), 2_900_000_000), Some(500_000_000));
+        // a counter that went back (a new container instance) starts again
+        assert_eq!(r.rate("c", t0 + Duration::from_secs(4), 10), None);
+        r.prune(t0 + Duration::from_secs(400));
+        assert_eq!(r.rate("c", t0 + Duration::from_secs(401), 20), None, "forgotten");
+    }
+
+    #[test]
     fn paths_map_to_the_kubelets_authorization_attributes() {
         assert_eq!(attributes(&Method::GET, "/stats/summary"), ("get", vec!["stats"]));
         assert_eq!(attributes(&Method::GET, "/metrics/resource"), ("get", vec!["metrics"]));
+        assert_eq!(attributes(&Method::GET, "/metrics/cadvisor"), ("get", vec!["metrics"]));
         assert_eq!(attributes(&Method::GET, "/logs/syslog"), ("get", vec!["log"]));
         assert_eq!(attributes(&Method::GET, "/containerLogs/default/p/c"), ("get", vec!["proxy"]));
         assert_eq!(attributes(&Method::GET, "/pods"), ("get", vec!["pods", "proxy"]));

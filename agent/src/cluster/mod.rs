@@ -66,7 +66,7 @@ pub async fn run(mgr: Arc<Manager>, cfg: ClusterConfig) -> anyhow::Result<()> {
     tokio::spawn(sync.clone().run());
     let linux = mgr.runtimes().linux().is_ok();
     {
-        let (client, mgr, cfg) = (client.clone(), mgr.clone(), cfg.clone());
+        let (client, mgr, cfg, sync) = (client.clone(), mgr.clone(), cfg.clone(), sync.clone());
         tokio::spawn(async move {
             let mut attempt = 0;
             let uid = loop {
@@ -79,7 +79,7 @@ pub async fn run(mgr: Arc<Manager>, cfg: ClusterConfig) -> anyhow::Result<()> {
                     }
                 }
             };
-            tokio::spawn(node::lease_loop(client.clone(), cfg.clone(), uid));
+            tokio::spawn(node::lease_loop(client.clone(), cfg.clone(), uid, sync.clone()));
             node::status_loop(client, mgr, cfg).await;
         });
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
-    Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus, NodeSystemInfo, Taint,
+    ContainerImage, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus, NodeSystemInfo, Taint,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
@@ -16,6 +16,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use super::ClusterConfig;
+use super::pods::PodSync;
 use crate::pod::Manager;
 
 pub const LEASE_DURATION_SECONDS: i32 = 40;
@@ -208,21 +209,52 @@ pub fn status(mgr: &Manager, cfg: &ClusterConfig, pressure: Pressure, ready: Res
             kubelet_endpoint: Some(k8s_openapi::api::core::v1::DaemonEndpoint { port: cfg.kubelet_port as i32 }),
         }),
         node_info: Some(system_info()),
+        images: Some(images(mgr)),
         ..Default::default()
     }
 }
 
-/// Whether two statuses differ in anything but heartbeat times.
-fn meaningful(a: &NodeStatus, b: &NodeStatus) -> bool {
-    let strip = |s: &NodeStatus| {
-        let mut s = s.clone();
-        for c in s.conditions.iter_mut().flatten() {
-            c.last_heartbeat_time = None;
-            c.last_transition_time = None;
+/// The kubelet's `--node-status-max-images` default.
+const MAX_IMAGES: usize = 50;
+
+/// `status.images`: the images on the node, largest first, each named by its digest
+/// reference and its tag, as the kubelet lists them.
+fn images(mgr: &Manager) -> Vec<ContainerImage> {
+    let mut by_id: BTreeMap<String, ContainerImage> = BTreeMap::new();
+    for r in mgr.images().list().unwrap_or_default() {
+        let entry = by_id
+            .entry(r.image_id())
+            .or_insert_with(|| ContainerImage { names: Some(vec![r.image_id()]), size_bytes: Some(r.size as i64) });
+        let names = entry.names.get_or_insert_with(Vec::new);
+        if !names.contains(&r.reference) {
+            names.push(r.reference.clone());
         }
-        s
-    };
-    strip(a) != strip(b)
+    }
+    let mut out: Vec<ContainerImage> = by_id.into_values().collect();
+    out.sort_by_key(|i| std::cmp::Reverse(i.size_bytes));
+    out.truncate(MAX_IMAGES);
+    out
+}
+
+/// Whether `ours` says anything the API server's `theirs` does not, heartbeat and
+/// transition times aside. Only the fields the node sets count; among conditions, only
+/// the node's own types (another party's condition is left alone).
+fn meaningful(ours: &NodeStatus, theirs: &NodeStatus) -> bool {
+    let strip = |c: &NodeCondition| (c.type_.clone(), c.status.clone(), c.reason.clone(), c.message.clone());
+    let ours_c: Vec<_> = ours.conditions.iter().flatten().map(strip).collect();
+    let theirs_c: Vec<_> = ours
+        .conditions
+        .iter()
+        .flatten()
+        .map(|c| theirs.conditions.iter().flatten().find(|t| t.type_ == c.type_).map(strip))
+        .collect();
+    ours_c.into_iter().map(Some).ne(theirs_c)
+        || ours.capacity != theirs.capacity
+        || ours.allocatable != theirs.allocatable
+        || ours.addresses != theirs.addresses
+        || ours.daemon_endpoints != theirs.daemon_endpoints
+        || ours.node_info != theirs.node_info
+        || ours.images != theirs.images
 }
 
 /// Keeps each condition's transition time while its status stays the same.
@@ -278,7 +310,9 @@ pub async fn register(client: &kube::Client, mgr: &Manager, cfg: &ClusterConfig,
 
 /// Renews the node's Lease every 10 s, creating it when missing. Failures are retried
 /// with back-off and never stop the node's pods.
-pub async fn lease_loop(client: kube::Client, cfg: Arc<ClusterConfig>, node_uid: String) {
+/// The first renewal after failures wakes the pod watch out of its back-off, so that
+/// the pods converge as soon as the API server answers again.
+pub async fn lease_loop(client: kube::Client, cfg: Arc<ClusterConfig>, node_uid: String, sync: Arc<PodSync>) {
     let api: Api<Lease> = Api::namespaced(client, "kube-node-lease");
     let mut failures = 0u32;
     loop {
@@ -286,13 +320,14 @@ pub async fn lease_loop(client: kube::Client, cfg: Arc<ClusterConfig>, node_uid:
             Ok(()) => {
                 if failures > 0 {
                     tracing::info!("lease renewed again after {failures} failures");
+                    sync.reachable.notify_one();
                 }
                 failures = 0;
                 tokio::time::sleep(RENEW).await;
             }
             Err(e) => {
                 failures += 1;
-                tracing::warn!(error = %e, failures, "cannot renew the node lease");
+                log_failure("cannot renew the node lease", &e, failures);
                 tokio::time::sleep(backoff(failures.saturating_sub(5))).await;
             }
         }
@@ -339,38 +374,125 @@ async fn renew(api: &Api<Lease>, cfg: &ClusterConfig, node_uid: &str) -> kube::R
     Ok(())
 }
 
-/// Computes the node status every 10 s and sends it when it changed or 5 minutes passed.
+/// Every 10 s: reads the Node from the API server, computes the node's status, and
+/// sends it when the API server's copy differs in anything but heartbeat times (the
+/// node controller's `Unknown` after a partition, someone's patch) or 5 minutes passed,
+/// as the kubelet's `tryUpdateNodeStatus` does. Node events follow each transition.
 pub async fn status_loop(client: kube::Client, mgr: Arc<Manager>, cfg: Arc<ClusterConfig>) {
-    let api: Api<Node> = Api::all(client);
-    let mut last: Option<(NodeStatus, std::time::Instant)> = None;
+    let api: Api<Node> = Api::all(client.clone());
+    let events = NodeEvents::new(client, &cfg);
+    events.post("Normal", "Starting", "Starting wasmlet.").await;
+    let mut reported: Option<NodeStatus> = None;
+    let mut last_sent: Option<std::time::Instant> = None;
     let mut failures = 0u32;
     loop {
+        let server = match api.get(&cfg.node_name).await {
+            Ok(n) => n.status.unwrap_or_default(),
+            Err(e) => {
+                failures += 1;
+                log_failure("cannot read the node", &e, failures);
+                tokio::time::sleep(backoff(failures)).await;
+                continue;
+            }
+        };
         // the Wasm runtime is in-process: the agent running is the runtime ready
         let ready = Ok(());
         let mut now = status(&mgr, &cfg, Pressure::read(&cfg.state_dir), ready);
-        let due = match &last {
-            None => true,
-            Some((old, at)) => {
-                carry_transitions(&mut now, old);
-                meaningful(&now, old) || at.elapsed() >= STATUS_REPORT
-            }
-        };
-        if !due {
-            tokio::time::sleep(STATUS_EVERY).await;
-            continue;
-        }
-        let patch = json!({"status": now});
-        match api.patch_status(&cfg.node_name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-            Ok(_) => {
-                failures = 0;
-                last = Some((now, std::time::Instant::now()));
-                tokio::time::sleep(STATUS_EVERY).await;
-            }
-            Err(e) => {
+        carry_transitions(&mut now, &server);
+        let due = meaningful(&now, &server) || last_sent.is_none_or(|t| t.elapsed() >= STATUS_REPORT);
+        if due {
+            let patch = json!({"status": now});
+            if let Err(e) = api.patch_status(&cfg.node_name, &PatchParams::default(), &Patch::Merge(&patch)).await {
                 failures += 1;
-                tracing::warn!(error = %e, failures, "cannot update the node status");
+                log_failure("cannot update the node status", &e, failures);
                 tokio::time::sleep(backoff(failures)).await;
+                continue;
             }
+            last_sent = Some(std::time::Instant::now());
+        }
+        if failures > 0 {
+            tracing::info!("node status sent again after {failures} failures");
+        }
+        failures = 0;
+        for (reason, message) in transitions(reported.as_ref(), &now) {
+            events.post("Normal", reason, &message).await;
+        }
+        reported = Some(now);
+        tokio::time::sleep(STATUS_EVERY).await;
+    }
+}
+
+/// The first failure of a run is a warning, then one line a minute at most (at the
+/// 7 s back-off, every 8th), so an outage does not flood the log.
+pub fn log_failure(what: &str, e: &kube::Error, failures: u32) {
+    if failures == 1 || failures % 8 == 0 {
+        tracing::warn!(error = %e, failures, "{what}");
+    } else {
+        tracing::debug!(error = %e, failures, "{what}");
+    }
+}
+
+/// The kubelet's node events for condition changes from `old` (none: just registered).
+fn transitions(old: Option<&NodeStatus>, new: &NodeStatus) -> Vec<(&'static str, String)> {
+    let get = |s: Option<&NodeStatus>, kind: &str| {
+        s.and_then(|s| s.conditions.as_ref()).and_then(|c| c.iter().find(|c| c.type_ == kind)).map(|c| c.status.clone())
+    };
+    let mut out = Vec::new();
+    for (kind, on_true, on_false) in [
+        ("MemoryPressure", "NodeHasInsufficientMemory", "NodeHasSufficientMemory"),
+        ("DiskPressure", "NodeHasDiskPressure", "NodeHasNoDiskPressure"),
+        ("PIDPressure", "NodeHasInsufficientPID", "NodeHasSufficientPID"),
+        ("Ready", "NodeReady", "NodeNotReady"),
+    ] {
+        let now = get(Some(new), kind);
+        if now.is_some() && now != get(old, kind) {
+            let reason = if now.as_deref() == Some("True") { on_true } else { on_false };
+            let node = new.addresses.iter().flatten().find(|a| a.type_ == "Hostname").map(|a| a.address.as_str());
+            out.push((reason, format!("Node {} status is now: {reason}", node.unwrap_or_default())));
+        }
+    }
+    out
+}
+
+/// Events about the Node itself, with the kubelet's source and its convention that the
+/// involved object's uid is the node's name.
+struct NodeEvents {
+    api: Api<k8s_openapi::api::core::v1::Event>,
+    node: String,
+}
+
+impl NodeEvents {
+    fn new(client: kube::Client, cfg: &ClusterConfig) -> NodeEvents {
+        NodeEvents { api: Api::namespaced(client, "default"), node: cfg.node_name.clone() }
+    }
+
+    async fn post(&self, kind: &str, reason: &str, message: &str) {
+        let now = jiff::Timestamp::now();
+        let name = format!("{}.{:x}", self.node, now.as_nanosecond());
+        let event = k8s_openapi::api::core::v1::Event {
+            metadata: ObjectMeta { name: Some(name), namespace: Some("default".into()), ..Default::default() },
+            involved_object: k8s_openapi::api::core::v1::ObjectReference {
+                kind: Some("Node".into()),
+                name: Some(self.node.clone()),
+                uid: Some(self.node.clone()),
+                ..Default::default()
+            },
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            type_: Some(kind.into()),
+            count: Some(1),
+            first_timestamp: Some(Time(now)),
+            last_timestamp: Some(Time(now)),
+            source: Some(k8s_openapi::api::core::v1::EventSource {
+                component: Some("kubelet".into()),
+                host: Some(self.node.clone()),
+            }),
+            reporting_component: Some("kubelet".into()),
+            reporting_instance: Some(self.node.clone()),
+            ..Default::default()
+        };
+        if let Err(e) = self.api.create(&PostParams::default(), &event).await {
+            tracing::debug!(error = %e, reason, "cannot record the node event");
         }
     }
 }
@@ -417,5 +539,45 @@ mod tests {
         assert!(meaningful(&a, &f));
         carry_transitions(&mut f, &a);
         assert_eq!(f.conditions.as_ref().unwrap()[0].last_transition_time, Some(t(3)));
+    }
+
+    #[test]
+    fn the_api_servers_copy_is_what_the_status_is_compared_with() {
+        let c = |kind: &str, status: &str| NodeCondition {
+            type_: kind.into(),
+            status: status.into(),
+            ..Default::default()
+        };
+        let ours = NodeStatus { conditions: Some(vec![c("Ready", "True")]), ..Default::default() };
+        // the node controller's Unknown after a partition, an admin's False: sent again
+        let unknown = NodeStatus { conditions: Some(vec![c("Ready", "Unknown")]), ..Default::default() };
+        assert!(meaningful(&ours, &unknown));
+        assert!(meaningful(&ours, &NodeStatus::default()), "nothing there yet");
+        // a condition another party owns, and fields the node does not set, are not ours
+        let more = NodeStatus {
+            conditions: Some(vec![c("NetworkUnavailable", "False"), c("Ready", "True")]),
+            volumes_in_use: Some(vec!["v".into()]),
+            ..Default::default()
+        };
+        assert!(!meaningful(&ours, &more));
+    }
+
+    #[test]
+    fn node_events_follow_the_kubelets_reasons() {
+        let c = |kind: &str, status: &str| NodeCondition {
+            type_: kind.into(),
+            status: status.into(),
+            ..Default::default()
+        };
+        let with = |ready: &str| NodeStatus {
+            conditions: Some(vec![c("MemoryPressure", "False"), c("Ready", ready)]),
+            addresses: Some(vec![NodeAddress { type_: "Hostname".into(), address: "edge-1".into() }]),
+            ..Default::default()
+        };
+        let first: Vec<_> = transitions(None, &with("True")).into_iter().map(|(r, _)| r).collect();
+        assert_eq!(first, ["NodeHasSufficientMemory", "NodeReady"]);
+        assert!(transitions(Some(&with("True")), &with("True")).is_empty());
+        let down = transitions(Some(&with("True")), &with("False"));
+        assert_eq!(down, [("NodeNotReady", "Node edge-1 status is now: NodeNotReady".to_string())]);
     }
 }

@@ -8,7 +8,7 @@
 //! flight; what fails stays dirty and is sent again, and a resync every 10 s catches
 //! anything that differs from what the API server was last told.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,7 +17,6 @@ use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, T
 use k8s_openapi::api::core::v1::{ConfigMap, Event as KubeEvent, ObjectReference, Pod, Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, Semaphore};
@@ -45,6 +44,10 @@ pub struct PodSync {
     wake: Notify,
     /// The status last acknowledged by the API server, by pod key.
     sent: Mutex<HashMap<String, Value>>,
+    /// What the API server last showed of each pod running here ([`summary`]), from the
+    /// watch: compared with ours, so that a status changed by someone else (the node
+    /// controller's NotReady during a partition) is put right.
+    seen: Mutex<HashMap<String, Value>>,
     /// Pods whose deletion is under way (by uid).
     deleting: Mutex<HashSet<String>>,
     events: tokio::sync::mpsc::UnboundedSender<(String, crate::pod::Event)>,
@@ -55,6 +58,12 @@ pub struct PodSync {
     event_limiter: Limiter,
     /// Whether the watch is connected (for the kubelet API's healthz detail).
     pub connected: std::sync::atomic::AtomicBool,
+    /// Told by the heartbeats when the API server answers again after failures: the
+    /// watch stops backing off and lists at once.
+    pub reachable: Notify,
+    /// The resourceVersion of each pod status the API server acknowledged: a watch event
+    /// older than it is our own past write, not someone else's change.
+    acked: Mutex<HashMap<String, u64>>,
 }
 
 impl std::fmt::Debug for PodSync {
@@ -161,6 +170,35 @@ pub fn token_sources(pod: &Pod) -> BTreeSet<(Option<String>, Option<i64>)> {
         .collect()
 }
 
+/// What of a pod status is compared with the API server's copy: the phase, each
+/// condition's status and, per container, its state, readiness and restarts.
+fn summary(status: &Value) -> Value {
+    let conditions: BTreeMap<String, Value> = status["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| (c["type"].as_str().unwrap_or_default().to_string(), c["status"].clone()))
+        .collect();
+    let mut containers = BTreeMap::new();
+    for list in ["initContainerStatuses", "containerStatuses"] {
+        for c in status[list].as_array().into_iter().flatten() {
+            let state = c["state"].as_object().and_then(|m| m.keys().next().cloned());
+            containers.insert(
+                c["name"].as_str().unwrap_or_default().to_string(),
+                json!([state, c["ready"], c["restartCount"]]),
+            );
+        }
+    }
+    json!({"phase": status["phase"], "conditions": conditions, "containers": containers})
+}
+
+/// The pod watch's back-off after failures in a row: 800 ms doubling to 30 s with up to
+/// 20 % jitter (client-go's reflector backs off the same way).
+fn watch_backoff(failures: u32) -> Duration {
+    let base = 800u64.saturating_mul(1 << failures.saturating_sub(1).min(6)).min(30_000);
+    Duration::from_millis(base + fastrand::u64(..=base / 5))
+}
+
 fn clean_meta(m: &mut ObjectMeta) {
     m.managed_fields = None;
     m.resource_version = None;
@@ -178,10 +216,13 @@ impl PodSync {
             dirty: Mutex::new(BTreeSet::new()),
             wake: Notify::new(),
             sent: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashMap::new()),
             deleting: Mutex::new(HashSet::new()),
             events,
             events_rx: Mutex::new(Some(events_rx)),
             connected: std::sync::atomic::AtomicBool::new(false),
+            reachable: Notify::new(),
+            acked: Mutex::new(HashMap::new()),
         })
     }
 
@@ -206,8 +247,12 @@ impl PodSync {
     async fn watch_loop(self: &Arc<Self>) {
         let api: Api<Pod> = Api::all(self.client.clone());
         let config = watcher::Config::default().fields(&format!("spec.nodeName={}", self.cfg.node_name));
-        let mut stream = watcher(api, config).default_backoff().boxed();
+        // no `default_backoff()`: kube-runtime resets it on the `Init` event that starts
+        // every relist attempt, so a lost API server was retried every 0.8 s forever.
+        // Only real progress (a completed list, a watch event) resets ours.
+        let mut stream = watcher(api, config).boxed();
         let mut listed: HashSet<String> = HashSet::new();
+        let mut failures = 0u32;
         while let Some(first) = stream.next().await {
             // take every event that is already here, to apply them in one batch
             let mut batch = vec![first];
@@ -218,6 +263,7 @@ impl PodSync {
                 }
             }
             let mut apply = Vec::new();
+            let mut failed = false;
             for ev in batch {
                 match ev {
                     Ok(watcher::Event::Init) => listed.clear(),
@@ -226,26 +272,51 @@ impl PodSync {
                         apply.push(p);
                     }
                     Ok(watcher::Event::InitDone) => {
+                        if failures > 0 {
+                            tracing::info!("pod watch listed again after {failures} failures");
+                        }
+                        failures = 0;
                         self.connected.store(true, std::sync::atomic::Ordering::Relaxed);
                         self.flush(&mut apply).await;
                         self.forget_missing(&listed);
+                        // the list holds the API server's view of every pod here: what
+                        // differs from ours (a partition's NotReady) is sent again now
+                        self.reconcile();
                     }
-                    Ok(watcher::Event::Apply(p)) => apply.push(p),
+                    Ok(watcher::Event::Apply(p)) => {
+                        failures = 0;
+                        apply.push(p)
+                    }
                     Ok(watcher::Event::Delete(p)) => {
+                        failures = 0;
                         self.flush(&mut apply).await;
                         self.gone(p);
                     }
                     Err(e) => {
                         self.connected.store(false, std::sync::atomic::Ordering::Relaxed);
-                        tracing::warn!(error = %e, "pod watch failed; retrying");
+                        failures += 1;
+                        failed = true;
+                        if failures == 1 || failures % 8 == 0 {
+                            tracing::warn!(error = %e, failures, "pod watch failed; retrying with back-off");
+                        } else {
+                            tracing::debug!(error = %e, failures, "pod watch failed; retrying with back-off");
+                        }
                     }
                 }
             }
             self.flush(&mut apply).await;
+            if failed {
+                tokio::select! {
+                    _ = tokio::time::sleep(watch_backoff(failures)) => {}
+                    _ = self.reachable.notified() => tracing::debug!("the API server answers again; listing now"),
+                }
+            }
         }
     }
 
     /// Starts, or keeps running, the given pods; pods marked for deletion are deleted.
+    /// For pods already running here, the API server's status is kept to be compared
+    /// with ours (see [`PodSync::reconcile`]).
     async fn flush(self: &Arc<Self>, pods: &mut Vec<Pod>) {
         let mut objects = Vec::new();
         let mut pending = Vec::new();
@@ -260,7 +331,18 @@ impl PodSync {
                 continue;
             }
             let stored = self.mgr.get(&key).ok().flatten();
-            if stored.as_ref().is_some_and(|r| r.uid == uid) {
+            if let Some(rec) = stored.as_ref().filter(|r| r.uid == uid) {
+                let theirs = summary(&serde_json::to_value(&pod.status).unwrap_or_default());
+                // newer than our last acknowledged write, and not what we hold: someone
+                // else changed it (the node controller after a partition): send ours now
+                let rv = pod.metadata.resource_version.as_deref().and_then(|v| v.parse::<u64>().ok());
+                let acked = self.acked.lock().unwrap_or_else(|e| e.into_inner()).get(&key).copied();
+                if rv.is_some_and(|rv| acked.is_none_or(|a| rv > a)) && theirs != summary(&self.status_of(rec)) {
+                    self.sent.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                    self.dirty.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone());
+                    self.wake.notify_one();
+                }
+                self.seen.lock().unwrap_or_else(|e| e.into_inner()).insert(key, theirs);
                 continue;
             }
             if pod.status.as_ref().and_then(|s| s.phase.as_deref()).is_some_and(|p| p == "Succeeded" || p == "Failed") {
@@ -468,9 +550,16 @@ impl PodSync {
                     }
                 }
             }
-            this.sent.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+            this.forget(&key);
             this.deleting.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid);
         });
+    }
+
+    /// Drops what is kept about a pod's reported status once it has left the node.
+    fn forget(&self, key: &str) {
+        self.sent.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+        self.acked.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
     }
 
     /// The pod is gone from the API server (a forced delete): stop it here too.
@@ -493,7 +582,7 @@ impl PodSync {
                 Ok(()) | Err(crate::pod::Error::NotFound(_)) => {}
                 Err(e) => tracing::warn!(pod = %key, error = %e, "cannot stop a deleted pod"),
             }
-            this.sent.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+            this.forget(&key);
             this.forget_unused();
         });
     }
@@ -564,6 +653,37 @@ impl PodSync {
     }
 
     /// What the API server should show as the pod's status.
+    /// Marks for sending every pod whose status in the API server differs from ours,
+    /// as the kubelet's status manager reconciles against the API server's copy.
+    fn reconcile(&self) {
+        let mut drifted = Vec::new();
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            seen.retain(|key, theirs| {
+                let Some(rec) = self.mgr.get(key).ok().flatten().filter(|r| self.ours(r)) else { return false };
+                if summary(&self.status_of(&rec)) != *theirs {
+                    drifted.push(key.clone());
+                }
+                true
+            });
+        }
+        if drifted.is_empty() {
+            return;
+        }
+        tracing::info!(
+            pods = drifted.len(),
+            "pod statuses in the API server differ from the node's; sending them again"
+        );
+        let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+        let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        for key in drifted {
+            sent.remove(&key);
+            dirty.insert(key);
+        }
+        drop((sent, dirty));
+        self.wake.notify_one();
+    }
+
     fn status_of(&self, rec: &PodRecord) -> Value {
         let mut status = crate::api::view::pod(rec)["status"].take();
         status["hostIP"] = json!(self.cfg.node_ip);
@@ -581,6 +701,7 @@ impl PodSync {
             tokio::select! {
                 _ = self.wake.notified() => tokio::time::sleep(BATCH).await,
                 _ = resync.tick() => {
+                    self.reconcile();
                     let mut d = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
                     d.extend(self.mgr.list().unwrap_or_default().iter().filter(|r| self.ours(r)).map(|r| r.key()));
                 }
@@ -603,7 +724,11 @@ impl PodSync {
                     let api: Api<Pod> = Api::namespaced(this.client.clone(), rec.namespace());
                     let patch = json!({"metadata": {"uid": rec.uid}, "status": status});
                     match api.patch_status(rec.name(), &PatchParams::default(), &Patch::Merge(&patch)).await {
-                        Ok(_) => {
+                        Ok(p) => {
+                            if let Some(rv) = p.metadata.resource_version.as_deref().and_then(|v| v.parse().ok()) {
+                                this.acked.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), rv);
+                            }
+                            this.seen.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), summary(&status));
                             this.sent.lock().unwrap_or_else(|e| e.into_inner()).insert(key, status);
                         }
                         // the pod is gone from the API server; the watch says so too
@@ -647,7 +772,7 @@ impl PodSync {
             api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ())
         } else {
             let event = KubeEvent {
-                metadata: ObjectMeta { name: Some(name), namespace: Some(ns.clone()), ..Default::default() },
+                metadata: ObjectMeta { name: Some(name.clone()), namespace: Some(ns.clone()), ..Default::default() },
                 involved_object: ObjectReference {
                     api_version: Some("v1".into()),
                     kind: Some("Pod".into()),
@@ -672,10 +797,55 @@ impl PodSync {
                 }),
                 ..Default::default()
             };
-            api.create(&PostParams::default(), &event).await.map(|_| ())
+            match api.create(&PostParams::default(), &event).await {
+                // the same event was recorded before (by this node before a restart, or
+                // before the API server's): it happened again, so count it up
+                Err(kube::Error::Api(e)) if e.code == 409 => match api.get(&name).await {
+                    Ok(old) => {
+                        let patch = json!({"count": old.count.unwrap_or(1) + 1, "lastTimestamp": Time(now)});
+                        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ())
+                    }
+                    Err(e) => Err(e),
+                },
+                r => r.map(|_| ()),
+            }
         };
         if let Err(e) = result {
             tracing::debug!(error = %e, "cannot record an event");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_changed_by_the_node_controller_differs_from_ours() {
+        let ours = json!({
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "a"}],
+            "containerStatuses": [{"name": "app", "ready": true, "restartCount": 0, "state": {"running": {}}}],
+        });
+        // the API server's copy carries fields the node does not send, and other times
+        let mut same = ours.clone();
+        same["qosClass"] = json!("BestEffort");
+        same["conditions"][0]["lastTransitionTime"] = json!("b");
+        assert_eq!(summary(&ours), summary(&same));
+        // the node controller's MarkPodsNotReady while the node was unreachable
+        let mut marked = ours.clone();
+        marked["conditions"][0]["status"] = json!("False");
+        assert_ne!(summary(&ours), summary(&marked));
+        let mut restarted = ours.clone();
+        restarted["containerStatuses"][0]["restartCount"] = json!(1);
+        assert_ne!(summary(&ours), summary(&restarted));
+    }
+
+    #[test]
+    fn the_watch_backs_off_from_800ms_to_30s() {
+        let base: Vec<u64> = (1..10).map(|f| watch_backoff(f).as_millis() as u64).collect();
+        for (got, want) in base.iter().zip([800, 1600, 3200, 6400, 12800, 25600, 30000, 30000, 30000]) {
+            assert!((want..=want + want / 5).contains(got), "{base:?}");
         }
     }
 }

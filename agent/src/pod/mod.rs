@@ -662,6 +662,23 @@ impl Manager {
         Ok(removed)
     }
 
+    /// For an agent that stops: the Secret-bearing volumes of pods that stop with it
+    /// (no Linux container of theirs runs on) are unmounted. A running Linux container
+    /// keeps its own, as the kubelet leaves a running container's volumes mounted.
+    pub fn release_secret_volumes(&self) {
+        for rec in self.list().unwrap_or_default() {
+            let linux_runs = rec
+                .status
+                .containers
+                .iter()
+                .zip(&rec.runtimes)
+                .any(|(c, k)| matches!(c.state, state::State::Running { .. }) && *k == Some(RuntimeKind::Linux));
+            if !linux_runs {
+                volume::unmount_secrets(&rec, &self.pod_dir(&rec.uid).join("volumes"));
+            }
+        }
+    }
+
     pub fn images(&self) -> &Arc<ImageService> {
         &self.images
     }

@@ -141,6 +141,11 @@ pub struct ContainerStatus {
     /// The configuration could not be built; try again at this time.
     #[serde(default)]
     pub config_retry_at: Option<u64>,
+    /// `imagePullPolicy: Always` and the last instance ended: resolve the image again
+    /// before the next start. `image_id` keeps naming the image that ran, as the
+    /// kubelet's `imageID` does.
+    #[serde(default)]
+    pub repull: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -246,6 +251,7 @@ impl PodStatus {
                 pull_backoff: None,
                 pull_failed_at: None,
                 config_retry_at: None,
+                repull: false,
             })
             .collect();
         PodStatus {
@@ -273,6 +279,7 @@ impl PodStatus {
             Event::Pulled { container, image_id } => {
                 let c = &mut self.containers[container];
                 c.image_id = Some(image_id);
+                c.repull = false;
                 c.pull_backoff = None;
                 c.pull_failed_at = None;
             }
@@ -350,7 +357,7 @@ impl PodStatus {
                 self.exited(container, term);
                 // `Always` resolves the image again before every start, as the kubelet does
                 if plan.containers[container].pull_policy == PullPolicy::Always {
-                    self.containers[container].image_id = None;
+                    self.containers[container].repull = true;
                 }
             }
             Event::Lost { container, at } => self.lost(container, at),
@@ -400,8 +407,8 @@ fn last_exit(c: &ContainerStatus) -> Option<&Terminated> {
 /// container is not running. `present(i)` says whether container i's image is stored.
 pub fn plan(plan: &Plan, status: &mut PodStatus, now: u64, present: impl Fn(usize) -> bool) -> Vec<Action> {
     let mut actions = Vec::new();
-    if status.phase.is_terminal() {
-        return actions;
+    if status.phase.is_terminal() || apps_done(plan, status) {
+        return actions; // nothing starts again, sidecars included
     }
     // false once an init container or sidecar is not done (or not started) yet
     let mut gate = true;
@@ -456,7 +463,7 @@ pub fn plan(plan: &Plan, status: &mut PodStatus, now: u64, present: impl Fn(usiz
             actions.push(Action::WakeAt(at));
             continue;
         }
-        if c.image_id.is_none() {
+        if c.image_id.is_none() || c.repull {
             if spec.pull_policy == PullPolicy::Never && !present(i) {
                 continue; // reported by NeverPull; nothing will change it
             }
@@ -476,6 +483,21 @@ pub fn plan(plan: &Plan, status: &mut PodStatus, now: u64, present: impl Fn(usiz
 }
 
 /// The pod phase from its container states (kubelet `getPhase`).
+/// Every app container has ended for good under the pod's restart policy (never with
+/// `Always`): what still runs, the sidecars, is to be stopped, and the phase follows
+/// once they have.
+pub fn apps_done(plan: &Plan, status: &PodStatus) -> bool {
+    if plan.restart_policy == RestartPolicy::Always {
+        return false;
+    }
+    let mut apps = plan.containers.iter().zip(&status.containers).filter(|(s, _)| s.role == Role::App).peekable();
+    apps.peek().is_some()
+        && apps.all(|(_, c)| {
+            !matches!(c.state, State::Running { .. })
+                && last_exit(c).is_some_and(|t| !plan.restart_policy.restarts(t.exit_code))
+        })
+}
+
 pub fn phase(plan: &Plan, status: &PodStatus) -> Phase {
     let (mut running, mut waiting_fresh, mut stopped, mut succeeded) = (0, 0, 0, 0);
     let mut init_pending = false;
@@ -488,7 +510,14 @@ pub fn phase(plan: &Plan, status: &PodStatus) -> Phase {
                 }
                 init_pending |= last_exit(c).is_none_or(|t| t.exit_code != 0);
             }
-            Role::Sidecar => init_pending |= !c.started,
+            // a running sidecar holds the pod Running, as the kubelet counts it; one
+            // that has ended no longer counts
+            Role::Sidecar => {
+                init_pending |= !c.started;
+                if matches!(c.state, State::Running { .. }) {
+                    running += 1;
+                }
+            }
             Role::App => match (&c.state, last_exit(c)) {
                 (State::Running { .. }, _) => running += 1,
                 (_, Some(t)) => {
@@ -646,11 +675,16 @@ mod tests {
         s.apply(&p, Event::Ready { container: 2, ready: true });
         assert!(s.containers[2].ready);
         s.apply(&p, exit_n(2, 0, 5));
-        assert_eq!(s.phase, Phase::Succeeded, "sidecars do not hold the pod");
-        // the worker stops what still runs once the phase is terminal
+        // as the kubelet: the pod stays Running while its sidecars run, and nothing starts
+        assert_eq!(s.phase, Phase::Running, "running sidecars hold the pod Running");
+        assert!(apps_done(&p, &s), "the worker is to stop the sidecars");
+        assert!(plan(&p, &mut s, 6, |_| true).is_empty(), "no sidecar restarts once the apps are done");
         s.apply(&p, exit_n(1, 137, 6));
         assert!(matches!(s.containers[1].state, State::Terminated(_)));
-        assert_eq!(s.phase, Phase::Succeeded);
+        assert_eq!(s.phase, Phase::Running, "s0 still runs");
+        assert!(plan(&p, &mut s, 6, |_| true).is_empty());
+        s.apply(&p, exit_n(0, 143, 7));
+        assert_eq!(s.phase, Phase::Succeeded, "ended sidecars do not count: the app succeeded");
     }
 
     #[test]
@@ -839,6 +873,7 @@ mod tests {
         s.apply(&p, Event::Pulled { container: 0, image_id: "x".into() });
         run(&p, &mut s, 0);
         s.apply(&p, exit(1, 0, 5));
+        assert_eq!(s.containers[0].image_id.as_deref(), Some("x"), "imageID still names the image that ran");
         assert_eq!(plan(&p, &mut s, 5, |_| true), [Action::Pull(0)]);
         s.apply(&p, Event::Pulled { container: 0, image_id: "y".into() });
         assert_eq!(plan(&p, &mut s, 5, |_| true), [Action::Start(0)]);

@@ -279,6 +279,19 @@ fn is_mount_point(dir: &Path) -> bool {
     }
 }
 
+/// Unmounts the tmpfs of a pod's Secret-bearing volumes (secret, projected with its
+/// service-account token, downwardAPI), for an agent that stops: nothing secret stays
+/// mounted under the state dir once nothing runs that uses it. The next start mounts
+/// and writes them again. Memory-backed emptyDirs keep their data, as the kubelet's do.
+pub fn unmount_secrets(rec: &PodRecord, root: &Path) {
+    for v in rec.pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+        let dir = root.join(&v.name);
+        if (v.secret.is_some() || v.projected.is_some() || v.downward_api.is_some()) && is_mount_point(&dir) {
+            let _ = rustix::mount::unmount(&dir, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+}
+
 /// Unmounts every tmpfs volume of a pod so its directory can be removed.
 pub fn unmount_all(root: &Path) {
     for e in std::fs::read_dir(root).into_iter().flatten().flatten() {

@@ -69,8 +69,10 @@ pub(super) async fn run(
                 wake = Some(deadline);
             }
             save(&mgr, &rec);
-            if rec.status.phase.is_terminal() && !stopping && running(&rec).next().is_some() {
-                // what still runs of a finished pod (sidecars, a deadline's victims) stops
+            let finishing = rec.status.phase.is_terminal() || state::apps_done(&rec.plan, &rec.status);
+            if finishing && !stopping && running(&rec).next().is_some() {
+                // what still runs of a finished pod (sidecars once the apps are done, a
+                // deadline's victims) stops; the phase is decided once it has
                 stopping = true;
                 let rec2 = rec.clone();
                 let mgr2 = mgr.clone();
@@ -622,6 +624,9 @@ fn termination_message(mgr: &Manager, rec: &PodRecord, i: usize, instance: u32, 
     (!tail.is_empty()).then_some(tail)
 }
 
+/// The API server's default `terminationMessagePath`.
+const DEFAULT_TERMINATION_PATH: &str = "/dev/termination-log";
+
 /// The host side of an instance's termination-message file: what is mounted (the
 /// file for Linux, a directory holding it for Wasm, whose mounts are directories) and
 /// the file itself.
@@ -633,7 +638,7 @@ fn termination_paths(
     kind: RuntimeKind,
 ) -> (PathBuf, PathBuf) {
     let base = mgr.pod_dir(&rec.uid).join("termination").join(format!("{}-{instance}", c.name));
-    let path = c.termination_message_path.as_deref().unwrap_or("/dev/termination-log");
+    let path = c.termination_message_path.as_deref().unwrap_or(DEFAULT_TERMINATION_PATH);
     let file_name = path.rsplit('/').next().unwrap_or("termination-log");
     match kind {
         RuntimeKind::Linux => (base.clone(), base),
@@ -760,7 +765,7 @@ fn container_config(
     let lookup = |n: &str| pod_env.iter().rev().find(|(k, _)| k == n).map(|(_, v)| v.clone());
     let expand = |v: &Option<Vec<String>>| v.as_ref().map(|v| v.iter().map(|a| env::expand(a, lookup)).collect());
     let expanded = Container { command: expand(&c.command), args: expand(&c.args), ..c.clone() };
-    let args = argv(&expanded, cfg.entrypoint.as_deref(), cfg.cmd.as_deref());
+    let args = argv(kind, &expanded, cfg.entrypoint.as_deref(), cfg.cmd.as_deref());
     let mut env: Vec<(String, String)> =
         cfg.env.iter().flatten().filter_map(|e| e.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect();
     for (k, v) in &pod_env {
@@ -768,25 +773,30 @@ fn container_config(
         env.push((k.clone(), v.clone()));
     }
     let mut mounts = mounts(mgr, rec, c, kind)?;
-    // the termination-message file, fresh for each instance
-    let (host, file) = termination_paths(mgr, rec, c, instance, kind);
-    let tm = c.termination_message_path.clone().unwrap_or_else(|| "/dev/termination-log".into());
-    let made = match kind {
-        RuntimeKind::Linux => {
-            std::fs::create_dir_all(host.parent().expect("has a parent")).and_then(|_| std::fs::write(&file, b""))
+    // the termination-message file, fresh for each instance. A Linux container always
+    // has it (a file bind-mounted at its path). A Wasm guest sees it only when the
+    // container names a path of its own: its directory would be a preopen, and a WASI
+    // program given no volumes relies on having no preopens (fd 3 free).
+    let tm = c.termination_message_path.clone().unwrap_or_else(|| DEFAULT_TERMINATION_PATH.into());
+    if kind == RuntimeKind::Linux || tm != DEFAULT_TERMINATION_PATH {
+        let (host, file) = termination_paths(mgr, rec, c, instance, kind);
+        let made = match kind {
+            RuntimeKind::Linux => {
+                std::fs::create_dir_all(host.parent().expect("has a parent")).and_then(|_| std::fs::write(&file, b""))
+            }
+            RuntimeKind::Wasm => std::fs::create_dir_all(&host).and_then(|_| std::fs::write(&file, b"")),
+        };
+        made.map_err(|e| config_failed(format!("termination message file {}: {e}", file.display())))?;
+        let container_path = match kind {
+            RuntimeKind::Linux => tm,
+            RuntimeKind::Wasm => tm
+                .rsplit_once('/')
+                .map(|(d, _)| if d.is_empty() { "/".to_string() } else { d.to_string() })
+                .unwrap_or_default(),
+        };
+        if !mounts.iter().any(|m| m.container_path == container_path) {
+            mounts.push(Mount { host_path: host, container_path, read_only: false });
         }
-        RuntimeKind::Wasm => std::fs::create_dir_all(&host).and_then(|_| std::fs::write(&file, b"")),
-    };
-    made.map_err(|e| config_failed(format!("termination message file {}: {e}", file.display())))?;
-    let container_path = match kind {
-        RuntimeKind::Linux => tm,
-        RuntimeKind::Wasm => tm
-            .rsplit_once('/')
-            .map(|(d, _)| if d.is_empty() { "/".to_string() } else { d.to_string() })
-            .unwrap_or_default(),
-    };
-    if !mounts.iter().any(|m| m.container_path == container_path) {
-        mounts.push(Mount { host_path: host, container_path, read_only: false });
     }
     let memory_limit = c
         .resources
@@ -849,8 +859,11 @@ fn container_config(
 }
 
 /// Kubernetes' rules: `command` replaces the image's ENTRYPOINT (and drops its CMD);
-/// `args` replaces CMD. argv[0] of a Wasm artifact without either is the container name.
-fn argv(c: &Container, entrypoint: Option<&[String]>, cmd: Option<&[String]>) -> Vec<String> {
+/// `args` replaces CMD. With no command and no ENTRYPOINT, a Linux container runs `args`
+/// itself (`args: [sh, -c, ...]` in an image without ENTRYPOINT runs `sh`, as in
+/// Kubernetes); a Wasm artifact has no program path, so its argv[0] is the container name
+/// and `args` follow it.
+fn argv(kind: RuntimeKind, c: &Container, entrypoint: Option<&[String]>, cmd: Option<&[String]>) -> Vec<String> {
     let (entry, default_args): (Vec<String>, Vec<String>) = match &c.command {
         Some(command) if !command.is_empty() => (command.clone(), Vec::new()),
         _ => (entrypoint.map(<[String]>::to_vec).unwrap_or_default(), cmd.map(<[String]>::to_vec).unwrap_or_default()),
@@ -859,7 +872,10 @@ fn argv(c: &Container, entrypoint: Option<&[String]>, cmd: Option<&[String]>) ->
         Some(a) if !a.is_empty() || c.command.is_some() => a.clone(),
         _ => default_args,
     };
-    let mut argv = if entry.is_empty() { vec![c.name.clone()] } else { entry };
+    let mut argv = match kind {
+        RuntimeKind::Wasm if entry.is_empty() => vec![c.name.clone()],
+        _ => entry,
+    };
     argv.extend(args);
     argv
 }
@@ -914,11 +930,26 @@ mod tests {
     fn argv_follows_the_kubernetes_table() {
         let ep = vec!["/ep".to_string()];
         let cmd = vec!["def".to_string()];
-        let v = |c: &Container, e: Option<&[String]>, d: Option<&[String]>| argv(c, e, d);
-        assert_eq!(v(&container(None, None), Some(&ep), Some(&cmd)), ["/ep", "def"]);
-        assert_eq!(v(&container(Some(&["/c"]), None), Some(&ep), Some(&cmd)), ["/c"]);
-        assert_eq!(v(&container(None, Some(&["a"])), Some(&ep), Some(&cmd)), ["/ep", "a"]);
-        assert_eq!(v(&container(Some(&["/c"]), Some(&["a"])), Some(&ep), Some(&cmd)), ["/c", "a"]);
-        assert_eq!(v(&container(None, Some(&["x", "y"])), None, None), ["app", "x", "y"]);
+        for kind in [RuntimeKind::Linux, RuntimeKind::Wasm] {
+            let v = |c: &Container, e: Option<&[String]>, d: Option<&[String]>| argv(kind, c, e, d);
+            assert_eq!(v(&container(None, None), Some(&ep), Some(&cmd)), ["/ep", "def"]);
+            assert_eq!(v(&container(Some(&["/c"]), None), Some(&ep), Some(&cmd)), ["/c"]);
+            assert_eq!(v(&container(None, Some(&["a"])), Some(&ep), Some(&cmd)), ["/ep", "a"]);
+            assert_eq!(v(&container(Some(&["/c"]), Some(&["a"])), Some(&ep), Some(&cmd)), ["/c", "a"]);
+            assert_eq!(
+                v(&container(None, Some(&["a"])), None, Some(&cmd)),
+                v(&container(None, Some(&["a"])), None, None)
+            );
+        }
+    }
+
+    #[test]
+    fn args_without_command_or_entrypoint_run_as_the_command_in_linux_only() {
+        // the docs' counter pod: busybox (no ENTRYPOINT), `args: [/bin/sh, -c, ...]`
+        let c = container(None, Some(&["/bin/sh", "-c", "echo hi"]));
+        assert_eq!(argv(RuntimeKind::Linux, &c, None, Some(&["sh".into()])), ["/bin/sh", "-c", "echo hi"]);
+        // a Wasm artifact has no program path: argv[0] is the container's name
+        assert_eq!(argv(RuntimeKind::Wasm, &c, None, None), ["app", "/bin/sh", "-c", "echo hi"]);
+        assert_eq!(argv(RuntimeKind::Wasm, &container(None, None), None, None), ["app"]);
     }
 }

@@ -111,6 +111,11 @@ struct Memory {
     deleting: HashSet<String>,
 }
 
+/// A pod the API server scheduled here: local pods never carry a node name.
+pub fn bound_by_api_server(pod: &Pod) -> bool {
+    pod.spec.as_ref().is_some_and(|s| s.node_name.as_deref().is_some_and(|n| !n.is_empty()))
+}
+
 /// The controlling owner of a pod, if a Deployment or Job.
 pub fn controller_of(pod: &Pod) -> Option<&OwnerReference> {
     pod.metadata
@@ -152,6 +157,12 @@ async fn pass(mgr: &Arc<Manager>, memory: &mut Memory) -> crate::pod::Result<Opt
     let mut owned: HashMap<String, Vec<Owned>> = HashMap::new();
     let mut present = HashSet::new();
     for rec in &records {
+        // a pod bound by an API server (`spec.nodeName`) belongs to that cluster's
+        // controllers: its Job or ReplicaSet is not ours to know, and must not make
+        // us take the pod for an orphan
+        if bound_by_api_server(&rec.pod) {
+            continue;
+        }
         let Some(owner) = controller_of(&rec.pod) else { continue };
         present.insert(rec.key());
         owned.entry(owner.uid.clone()).or_default().push(observe(rec, memory, now));
