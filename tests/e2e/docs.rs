@@ -10,9 +10,15 @@ use crate::harness::{Agent, container_state, phase, push_busybox_like_hub};
 /// The YAML with `busybox:1.28`, `registry.k8s.io/busybox` and `debian` pointing at the
 /// local busybox.
 fn docs(yaml: &str, image: &str) -> String {
-    yaml.replace("registry.k8s.io/busybox", image)
-        .replace("busybox:1.28", image)
-        .replace("image: debian", &format!("image: {image}"))
+    let local = format!("image: {image}");
+    let lines: Vec<String> = yaml
+        .lines()
+        .map(|l| match l.trim() {
+            "image: busybox:1.28" | "image: registry.k8s.io/busybox" | "image: debian" => l.replace(l.trim(), &local),
+            _ => l.to_string(),
+        })
+        .collect();
+    lines.join("\n") + "\n"
 }
 
 #[test]
