@@ -249,12 +249,23 @@ fn meaningful(ours: &NodeStatus, theirs: &NodeStatus) -> bool {
         .map(|c| theirs.conditions.iter().flatten().find(|t| t.type_ == c.type_).map(strip))
         .collect();
     ours_c.into_iter().map(Some).ne(theirs_c)
-        || ours.capacity != theirs.capacity
-        || ours.allocatable != theirs.allocatable
+        || !same_quantities(ours.capacity.as_ref(), theirs.capacity.as_ref())
+        || !same_quantities(ours.allocatable.as_ref(), theirs.allocatable.as_ref())
         || ours.addresses != theirs.addresses
         || ours.daemon_endpoints != theirs.daemon_endpoints
         || ours.node_info != theirs.node_info
         || ours.images != theirs.images
+}
+
+/// Resource lists equal in value: the API server keeps quantities in canonical form
+/// (`2000m` comes back as `2`, `25165824Ki` as `24Gi`).
+fn same_quantities(a: Option<&BTreeMap<String, Quantity>>, b: Option<&BTreeMap<String, Quantity>>) -> bool {
+    let value = |k: &str, q: &Quantity| {
+        if k == "cpu" { crate::spec::parse_millicores(&q.0) } else { crate::spec::parse_bytes(&q.0) }
+    };
+    let (a, b) = (a.cloned().unwrap_or_default(), b.cloned().unwrap_or_default());
+    a.len() == b.len()
+        && a.iter().all(|(k, q)| b.get(k).is_some_and(|r| value(k, q) == value(k, r) && value(k, q).is_some()))
 }
 
 /// Keeps each condition's transition time while its status stays the same.
@@ -560,6 +571,13 @@ mod tests {
             ..Default::default()
         };
         assert!(!meaningful(&ours, &more));
+        // quantities as the API server canonicalises them are the same values
+        let q = |pairs: &[(&str, &str)]| Some(pairs.iter().map(|(k, v)| (k.to_string(), quantity(*v))).collect());
+        let mine = NodeStatus { capacity: q(&[("cpu", "2000m"), ("memory", "25165824Ki")]), ..ours.clone() };
+        let canonical = NodeStatus { capacity: q(&[("cpu", "2"), ("memory", "24Gi")]), ..ours.clone() };
+        assert!(!meaningful(&mine, &canonical));
+        let other = NodeStatus { capacity: q(&[("cpu", "2"), ("memory", "23Gi")]), ..ours };
+        assert!(meaningful(&mine, &other));
     }
 
     #[test]
