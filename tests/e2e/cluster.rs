@@ -334,6 +334,34 @@ async fn joins_as_a_node_runs_bound_pods_and_deletes_them_gracefully() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // node events with the kubelet's reasons, and the images the node holds
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let list = events.list(&Default::default()).await.unwrap();
+        let reasons: Vec<String> = list
+            .items
+            .iter()
+            .filter(|e| e.involved_object.kind.as_deref() == Some("Node"))
+            .filter_map(|e| e.reason.clone())
+            .collect();
+        if ["Starting", "NodeReady", "NodeHasSufficientPID"].iter().all(|r| reasons.iter().any(|x| x == r)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node events: {reasons:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let images = nodes.get(NODE).await.unwrap().status.unwrap().images.unwrap_or_default();
+        let names: Vec<String> = images.iter().flat_map(|i| i.names.clone().unwrap_or_default()).collect();
+        if names.iter().any(|n| n == &apps.image("cat", "v1")) && names.iter().any(|n| n.contains("@sha256:")) {
+            assert!(images.iter().all(|i| i.size_bytes.unwrap_or(0) > 0), "{images:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "status.images: {names:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
     // graceful deletion: marked by the API server, stopped here, then the final delete
     let t0 = Instant::now();
     c.pods().delete("sleeper", &DeleteParams::default()).await.unwrap();
@@ -788,8 +816,16 @@ async fn pods_keep_running_without_the_api_server_or_cut_off_from_it_and_converg
     c.wait_pod("goes", "Running", running).await;
 
     // the API server is gone: the node's pods keep running
+    let log_before = std::fs::read_to_string(c.agent().state_dir().join("serve.log")).unwrap().len();
     c.api.stop_apiserver();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    // retries back off and are logged once, then once a minute: a handful of lines, not
+    // one per retry and loop
+    let log = std::fs::read_to_string(c.agent().state_dir().join("serve.log")).unwrap();
+    let noisy: Vec<&str> = log[log_before..].lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
+    assert!(noisy.len() <= 6, "{} warnings in 8 s of outage:\n{}", noisy.len(), noisy.join("\n"));
+    let watch_retries = noisy.iter().filter(|l| l.contains("pod watch failed")).count();
+    assert!(watch_retries <= 1, "the watch's failures are logged once: {noisy:?}");
     for name in ["stays", "goes"] {
         let p = tokio::task::block_in_place(|| c.agent().pod(name));
         assert_eq!(p["status"]["phase"], "Running", "{name} while the API server is away");
@@ -1146,6 +1182,49 @@ async fn the_real_scheduler_and_controllers_run_deployments_and_jobs_here_and_ku
         assert_eq!(session.wait(), Some(5), "screen:\n{}", session.screen());
     });
 
+    // an ended Linux container (pull policy Always, for :latest) still names its image
+    c.api.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: once\nspec:\n  restartPolicy: Never\n  tolerations:\n  - key: wasmlet.dev/node\n    operator: Exists\n  containers:\n  - name: c\n    image: {busybox}\n    command: [\"true\"]\n"
+    ));
+    let p = c.wait_pod("once", "Succeeded", |p| phase(p) == "Succeeded").await;
+    let image_id = p.status.unwrap().container_statuses.unwrap()[0].image_id.clone();
+    assert!(image_id.contains("@sha256:"), "imageID of an exited container {image_id:?}");
+    // the kubelet API through the API server's node proxy, as `kubectl top` and
+    // dashboards reach it
+    let raw = c.kubectl(&["get", "--raw", &format!("/api/v1/nodes/{NODE}/proxy/stats/summary")]);
+    let summary: Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(summary["node"]["nodeName"], NODE);
+    // kubectl port-forward through the API server to busybox httpd in a Linux pod
+    c.api.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\nspec:\n  terminationGracePeriodSeconds: 1\n  tolerations:\n  - key: wasmlet.dev/node\n    operator: Exists\n  containers:\n  - name: httpd\n    image: {busybox}\n    command: [\"sh\", \"-c\", \"mkdir -p /www && echo via-kubectl > /www/index.html && exec httpd -f -p 8080 -h /www\"]\n"
+    ));
+    c.wait_pod("web", "Running", running).await;
+    let local = free_port();
+    let mut pf = std::process::Command::new(crate::control_plane::kubectl())
+        .arg("--kubeconfig")
+        .arg(c.api.admin_kubeconfig())
+        .args(["port-forward", "pod/web", &format!("{local}:8080")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let page = loop {
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "5"])
+            .arg(format!("http://127.0.0.1:{local}/"))
+            .output()
+            .unwrap();
+        let page = String::from_utf8_lossy(&out.stdout).to_string();
+        if page.contains("via-kubectl") || Instant::now() > deadline {
+            break page;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let _ = pf.kill();
+    let _ = pf.wait();
+    assert_eq!(page, "via-kubectl\n");
+
     // scaled down by the real ReplicaSet controller: the surplus pods stop here
     c.kubectl(&["scale", "deployment", "sleepers", "--replicas=1"]);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -1163,6 +1242,42 @@ async fn the_real_scheduler_and_controllers_run_deployments_and_jobs_here_and_ku
             break;
         }
         assert!(Instant::now() < deadline, "{n} sleepers still on the node");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn repeated_events_are_counted_up_and_made_again_when_the_api_server_lost_them() {
+    let apps = tokio::task::block_in_place(|| Apps::push(&["sleep"]));
+    let c = Cluster::start().await;
+    // a readiness probe that fails every second: the same Warning again and again
+    let mut pod = wasm_pod("unready", &apps.image("sleep", "v1"), &["3600"], "Always");
+    pod["spec"]["containers"][0]["readinessProbe"] = json!({"tcpSocket": {"port": 1}, "periodSeconds": 1});
+    c.create_pod(pod).await;
+    let events: Api<Event> = Api::namespaced(c.admin.clone(), "default");
+    let unhealthy = || async {
+        let list = events.list(&Default::default()).await.unwrap();
+        list.items
+            .into_iter()
+            .find(|e| e.involved_object.name.as_deref() == Some("unready") && e.reason.as_deref() == Some("Unhealthy"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if unhealthy().await.is_some_and(|e| e.count.unwrap_or(0) >= 3) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no counted-up Unhealthy event:\n{}", c.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // the API server loses them (as its event TTL does): the next repeat makes it again
+    c.kubectl(&["delete", "events", "--all"]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(e) = unhealthy().await {
+            assert!(e.count.unwrap_or(0) > 1, "made again with the count the node has: {e:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the lost event was not made again:\n{}", c.log());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

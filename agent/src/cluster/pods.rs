@@ -766,43 +766,50 @@ impl PodSync {
         let name = format!("{pod_name}.{digest:08x}");
         let now = jiff::Timestamp::now();
         let api: Api<KubeEvent> = Api::namespaced(self.client.clone(), &ns);
-        self.event_limiter.take().await;
-        let result = if count > 1 {
-            let patch = json!({"count": count, "lastTimestamp": Time(now)});
-            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ())
-        } else {
-            let event = KubeEvent {
-                metadata: ObjectMeta { name: Some(name.clone()), namespace: Some(ns.clone()), ..Default::default() },
-                involved_object: ObjectReference {
-                    api_version: Some("v1".into()),
-                    kind: Some("Pod".into()),
-                    name: Some(pod_name),
-                    namespace: Some(ns),
-                    uid: Some(uid),
-                    ..Default::default()
-                },
-                reason: Some(reason.into()),
-                message: Some(message.into()),
-                type_: Some(kind.into()),
-                count: Some(count as i32),
-                first_timestamp: Some(Time(now)),
-                last_timestamp: Some(Time(now)),
-                event_time: Some(MicroTime(now)),
-                reporting_component: Some(SOURCE.into()),
-                reporting_instance: Some(self.cfg.node_name.clone()),
-                action: Some(reason.into()),
-                source: Some(k8s_openapi::api::core::v1::EventSource {
-                    component: Some(SOURCE.into()),
-                    host: Some(self.cfg.node_name.clone()),
-                }),
+        let event = KubeEvent {
+            metadata: ObjectMeta { name: Some(name.clone()), namespace: Some(ns.clone()), ..Default::default() },
+            involved_object: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(pod_name),
+                namespace: Some(ns),
+                uid: Some(uid),
                 ..Default::default()
-            };
+            },
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            type_: Some(kind.into()),
+            count: Some(count as i32),
+            first_timestamp: Some(Time(now)),
+            last_timestamp: Some(Time(now)),
+            event_time: Some(MicroTime(now)),
+            reporting_component: Some(SOURCE.into()),
+            reporting_instance: Some(self.cfg.node_name.clone()),
+            action: Some(reason.into()),
+            source: Some(k8s_openapi::api::core::v1::EventSource {
+                component: Some(SOURCE.into()),
+                host: Some(self.cfg.node_name.clone()),
+            }),
+            ..Default::default()
+        };
+        self.event_limiter.take().await;
+        let count_up = |old: i32| json!({"count": old.max(count as i32), "lastTimestamp": Time(now)});
+        let result = if count > 1 {
+            match api.patch(&name, &PatchParams::default(), &Patch::Merge(&count_up(count as i32))).await {
+                // the API server does not have it: its first report was lost while the
+                // API server was away, or the event expired (the API server's event TTL)
+                Err(kube::Error::Api(e)) if e.code == 404 => {
+                    api.create(&PostParams::default(), &event).await.map(|_| ())
+                }
+                r => r.map(|_| ()),
+            }
+        } else {
             match api.create(&PostParams::default(), &event).await {
-                // the same event was recorded before (by this node before a restart, or
-                // before the API server's): it happened again, so count it up
+                // the same event was recorded before (by this node before a restart):
+                // it happened again, so count it up
                 Err(kube::Error::Api(e)) if e.code == 409 => match api.get(&name).await {
                     Ok(old) => {
-                        let patch = json!({"count": old.count.unwrap_or(1) + 1, "lastTimestamp": Time(now)});
+                        let patch = count_up(old.count.unwrap_or(1) + 1);
                         api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ())
                     }
                     Err(e) => Err(e),
