@@ -30,7 +30,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, PostParams};
 use kube::runtime::watcher;
 use kube_standin::User;
-use support::{cli, start_agent_with};
+use support::{cli, rss_kib, start_agent_with};
 
 const NODE: &str = "bench-node";
 
@@ -169,6 +169,7 @@ fn main() {
             .map(|(_, d)| d.as_secs_f64() * 1e3)
             .collect();
         lat.sort_by(|a, b| a.total_cmp(b));
+        let rss = rss_kib(agent.id());
 
         let all_ready = || {
             let pod_api = pod_api.clone();
@@ -233,6 +234,7 @@ fn main() {
             partition_in.as_secs_f64(),
             partition_in.as_secs_f64() / 10.0
         );
+        println!("  agent RSS with {} pods: {:.1} MiB", pods + 1, rss as f64 / 1024.0);
         let _ = agent.kill();
         let _ = agent.wait();
     });

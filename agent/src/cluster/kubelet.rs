@@ -528,14 +528,13 @@ impl KubeletApi {
                 let Some(u) = self.mgr.usage(&rec, i) else { continue };
                 let st = &rec.status.containers[i];
                 let labels = format!(
-                    "{{container=\"{}\",id=\"/kubepods/pod{}/{}\",image=\"{}\",name=\"{}\",namespace=\"{}\",pod=\"{}\"}}",
-                    c.name,
-                    rec.uid,
-                    c.name,
-                    st.image,
-                    format!("{}-{}-{}", rec.uid, c.name, st.instances),
-                    rec.namespace(),
-                    rec.name()
+                    "{{container=\"{c}\",id=\"/kubepods/pod{uid}/{c}\",image=\"{image}\",name=\"{uid}-{c}-{n}\",namespace=\"{ns}\",pod=\"{pod}\"}}",
+                    c = c.name,
+                    uid = rec.uid,
+                    image = st.image,
+                    n = st.instances,
+                    ns = rec.namespace(),
+                    pod = rec.name()
                 );
                 cpu.push((labels.clone(), u.cpu_ns as f64 / 1e9));
                 ws.push((labels.clone(), u.memory_bytes as f64));

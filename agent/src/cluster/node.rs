@@ -435,8 +435,8 @@ pub async fn status_loop(client: kube::Client, mgr: Arc<Manager>, cfg: Arc<Clust
 
 /// The first failure of a run is a warning, then one line a minute at most (at the
 /// 7 s back-off, every 8th), so an outage does not flood the log.
-pub fn log_failure(what: &str, e: &kube::Error, failures: u32) {
-    if failures == 1 || failures % 8 == 0 {
+pub fn log_failure(what: &str, e: &dyn std::fmt::Display, failures: u32) {
+    if failures == 1 || failures.is_multiple_of(8) {
         tracing::warn!(error = %e, failures, "{what}");
     } else {
         tracing::debug!(error = %e, failures, "{what}");

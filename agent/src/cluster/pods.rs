@@ -296,11 +296,7 @@ impl PodSync {
                         self.connected.store(false, std::sync::atomic::Ordering::Relaxed);
                         failures += 1;
                         failed = true;
-                        if failures == 1 || failures % 8 == 0 {
-                            tracing::warn!(error = %e, failures, "pod watch failed; retrying with back-off");
-                        } else {
-                            tracing::debug!(error = %e, failures, "pod watch failed; retrying with back-off");
-                        }
+                        super::node::log_failure("pod watch failed; retrying with back-off", &e, failures);
                     }
                 }
             }
