@@ -64,6 +64,7 @@ echo "setup-kube: building kube-apiserver, controller-manager, scheduler and kub
 DEBIAN_FRONTEND=noninteractive $sudo apt-get build-dep -y -qq kubernetes >/dev/null
 
 $sudo mkdir -p "$cache"
+[ -z "$sudo" ] || $sudo chown "$(id -u):$(id -g)" "$cache"
 work=$(mktemp -d "$cache/build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 (cd "$work" && apt-get source -qq kubernetes >/dev/null 2>&1)
@@ -81,7 +82,7 @@ cp -a "$fixed"/. "$vendored"/
 
 (
     cd "$src"
-    export CGO_ENABLED=0 GOFLAGS= GOCACHE="$cache/go-build-cache"
+    export CGO_ENABLED=0 GOFLAGS=
     make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler cmd/kubectl" >"$work/build.log" 2>&1 \
         || { tail -40 "$work/build.log" >&2; exit 1; }
 )

@@ -819,11 +819,12 @@ async fn pods_keep_running_without_the_api_server_or_cut_off_from_it_and_converg
     let log_before = std::fs::read_to_string(c.agent().state_dir().join("serve.log")).unwrap().len();
     c.api.stop_apiserver();
     tokio::time::sleep(Duration::from_secs(8)).await;
-    // retries back off and are logged once, then once a minute: a handful of lines, not
-    // one per retry and loop
+    // retries back off and are logged once, then once a minute: a line per loop (lease,
+    // node status, watch; the 30 s re-read of the pods' Secret if it falls in the window),
+    // not one per retry (the watch alone used to log ~10 in 8 s)
     let log = std::fs::read_to_string(c.agent().state_dir().join("serve.log")).unwrap();
     let noisy: Vec<&str> = log[log_before..].lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
-    assert!(noisy.len() <= 6, "{} warnings in 8 s of outage:\n{}", noisy.len(), noisy.join("\n"));
+    assert!(noisy.len() <= 8, "{} warnings in 8 s of outage:\n{}", noisy.len(), noisy.join("\n"));
     let watch_retries = noisy.iter().filter(|l| l.contains("pod watch failed")).count();
     assert!(watch_retries <= 1, "the watch's failures are logged once: {noisy:?}");
     for name in ["stays", "goes"] {
@@ -1181,6 +1182,25 @@ async fn the_real_scheduler_and_controllers_run_deployments_and_jobs_here_and_ku
         session.type_line("exit 5");
         assert_eq!(session.wait(), Some(5), "screen:\n{}", session.screen());
     });
+
+    // kubectl attach through the API server: the container's output from now on
+    c.api.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: ticker\nspec:\n  terminationGracePeriodSeconds: 1\n  tolerations:\n  - key: wasmlet.dev/node\n    operator: Exists\n  containers:\n  - name: t\n    image: {busybox}\n    command: [\"sh\", \"-c\", \"while true; do echo tick; sleep 0.2; done\"]\n"
+    ));
+    c.wait_pod("ticker", "Running", running).await;
+    let mut attach = std::process::Command::new(crate::control_plane::kubectl())
+        .arg("--kubeconfig")
+        .arg(c.api.admin_kubeconfig())
+        .args(["attach", "ticker", "-c", "t"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = attach.kill();
+    let out = attach.wait_with_output().unwrap();
+    let seen = String::from_utf8_lossy(&out.stdout);
+    assert!(seen.matches("tick\n").count() >= 3, "kubectl attach showed: {seen:?}");
 
     // an ended Linux container (pull policy Always, for :latest) still names its image
     c.api.apply(&format!(
