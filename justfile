@@ -36,7 +36,8 @@ lint:
 
 # benchmarks with their peers measured in the same run (BIG_MB, RUNS tune the pull bench;
 # START_PODS, DENSITY the agent bench; SECS, HTTP_PODS the HTTP bench; CLUSTER_PODS,
-# CREATE_RATE the stand-in cluster bench; REAL_PODS, REAL_RATE the real control plane's);
+# CREATE_RATE the stand-in cluster bench; REAL_PODS, REAL_RATE, REAL_CUT the real control
+# plane's);
 # builds the wasmtime-cli peer once
 bench: wasm-apps kube
     scripts/setup-bench.sh

@@ -368,69 +368,63 @@ pub async fn client(kubeconfig: &str) -> kube::Client {
     kube::Client::try_from(config).unwrap()
 }
 
-/// A TCP relay on loopback between the node and the API server, which the test can cut
-/// as a network partition does: while cut, bytes in flight stop in both directions and
-/// new connections are accepted but go nowhere; once healed, they flow again.
+/// A TCP relay on loopback between the node and the API server: the node's only road to
+/// it, which the test cuts as a network partition does. `cut` drops every packet to and
+/// from the relay's port with iptables (established connections included, so TCP
+/// retransmits and backs off as on a real network), the API server and the test's own
+/// client staying up; `heal` removes the rules. Rules left by a failed test go with the
+/// relay.
 pub struct Partition {
     pub port: u16,
-    cut: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    cut: std::sync::Mutex<bool>,
 }
 
 impl Partition {
     pub async fn start(upstream: u16) -> Partition {
+        crate::common::require("iptables", "iptables");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let (cut, rx) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
-            while let Ok((down, _)) = listener.accept().await {
-                let rx = rx.clone();
+            while let Ok((mut down, _)) = listener.accept().await {
                 tokio::spawn(async move {
-                    let mut rx2 = rx.clone();
-                    if rx2.wait_for(|cut| !cut).await.is_err() {
-                        return;
-                    }
-                    let Ok(up) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else { return };
-                    let (dr, dw) = down.into_split();
-                    let (ur, uw) = up.into_split();
-                    tokio::join!(relay(dr, uw, rx.clone()), relay(ur, dw, rx));
+                    let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else { return };
+                    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
                 });
             }
         });
-        Partition { port, cut, task }
+        Partition { port, task, cut: std::sync::Mutex::new(false) }
+    }
+
+    fn rules(&self, action: &str) {
+        for dir in ["--dport", "--sport"] {
+            let port = self.port.to_string();
+            let args = [action, "INPUT", "-i", "lo", "-p", "tcp", dir, &port, "-j", "DROP"];
+            let out = Command::new("iptables").args(args).output().unwrap();
+            assert!(
+                out.status.success() || action == "-D",
+                "iptables {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
 
     pub fn cut(&self) {
-        self.cut.send_replace(true);
+        self.rules("-I");
+        *self.cut.lock().unwrap() = true;
     }
 
     pub fn heal(&self) {
-        self.cut.send_replace(false);
+        self.rules("-D");
+        *self.cut.lock().unwrap() = false;
     }
 }
 
 impl Drop for Partition {
     fn drop(&mut self) {
+        if *self.cut.lock().unwrap() {
+            self.rules("-D");
+        }
         self.task.abort();
     }
-}
-
-async fn relay(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    mut cut: tokio::sync::watch::Receiver<bool>,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        // a partition holds what was read until it heals, as a lost route would
-        if cut.wait_for(|cut| !cut).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
-            break;
-        }
-    }
-    let _ = to.shutdown().await;
 }

@@ -23,6 +23,20 @@ pub const LEASE_DURATION_SECONDS: i32 = 40;
 const RENEW: Duration = Duration::from_secs(10);
 const STATUS_EVERY: Duration = Duration::from_secs(10);
 const STATUS_REPORT: Duration = Duration::from_secs(300);
+/// How long one heartbeat request may take. A request on a connection that a partition
+/// stalled waits for TCP's retransmits (tens of seconds once the network is back), so it
+/// is given up and made again on a fresh connection, as the kubelet's heartbeat client
+/// is bounded.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `f` bounded by [`REQUEST_TIMEOUT`]; a timeout is an error like any other.
+pub async fn bounded<T, E: std::fmt::Display>(f: impl std::future::Future<Output = Result<T, E>>) -> Result<T, String> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, f).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {REQUEST_TIMEOUT:?}")),
+    }
+}
+
 /// The kubelet's hard eviction default `memory.available<100Mi`.
 const EVICTION_MEMORY: u64 = 100 << 20;
 
@@ -327,7 +341,7 @@ pub async fn lease_loop(client: kube::Client, cfg: Arc<ClusterConfig>, node_uid:
     let api: Api<Lease> = Api::namespaced(client, "kube-node-lease");
     let mut failures = 0u32;
     loop {
-        match renew(&api, &cfg, &node_uid).await {
+        match bounded(renew(&api, &cfg, &node_uid)).await {
             Ok(()) => {
                 if failures > 0 {
                     tracing::info!("lease renewed again after {failures} failures");
@@ -397,7 +411,7 @@ pub async fn status_loop(client: kube::Client, mgr: Arc<Manager>, cfg: Arc<Clust
     let mut last_sent: Option<std::time::Instant> = None;
     let mut failures = 0u32;
     loop {
-        let server = match api.get(&cfg.node_name).await {
+        let server = match bounded(api.get(&cfg.node_name)).await {
             Ok(n) => n.status.unwrap_or_default(),
             Err(e) => {
                 failures += 1;
@@ -413,7 +427,9 @@ pub async fn status_loop(client: kube::Client, mgr: Arc<Manager>, cfg: Arc<Clust
         let due = meaningful(&now, &server) || last_sent.is_none_or(|t| t.elapsed() >= STATUS_REPORT);
         if due {
             let patch = json!({"status": now});
-            if let Err(e) = api.patch_status(&cfg.node_name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            if let Err(e) =
+                bounded(api.patch_status(&cfg.node_name, &PatchParams::default(), &Patch::Merge(&patch))).await
+            {
                 failures += 1;
                 log_failure("cannot update the node status", &e, failures);
                 tokio::time::sleep(backoff(failures)).await;

@@ -250,10 +250,24 @@ impl PodSync {
         // no `default_backoff()`: kube-runtime resets it on the `Init` event that starts
         // every relist attempt, so a lost API server was retried every 0.8 s forever.
         // Only real progress (a completed list, a watch event) resets ours.
-        let mut stream = watcher(api, config).boxed();
+        let mut stream = watcher(api.clone(), config.clone()).boxed();
         let mut listed: HashSet<String> = HashSet::new();
         let mut failures = 0u32;
-        while let Some(first) = stream.next().await {
+        loop {
+            let first = tokio::select! {
+                ev = stream.next() => match ev {
+                    Some(ev) => ev,
+                    None => return,
+                },
+                // the heartbeats answer again after failing: this watch may sit on a
+                // connection the partition stalled, whose events would come only with
+                // TCP's next retransmit; list and watch anew
+                _ = self.reachable.notified() => {
+                    tracing::info!("the API server answers again; listing the node's pods anew");
+                    stream = watcher(api.clone(), config.clone()).boxed();
+                    continue;
+                }
+            };
             // take every event that is already here, to apply them in one batch
             let mut batch = vec![first];
             while let Some(Some(more)) = stream.next().now_or_never() {
@@ -719,7 +733,11 @@ impl PodSync {
                     let _permit = permit;
                     let api: Api<Pod> = Api::namespaced(this.client.clone(), rec.namespace());
                     let patch = json!({"metadata": {"uid": rec.uid}, "status": status});
-                    match api.patch_status(rec.name(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+                    let (params, merge) = (PatchParams::default(), Patch::Merge(&patch));
+                    let sent = api.patch_status(rec.name(), &params, &merge);
+                    match tokio::time::timeout(super::node::REQUEST_TIMEOUT, sent).await.unwrap_or_else(|_| {
+                        Err(kube::Error::Service(format!("no answer within {:?}", super::node::REQUEST_TIMEOUT).into()))
+                    }) {
                         Ok(p) => {
                             if let Some(rv) = p.metadata.resource_version.as_deref().and_then(|v| v.parse().ok()) {
                                 this.acked.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), rv);
