@@ -80,7 +80,7 @@ pub async fn run(mgr: Arc<Manager>, cfg: ClusterConfig) -> anyhow::Result<()> {
                 }
             };
             tokio::spawn(node::lease_loop(client.clone(), cfg.clone(), uid, sync.clone()));
-            node::status_loop(client, mgr, cfg).await;
+            node::status_loop(client, mgr, cfg, sync).await;
         });
     }
     let serving = certs::serving_cert(&client, &cfg).await?;

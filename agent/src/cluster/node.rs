@@ -27,7 +27,43 @@ const STATUS_REPORT: Duration = Duration::from_secs(300);
 /// stalled waits for TCP's retransmits (tens of seconds once the network is back), so it
 /// is given up and made again on a fresh connection, as the kubelet's heartbeat client
 /// is bounded.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The API server answering again after failures, as a generation any loop (lease, node
+/// status, pod watch) bumps when it gets through after failing, and every loop's back-off
+/// waits on: the first to notice wakes the others, so that the node is Ready and its pods
+/// converge within [`REQUEST_TIMEOUT`] + the 7 s back-off of the network's return.
+#[derive(Debug)]
+pub struct Reachability(tokio::sync::watch::Sender<u64>);
+
+impl Default for Reachability {
+    fn default() -> Self {
+        Reachability(tokio::sync::watch::channel(0).0)
+    }
+}
+
+impl Reachability {
+    /// A loop got through after failing: tell the others.
+    pub fn recovered(&self) {
+        self.0.send_modify(|g| *g += 1);
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+}
+
+/// Sleeps `d` after a failure, or less: not at all if another loop got through since
+/// this one last looked (`seen` is marked at each attempt), else until one does.
+pub async fn back_off(d: Duration, seen: &mut tokio::sync::watch::Receiver<u64>) {
+    if seen.has_changed().unwrap_or(false) {
+        return;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = seen.changed() => {}
+    }
+}
 
 /// `f` bounded by [`REQUEST_TIMEOUT`]; a timeout is an error like any other.
 pub async fn bounded<T, E: std::fmt::Display>(f: impl std::future::Future<Output = Result<T, E>>) -> Result<T, String> {
@@ -335,17 +371,19 @@ pub async fn register(client: &kube::Client, mgr: &Manager, cfg: &ClusterConfig,
 
 /// Renews the node's Lease every 10 s, creating it when missing. Failures are retried
 /// with back-off and never stop the node's pods.
-/// The first renewal after failures wakes the pod watch out of its back-off, so that
-/// the pods converge as soon as the API server answers again.
+/// The first renewal after failures tells the other loops (the pod watch lists anew).
 pub async fn lease_loop(client: kube::Client, cfg: Arc<ClusterConfig>, node_uid: String, sync: Arc<PodSync>) {
     let api: Api<Lease> = Api::namespaced(client, "kube-node-lease");
+    let mut seen = sync.reachable.subscribe();
     let mut failures = 0u32;
     loop {
+        seen.borrow_and_update();
         match bounded(renew(&api, &cfg, &node_uid)).await {
             Ok(()) => {
                 if failures > 0 {
                     tracing::info!("lease renewed again after {failures} failures");
-                    sync.reachable.notify_one();
+                    sync.reachable.recovered();
+                    seen.borrow_and_update();
                 }
                 failures = 0;
                 tokio::time::sleep(RENEW).await;
@@ -353,7 +391,7 @@ pub async fn lease_loop(client: kube::Client, cfg: Arc<ClusterConfig>, node_uid:
             Err(e) => {
                 failures += 1;
                 log_failure("cannot renew the node lease", &e, failures);
-                tokio::time::sleep(backoff(failures.saturating_sub(5))).await;
+                back_off(backoff(failures.saturating_sub(5)), &mut seen).await;
             }
         }
     }
@@ -403,20 +441,22 @@ async fn renew(api: &Api<Lease>, cfg: &ClusterConfig, node_uid: &str) -> kube::R
 /// sends it when the API server's copy differs in anything but heartbeat times (the
 /// node controller's `Unknown` after a partition, someone's patch) or 5 minutes passed,
 /// as the kubelet's `tryUpdateNodeStatus` does. Node events follow each transition.
-pub async fn status_loop(client: kube::Client, mgr: Arc<Manager>, cfg: Arc<ClusterConfig>) {
+pub async fn status_loop(client: kube::Client, mgr: Arc<Manager>, cfg: Arc<ClusterConfig>, sync: Arc<PodSync>) {
     let api: Api<Node> = Api::all(client.clone());
+    let mut seen = sync.reachable.subscribe();
     let events = NodeEvents::new(client, &cfg);
     events.post("Normal", "Starting", "Starting wasmlet.").await;
     let mut reported: Option<NodeStatus> = None;
     let mut last_sent: Option<std::time::Instant> = None;
     let mut failures = 0u32;
     loop {
+        seen.borrow_and_update();
         let server = match bounded(api.get(&cfg.node_name)).await {
             Ok(n) => n.status.unwrap_or_default(),
             Err(e) => {
                 failures += 1;
                 log_failure("cannot read the node", &e, failures);
-                tokio::time::sleep(backoff(failures)).await;
+                back_off(backoff(failures), &mut seen).await;
                 continue;
             }
         };
@@ -432,13 +472,15 @@ pub async fn status_loop(client: kube::Client, mgr: Arc<Manager>, cfg: Arc<Clust
             {
                 failures += 1;
                 log_failure("cannot update the node status", &e, failures);
-                tokio::time::sleep(backoff(failures)).await;
+                back_off(backoff(failures), &mut seen).await;
                 continue;
             }
             last_sent = Some(std::time::Instant::now());
         }
         if failures > 0 {
             tracing::info!("node status sent again after {failures} failures");
+            sync.reachable.recovered();
+            seen.borrow_and_update();
         }
         failures = 0;
         for (reason, message) in transitions(reported.as_ref(), &now) {
@@ -539,6 +581,26 @@ mod tests {
         assert_eq!((t.key.as_str(), t.value, t.effect.as_str()), ("edge", None, "NoExecute"));
         assert!(parse_taint("edge=x").unwrap_err().contains("want key[=value]:Effect"));
         assert!(parse_taint("edge=x:Sometimes").unwrap_err().contains("effect must be"));
+    }
+
+    #[tokio::test]
+    async fn a_loop_that_gets_through_wakes_the_others_out_of_their_back_off() {
+        let r = Reachability::default();
+        let mut waiting = r.subscribe();
+        waiting.borrow_and_update();
+        let t = std::time::Instant::now();
+        let sleeper = tokio::spawn(async move { back_off(Duration::from_secs(30), &mut waiting).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        r.recovered();
+        sleeper.await.unwrap();
+        assert!(t.elapsed() < Duration::from_secs(5), "woken, not 30 s: {:?}", t.elapsed());
+        // a recovery between an attempt and its failure: no sleep at all
+        let mut late = r.subscribe();
+        late.borrow_and_update();
+        r.recovered();
+        let t = std::time::Instant::now();
+        back_off(Duration::from_secs(30), &mut late).await;
+        assert!(t.elapsed() < Duration::from_secs(1));
     }
 
     #[test]

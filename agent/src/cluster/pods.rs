@@ -58,9 +58,9 @@ pub struct PodSync {
     event_limiter: Limiter,
     /// Whether the watch is connected (for the kubelet API's healthz detail).
     pub connected: std::sync::atomic::AtomicBool,
-    /// Told by the heartbeats when the API server answers again after failures: the
-    /// watch stops backing off and lists at once.
-    pub reachable: Notify,
+    /// The API server answering again after failures, shared with the heartbeats: the
+    /// watch stops backing off, or lists anew, when another loop gets through.
+    pub reachable: super::node::Reachability,
     /// The resourceVersion of each pod status the API server acknowledged: a watch event
     /// older than it is our own past write, not someone else's change.
     acked: Mutex<HashMap<String, u64>>,
@@ -221,7 +221,7 @@ impl PodSync {
             events,
             events_rx: Mutex::new(Some(events_rx)),
             connected: std::sync::atomic::AtomicBool::new(false),
-            reachable: Notify::new(),
+            reachable: super::node::Reachability::default(),
             acked: Mutex::new(HashMap::new()),
         })
     }
@@ -253,6 +253,7 @@ impl PodSync {
         let mut stream = watcher(api.clone(), config.clone()).boxed();
         let mut listed: HashSet<String> = HashSet::new();
         let mut failures = 0u32;
+        let mut seen = self.reachable.subscribe();
         loop {
             let first = tokio::select! {
                 ev = stream.next() => match ev {
@@ -262,7 +263,8 @@ impl PodSync {
                 // the heartbeats answer again after failing: this watch may sit on a
                 // connection the partition stalled, whose events would come only with
                 // TCP's next retransmit; list and watch anew
-                _ = self.reachable.notified() => {
+                _ = seen.changed() => {
+                    seen.borrow_and_update();
                     tracing::info!("the API server answers again; listing the node's pods anew");
                     stream = watcher(api.clone(), config.clone()).boxed();
                     continue;
@@ -288,6 +290,8 @@ impl PodSync {
                     Ok(watcher::Event::InitDone) => {
                         if failures > 0 {
                             tracing::info!("pod watch listed again after {failures} failures");
+                            self.reachable.recovered();
+                            seen.borrow_and_update();
                         }
                         failures = 0;
                         self.connected.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -316,10 +320,9 @@ impl PodSync {
             }
             self.flush(&mut apply).await;
             if failed {
-                tokio::select! {
-                    _ = tokio::time::sleep(watch_backoff(failures)) => {}
-                    _ = self.reachable.notified() => tracing::debug!("the API server answers again; listing now"),
-                }
+                seen.borrow_and_update();
+                super::node::back_off(watch_backoff(failures), &mut seen).await;
+                seen.borrow_and_update();
             }
         }
     }
