@@ -15,34 +15,22 @@
 //! because it counts the node's requests by identity, which the v1.20 API server does
 //! not report, and takes 1,000 bound pods at 100/s without the scheduler in the way.
 
+#[path = "support/cluster.rs"]
+mod cluster_support;
 #[path = "../../registry-client/tests/all/common.rs"]
 #[allow(dead_code)]
 mod common;
 mod support;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use cluster_support::{StartTimes, percentile};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
-use kube::runtime::watcher;
 use kube_standin::{ADMIN_TOKEN, ApiServer, User};
 use support::{WASMLET, cli, rss_kib, start_agent_with};
 
 const NODE: &str = "bench-node";
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1).min(sorted.len() - 1)]
-}
-
-fn running(p: &Pod) -> bool {
-    let s = p.status.as_ref();
-    s.and_then(|s| s.phase.as_deref()) == Some("Running")
-        && s.and_then(|s| s.container_statuses.as_ref())
-            .is_some_and(|c| c.iter().all(|c| c.state.as_ref().is_some_and(|s| s.running.is_some())))
-}
 
 fn main() {
     let pods: usize = std::env::var("CLUSTER_PODS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
@@ -93,26 +81,12 @@ fn main() {
             .unwrap()
         };
         // the watcher that sees pods become Running, as the SLI's observer
-        let created: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-        let seen: Arc<Mutex<HashMap<String, Duration>>> = Arc::default();
-        {
-            let (created, seen, pod_api) = (created.clone(), seen.clone(), pod_api.clone());
-            tokio::spawn(async move {
-                let mut stream = watcher(pod_api, watcher::Config::default()).boxed();
-                while let Some(ev) = stream.next().await {
-                    let Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) = ev else { continue };
-                    let name = p.metadata.name.clone().unwrap_or_default();
-                    if running(&p) && let Some(t) = created.lock().unwrap().get(&name) {
-                        seen.lock().unwrap().entry(name).or_insert_with(|| t.elapsed());
-                    }
-                }
-            });
-        }
+        let times = StartTimes::watch(pod_api.clone());
         // warm-up: pull and compile once
-        created.lock().unwrap().insert("warm".into(), Instant::now());
+        times.created("warm");
         pod_api.create(&PostParams::default(), &make("warm")).await.unwrap();
         let t = Instant::now();
-        while !seen.lock().unwrap().contains_key("warm") {
+        while !times.is_running("warm") {
             assert!(t.elapsed() < Duration::from_secs(120), "the warm-up pod did not run");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -124,17 +98,17 @@ fn main() {
         for i in 0..pods {
             let due = start + Duration::from_secs_f64(i as f64 / rate);
             tokio::time::sleep_until(due.into()).await;
-            let (pod_api, created, pod) = (pod_api.clone(), created.clone(), make(&format!("p{i}")));
+            let (pod_api, times, pod) = (pod_api.clone(), times.clone(), make(&format!("p{i}")));
             tasks.spawn(async move {
-                created.lock().unwrap().insert(format!("p{i}"), Instant::now());
+                times.created(&format!("p{i}"));
                 pod_api.create(&PostParams::default(), &pod).await.unwrap();
             });
         }
         while tasks.join_next().await.is_some() {}
         let created_in = start.elapsed();
         let t = Instant::now();
-        while seen.lock().unwrap().len() < pods + 1 {
-            assert!(t.elapsed() < Duration::from_secs(600), "only {} pods were seen Running", seen.lock().unwrap().len());
+        while times.running() < pods + 1 {
+            assert!(t.elapsed() < Duration::from_secs(600), "only {} pods were seen Running", times.running());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // count once the node has settled: its queued events and last patches sent (only
@@ -149,14 +123,7 @@ fn main() {
         }
         let requests = api.requests_of(&user) - before;
         let rss = rss_kib(agent.id());
-        let mut lat: Vec<f64> = seen
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(k, _)| *k != "warm")
-            .map(|(_, d)| d.as_secs_f64() * 1e3)
-            .collect();
-        lat.sort_by(|a, b| a.total_cmp(b));
+        let lat = times.latencies_ms("warm");
         println!(
             "Cluster mode, {pods} Wasm pods created at {rate:.0}/s ({:.1} s) through the stand-in API server:",
             created_in.as_secs_f64()

@@ -14,6 +14,8 @@
 //!   its pods not Ready): the time from healing to node Ready and every pod Ready again
 //!   (target ≤ 10 s).
 
+#[path = "support/cluster.rs"]
+mod cluster_support;
 #[path = "../../registry-client/tests/all/common.rs"]
 #[allow(dead_code)]
 mod common;
@@ -22,30 +24,16 @@ mod common;
 mod control_plane;
 mod support;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use cluster_support::{StartTimes, percentile};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, PostParams};
-use kube::runtime::watcher;
 use kube_standin::User;
 use support::{cli, rss_kib, start_agent_with};
 
 const NODE: &str = "bench-node";
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1).min(sorted.len() - 1)]
-}
-
-fn running(p: &Pod) -> bool {
-    let s = p.status.as_ref();
-    s.and_then(|s| s.phase.as_deref()) == Some("Running")
-        && s.and_then(|s| s.container_statuses.as_ref())
-            .is_some_and(|c| c.iter().all(|c| c.state.as_ref().is_some_and(|s| s.running.is_some())))
-}
 
 fn ready(p: &Pod) -> bool {
     p.status
@@ -125,27 +113,13 @@ fn main() {
             }))
             .unwrap()
         };
-        let created: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-        let seen: Arc<Mutex<HashMap<String, Duration>>> = Arc::default();
-        {
-            let (created, seen, pod_api) = (created.clone(), seen.clone(), pod_api.clone());
-            tokio::spawn(async move {
-                let mut stream = watcher(pod_api, watcher::Config::default()).boxed();
-                while let Some(ev) = stream.next().await {
-                    let Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) = ev else { continue };
-                    let name = p.metadata.name.clone().unwrap_or_default();
-                    if running(&p) && let Some(t) = created.lock().unwrap().get(&name) {
-                        seen.lock().unwrap().entry(name).or_insert_with(|| t.elapsed());
-                    }
-                }
-            });
-        }
+        let times = StartTimes::watch(pod_api.clone());
         // warm-up: pull and compile once
-        created.lock().unwrap().insert("warm".into(), Instant::now());
+        times.created("warm");
         pod_api.create(&PostParams::default(), &make("warm")).await.unwrap();
         until("the warm-up pod", Duration::from_secs(120), || {
-            let seen = seen.clone();
-            async move { seen.lock().unwrap().contains_key("warm") }
+            let times = times.clone();
+            async move { times.is_running("warm") }
         })
         .await;
 
@@ -153,25 +127,18 @@ fn main() {
         for i in 0..pods {
             let due = start + Duration::from_secs_f64(i as f64 / rate);
             tokio::time::sleep_until(due.into()).await;
-            let (pod_api, created, pod) = (pod_api.clone(), created.clone(), make(&format!("p{i}")));
+            let (pod_api, times, pod) = (pod_api.clone(), times.clone(), make(&format!("p{i}")));
             tokio::spawn(async move {
-                created.lock().unwrap().insert(format!("p{i}"), Instant::now());
+                times.created(&format!("p{i}"));
                 pod_api.create(&PostParams::default(), &pod).await.unwrap();
             });
         }
         until("every pod Running", Duration::from_secs(300), || {
-            let seen = seen.clone();
-            async move { seen.lock().unwrap().len() > pods }
+            let times = times.clone();
+            async move { times.running() > pods }
         })
         .await;
-        let mut lat: Vec<f64> = seen
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(k, _)| *k != "warm")
-            .map(|(_, d)| d.as_secs_f64() * 1e3)
-            .collect();
-        lat.sort_by(|a, b| a.total_cmp(b));
+        let lat = times.latencies_ms("warm");
         let rss = rss_kib(agent.id());
 
         let all_ready = || {
