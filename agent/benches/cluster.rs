@@ -24,7 +24,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use cluster_support::{StartTimes, percentile};
+use cluster_support::{StartTimes, node_flags, percentile};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use kube_standin::{ADMIN_TOKEN, ApiServer, User};
@@ -50,21 +50,8 @@ fn main() {
         let kubeconfig = state.path().join("node.kubeconfig");
         let user = format!("system:node:{NODE}");
         std::fs::write(&kubeconfig, api.kubeconfig_cert(&User::new(&user, &["system:nodes"]))).unwrap();
-        let port = common::free_port().to_string();
-        let flags = [
-            "--kubeconfig",
-            kubeconfig.to_str().unwrap(),
-            "--node-name",
-            NODE,
-            "--node-ip",
-            "127.0.0.1",
-            "--address",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--max-pods",
-            "20000",
-        ];
+        let flags = node_flags(&kubeconfig, NODE, common::free_port(), 20000);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         let mut agent = tokio::task::block_in_place(|| start_agent_with(state.path(), &flags));
         // joined (node, lease, watch), no pods yet
         tokio::time::sleep(Duration::from_secs(2)).await;

@@ -26,7 +26,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use cluster_support::{StartTimes, percentile};
+use cluster_support::{StartTimes, node_flags, percentile};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, PostParams};
@@ -81,21 +81,8 @@ fn main() {
         let kubeconfig = state.path().join("node.kubeconfig");
         let user = User::new(&format!("system:node:{NODE}"), &["system:nodes"]);
         std::fs::write(&kubeconfig, cp.kubeconfig_cert(&user, net.port)).unwrap();
-        let port = common::free_port().to_string();
-        let flags = [
-            "--kubeconfig",
-            kubeconfig.to_str().unwrap(),
-            "--node-name",
-            NODE,
-            "--node-ip",
-            "127.0.0.1",
-            "--address",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--max-pods",
-            "1000",
-        ];
+        let flags = node_flags(&kubeconfig, NODE, common::free_port(), 1000);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         let nodes: Api<Node> = Api::all(admin.clone());
         let t0 = Instant::now();
         let mut agent = tokio::task::block_in_place(|| start_agent_with(state.path(), &flags));

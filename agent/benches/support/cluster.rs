@@ -75,3 +75,11 @@ impl StartTimes {
         lat
     }
 }
+
+/// `serve` flags for a node named `node` on loopback, its kubelet API on a free port.
+pub fn node_flags(kubeconfig: &std::path::Path, node: &str, port: u16, max_pods: usize) -> Vec<String> {
+    let kubeconfig = kubeconfig.to_str().unwrap();
+    let (port, max_pods) = (port.to_string(), max_pods.to_string());
+    let flags = ["--kubeconfig", kubeconfig, "--node-name", node, "--node-ip", "127.0.0.1", "--address", "127.0.0.1"];
+    flags.into_iter().chain(["--port", &port, "--max-pods", &max_pods]).map(String::from).collect()
+}
