@@ -54,14 +54,14 @@ impl Reachability {
 }
 
 /// Sleeps `d` after a failure, or less: not at all if another loop got through since
-/// this one last looked (`seen` is marked at each attempt), else until one does.
-pub async fn back_off(d: Duration, seen: &mut tokio::sync::watch::Receiver<u64>) {
-    if seen.has_changed().unwrap_or(false) {
+/// this one last looked (`recovery` is marked at each attempt), else until one does.
+pub async fn back_off(d: Duration, recovery: &mut tokio::sync::watch::Receiver<u64>) {
+    if recovery.has_changed().unwrap_or(false) {
         return;
     }
     tokio::select! {
         _ = tokio::time::sleep(d) => {}
-        _ = seen.changed() => {}
+        _ = recovery.changed() => {}
     }
 }
 
@@ -374,16 +374,16 @@ pub async fn register(client: &kube::Client, mgr: &Manager, cfg: &ClusterConfig,
 /// The first renewal after failures tells the other loops (the pod watch lists anew).
 pub async fn lease_loop(client: kube::Client, cfg: Arc<ClusterConfig>, node_uid: String, sync: Arc<PodSync>) {
     let api: Api<Lease> = Api::namespaced(client, "kube-node-lease");
-    let mut seen = sync.reachable.subscribe();
+    let mut recovery = sync.reachable.subscribe();
     let mut failures = 0u32;
     loop {
-        seen.borrow_and_update();
+        recovery.borrow_and_update();
         match bounded(renew(&api, &cfg, &node_uid)).await {
             Ok(()) => {
                 if failures > 0 {
                     tracing::info!("lease renewed again after {failures} failures");
                     sync.reachable.recovered();
-                    seen.borrow_and_update();
+                    recovery.borrow_and_update();
                 }
                 failures = 0;
                 tokio::time::sleep(RENEW).await;
@@ -391,7 +391,7 @@ pub async fn lease_loop(client: kube::Client, cfg: Arc<ClusterConfig>, node_uid:
             Err(e) => {
                 failures += 1;
                 log_failure("cannot renew the node lease", &e, failures);
-                back_off(backoff(failures.saturating_sub(5)), &mut seen).await;
+                back_off(backoff(failures.saturating_sub(5)), &mut recovery).await;
             }
         }
     }
@@ -443,20 +443,20 @@ async fn renew(api: &Api<Lease>, cfg: &ClusterConfig, node_uid: &str) -> kube::R
 /// as the kubelet's `tryUpdateNodeStatus` does. Node events follow each transition.
 pub async fn status_loop(client: kube::Client, mgr: Arc<Manager>, cfg: Arc<ClusterConfig>, sync: Arc<PodSync>) {
     let api: Api<Node> = Api::all(client.clone());
-    let mut seen = sync.reachable.subscribe();
+    let mut recovery = sync.reachable.subscribe();
     let events = NodeEvents::new(client, &cfg);
     events.post("Normal", "Starting", "Starting wasmlet.").await;
     let mut reported: Option<NodeStatus> = None;
     let mut last_sent: Option<std::time::Instant> = None;
     let mut failures = 0u32;
     loop {
-        seen.borrow_and_update();
+        recovery.borrow_and_update();
         let server = match bounded(api.get(&cfg.node_name)).await {
             Ok(n) => n.status.unwrap_or_default(),
             Err(e) => {
                 failures += 1;
                 log_failure("cannot read the node", &e, failures);
-                back_off(backoff(failures), &mut seen).await;
+                back_off(backoff(failures), &mut recovery).await;
                 continue;
             }
         };
@@ -472,7 +472,7 @@ pub async fn status_loop(client: kube::Client, mgr: Arc<Manager>, cfg: Arc<Clust
             {
                 failures += 1;
                 log_failure("cannot update the node status", &e, failures);
-                back_off(backoff(failures), &mut seen).await;
+                back_off(backoff(failures), &mut recovery).await;
                 continue;
             }
             last_sent = Some(std::time::Instant::now());
@@ -480,7 +480,7 @@ pub async fn status_loop(client: kube::Client, mgr: Arc<Manager>, cfg: Arc<Clust
         if failures > 0 {
             tracing::info!("node status sent again after {failures} failures");
             sync.reachable.recovered();
-            seen.borrow_and_update();
+            recovery.borrow_and_update();
         }
         failures = 0;
         for (reason, message) in transitions(reported.as_ref(), &now) {

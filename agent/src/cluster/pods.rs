@@ -253,7 +253,7 @@ impl PodSync {
         let mut stream = watcher(api.clone(), config.clone()).boxed();
         let mut listed: HashSet<String> = HashSet::new();
         let mut failures = 0u32;
-        let mut seen = self.reachable.subscribe();
+        let mut recovery = self.reachable.subscribe();
         loop {
             let first = tokio::select! {
                 ev = stream.next() => match ev {
@@ -263,8 +263,8 @@ impl PodSync {
                 // the heartbeats answer again after failing: this watch may sit on a
                 // connection the partition stalled, whose events would come only with
                 // TCP's next retransmit; list and watch anew
-                _ = seen.changed() => {
-                    seen.borrow_and_update();
+                _ = recovery.changed() => {
+                    recovery.borrow_and_update();
                     tracing::info!("the API server answers again; listing the node's pods anew");
                     stream = watcher(api.clone(), config.clone()).boxed();
                     continue;
@@ -291,7 +291,7 @@ impl PodSync {
                         if failures > 0 {
                             tracing::info!("pod watch listed again after {failures} failures");
                             self.reachable.recovered();
-                            seen.borrow_and_update();
+                            recovery.borrow_and_update();
                         }
                         failures = 0;
                         self.connected.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -320,9 +320,9 @@ impl PodSync {
             }
             self.flush(&mut apply).await;
             if failed {
-                seen.borrow_and_update();
-                super::node::back_off(watch_backoff(failures), &mut seen).await;
-                seen.borrow_and_update();
+                recovery.borrow_and_update();
+                super::node::back_off(watch_backoff(failures), &mut recovery).await;
+                recovery.borrow_and_update();
             }
         }
     }
@@ -665,7 +665,6 @@ impl PodSync {
         }
     }
 
-    /// What the API server should show as the pod's status.
     /// Marks for sending every pod whose status in the API server differs from ours,
     /// as the kubelet's status manager reconciles against the API server's copy.
     fn reconcile(&self) {
@@ -697,6 +696,7 @@ impl PodSync {
         self.wake.notify_one();
     }
 
+    /// What the API server should show as the pod's status.
     fn status_of(&self, rec: &PodRecord) -> Value {
         let mut status = crate::api::view::pod(rec)["status"].take();
         status["hostIP"] = json!(self.cfg.node_ip);
