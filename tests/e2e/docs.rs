@@ -116,6 +116,49 @@ spec:
 "#,
         &image,
     ));
+    // tasks/inject-data-application/environment-variable-expose-pod-information
+    agent.apply(&docs(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: dapi-envars-fieldref
+spec:
+  containers:
+    - name: test-container
+      image: registry.k8s.io/busybox
+      command: [ "sh", "-c"]
+      args:
+      - while true; do
+          echo -en '\n';
+          printenv MY_NODE_NAME MY_POD_NAME MY_POD_NAMESPACE;
+          printenv MY_POD_IP MY_POD_SERVICE_ACCOUNT;
+          sleep 10;
+        done;
+      env:
+        - name: MY_NODE_NAME
+          valueFrom:
+            fieldRef:
+              fieldPath: spec.nodeName
+        - name: MY_POD_NAME
+          valueFrom:
+            fieldRef:
+              fieldPath: metadata.name
+        - name: MY_POD_NAMESPACE
+          valueFrom:
+            fieldRef:
+              fieldPath: metadata.namespace
+        - name: MY_POD_IP
+          valueFrom:
+            fieldRef:
+              fieldPath: status.podIP
+        - name: MY_POD_SERVICE_ACCOUNT
+          valueFrom:
+            fieldRef:
+              fieldPath: spec.serviceAccountName
+  restartPolicy: Never
+"#,
+        &image,
+    ));
     // a last line with no newline, as `cat` of such a file prints it
     agent.apply(&docs(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: no-newline\nspec:\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: busybox:1.28\n    args: [/bin/sh, -c, 'echo first; printf last-without-newline']\n",
@@ -135,6 +178,19 @@ spec:
     assert_eq!(ls, "password.txt\nusername.txt\n");
     let user = agent.ok(&["exec", "test-projected-volume", "--", "cat", "/projected-volume/username.txt"]);
     assert_eq!(user, "admin");
+
+    // the node's name, the pod's name, namespace, IP and service account, as printenv
+    // prints them (the pod's IP is its network's: Linux pods have one)
+    crate::common::wait_until(Duration::from_secs(15), "the downward API env", || {
+        String::from_utf8_lossy(&agent.cli(&["logs", "dapi-envars-fieldref"]).stdout).lines().count() >= 6
+    });
+    let env = agent.ok(&["logs", "dapi-envars-fieldref"]);
+    let lines: Vec<&str> = env.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines.len(), 5, "five values printed: {env:?}");
+    assert!(!lines[0].is_empty(), "spec.nodeName: {env:?}");
+    assert_eq!(&lines[1..3], ["dapi-envars-fieldref", "default"], "{env:?}");
+    assert!(lines[3].parse::<std::net::IpAddr>().is_ok(), "status.podIP: {env:?}");
+    assert_eq!(lines[4], "default", "spec.serviceAccountName: {env:?}");
 
     let p = agent.wait_pod("no-newline", "Succeeded", |p| phase(p) == "Succeeded");
     assert_eq!(container_state(&p, "c").1["exitCode"], 0);

@@ -233,6 +233,18 @@ fn push_busybox_image(registry: &Registry, arch: &str, tag: &str, entrypoint: bo
         let _ = std::os::unix::fs::symlink(format!("{}bin/busybox", "../".repeat(depth)), rootfs.join(applet));
     }
     std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    // Debian's busybox-static leaves out the printenv applet Docker Hub's busybox has
+    // (the docs' pods use it): a script that behaves the same
+    let printenv = rootfs.join("usr/bin/printenv");
+    if !printenv.exists() {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(
+            &printenv,
+            "#!/bin/sh\n[ $# -eq 0 ] && exec env\nrc=0\nfor v in \"$@\"; do\n  if env | grep -q \"^$v=\"; then env | sed -n \"s/^$v=//p\"; else rc=1; fi\ndone\nexit $rc\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&printenv, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     run(&["repack", "--image", &image, bundle.to_str().unwrap()]);
     if entrypoint {
         run(&["config", "--image", &image, "--os", "linux", "--architecture", arch, "--config.entrypoint", "/bin/sh"]);
