@@ -442,10 +442,7 @@ impl KubeletApi {
         let host = host_usage();
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-            for (labels, v) in samples {
-                out.push_str(&format!("{name}{labels} {v} {ms}\n"));
-            }
+            family(&mut out, (name, kind, help), samples, ms)
         };
         metric(
             "node_cpu_usage_seconds_total",
@@ -561,10 +558,7 @@ impl KubeletApi {
                 start,
             ),
         ] {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-            for (labels, v) in samples {
-                out.push_str(&format!("{name}{labels} {v} {ms}\n"));
-            }
+            family(&mut out, (name, kind, help), samples, ms);
         }
         out
     }
@@ -600,6 +594,14 @@ impl KubeletApi {
         let connected = self.sync.connected.load(std::sync::atomic::Ordering::Relaxed);
         out.push_str(&format!("# HELP wasmlet_api_server_connected 1 while the pod watch is connected to the API server\n# TYPE wasmlet_api_server_connected gauge\nwasmlet_api_server_connected {}\n", u8::from(connected)));
         out
+    }
+}
+
+/// One metric family in the Prometheus text format, each sample stamped `ms`.
+fn family(out: &mut String, (name, kind, help): (&str, &str, &str), samples: Vec<(String, f64)>, ms: i64) {
+    out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+    for (labels, v) in samples {
+        out.push_str(&format!("{name}{labels} {v} {ms}\n"));
     }
 }
 

@@ -344,16 +344,14 @@ impl PodSync {
                 continue;
             }
             let stored = self.mgr.get(&key).ok().flatten();
-            if let Some(rec) = stored.as_ref().filter(|r| r.uid == uid) {
+            if stored.as_ref().is_some_and(|r| r.uid == uid) {
                 let theirs = summary(&serde_json::to_value(&pod.status).unwrap_or_default());
-                // newer than our last acknowledged write, and not what we hold: someone
+                // newer than our last acknowledged write, and not what we wrote: someone
                 // else changed it (the node controller after a partition): send ours now
                 let rv = pod.metadata.resource_version.as_deref().and_then(|v| v.parse::<u64>().ok());
                 let acked = self.acked.lock().unwrap_or_else(|e| e.into_inner()).get(&key).copied();
-                if rv.is_some_and(|rv| acked.is_none_or(|a| rv > a)) && theirs != summary(&self.status_of(rec)) {
-                    self.sent.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
-                    self.dirty.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone());
-                    self.wake.notify_one();
+                if rv.is_some_and(|rv| acked.is_none_or(|a| rv > a)) && self.drifted(&key, &theirs) {
+                    self.resend(vec![key.clone()]);
                 }
                 self.seen.lock().unwrap_or_else(|e| e.into_inner()).insert(key, theirs);
                 continue;
@@ -665,30 +663,34 @@ impl PodSync {
         }
     }
 
+    /// Whether the API server's copy (`theirs`, a [`summary`]) differs from what the node
+    /// last had acknowledged. A status the node has not sent yet is dirty anyway.
+    fn drifted(&self, key: &str, theirs: &Value) -> bool {
+        let sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+        sent.get(key).is_some_and(|ours| summary(ours) != *theirs)
+    }
+
     /// Marks for sending every pod whose status in the API server differs from ours,
     /// as the kubelet's status manager reconciles against the API server's copy.
     fn reconcile(&self) {
-        let mut drifted = Vec::new();
-        {
-            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-            seen.retain(|key, theirs| {
-                let Some(rec) = self.mgr.get(key).ok().flatten().filter(|r| self.ours(r)) else { return false };
-                if summary(&self.status_of(&rec)) != *theirs {
-                    drifted.push(key.clone());
-                }
-                true
-            });
+        let drifted: Vec<String> = {
+            let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            seen.iter().filter(|(key, theirs)| self.drifted(key, theirs)).map(|(key, _)| key.clone()).collect()
+        };
+        if !drifted.is_empty() {
+            tracing::info!(
+                pods = drifted.len(),
+                "pod statuses in the API server differ from the node's; sending them again"
+            );
+            self.resend(drifted);
         }
-        if drifted.is_empty() {
-            return;
-        }
-        tracing::info!(
-            pods = drifted.len(),
-            "pod statuses in the API server differ from the node's; sending them again"
-        );
+    }
+
+    /// Sends these pods' statuses again, whatever was sent before.
+    fn resend(&self, keys: Vec<String>) {
         let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
         let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
-        for key in drifted {
+        for key in keys {
             sent.remove(&key);
             dirty.insert(key);
         }

@@ -77,6 +77,12 @@ impl PodRecord {
     pub fn name(&self) -> &str {
         self.pod.metadata.name.as_deref().unwrap_or_default()
     }
+    /// Plan container `i` is a Linux container, running (or adopted as running).
+    pub fn linux_running(&self, i: usize) -> bool {
+        matches!(self.status.containers[i].state, state::State::Running { .. })
+            && self.runtimes.get(i).copied().flatten() == Some(RuntimeKind::Linux)
+    }
+
     /// The spec of plan container `i`: init containers first, then the app containers.
     pub fn container(&self, i: usize) -> Option<&Container> {
         let spec = self.pod.spec.as_ref()?;
@@ -667,13 +673,7 @@ impl Manager {
     /// keeps its own, as the kubelet leaves a running container's volumes mounted.
     pub fn release_secret_volumes(&self) {
         for rec in self.list().unwrap_or_default() {
-            let linux_runs = rec
-                .status
-                .containers
-                .iter()
-                .zip(&rec.runtimes)
-                .any(|(c, k)| matches!(c.state, state::State::Running { .. }) && *k == Some(RuntimeKind::Linux));
-            if !linux_runs {
+            if !(0..rec.status.containers.len()).any(|i| rec.linux_running(i)) {
                 volume::unmount_secrets(&rec, &self.pod_dir(&rec.uid).join("volumes"));
             }
         }

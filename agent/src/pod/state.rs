@@ -482,7 +482,6 @@ pub fn plan(plan: &Plan, status: &mut PodStatus, now: u64, present: impl Fn(usiz
     actions
 }
 
-/// The pod phase from its container states (kubelet `getPhase`).
 /// Every app container has ended for good under the pod's restart policy (never with
 /// `Always`): what still runs, the sidecars, is to be stopped, and the phase follows
 /// once they have.
@@ -498,6 +497,7 @@ pub fn apps_done(plan: &Plan, status: &PodStatus) -> bool {
         })
 }
 
+/// The pod phase from its container states (kubelet `getPhase`).
 pub fn phase(plan: &Plan, status: &PodStatus) -> Phase {
     let (mut running, mut waiting_fresh, mut stopped, mut succeeded) = (0, 0, 0, 0);
     let mut init_pending = false;

@@ -63,16 +63,21 @@ pub fn setup(
         return Ok(dir);
     }
     let payload = payload(objects, rec, node, v)?;
-    if v.secret.is_some() || v.projected.is_some() || v.downward_api.is_some() {
+    if secret_bearing(v) {
         tmpfs(&dir, None, 0o755).map_err(|e| io("tmpfs", e))?;
     }
     write_atomic(&dir, &payload).map_err(|e| io("write", e))?;
     Ok(dir)
 }
 
+/// Volumes that may carry Secrets (service-account tokens among them): kept on tmpfs.
+fn secret_bearing(v: &Volume) -> bool {
+    v.secret.is_some() || v.projected.is_some() || v.downward_api.is_some()
+}
+
 /// Whether volume `v` takes its files from objects (and so follows their updates).
 pub fn is_projected(v: &Volume) -> bool {
-    v.config_map.is_some() || v.secret.is_some() || v.projected.is_some() || v.downward_api.is_some()
+    v.config_map.is_some() || secret_bearing(v)
 }
 
 fn items(
@@ -286,7 +291,7 @@ fn is_mount_point(dir: &Path) -> bool {
 pub fn unmount_secrets(rec: &PodRecord, root: &Path) {
     for v in rec.pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
         let dir = root.join(&v.name);
-        if (v.secret.is_some() || v.projected.is_some() || v.downward_api.is_some()) && is_mount_point(&dir) {
+        if secret_bearing(v) && is_mount_point(&dir) {
             let _ = rustix::mount::unmount(&dir, rustix::mount::UnmountFlags::DETACH);
         }
     }

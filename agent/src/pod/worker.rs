@@ -38,7 +38,7 @@ pub(super) async fn run(
         // Linux containers adopted after an agent restart: wait on them and probe them again
         for i in 0..rec.status.containers.len() {
             let c = &rec.status.containers[i];
-            if matches!(c.state, state::State::Running { .. }) && rec.runtimes[i] == Some(RuntimeKind::Linux) {
+            if rec.linux_running(i) {
                 let instance = c.instances;
                 watch(&mgr, &rec, i, instance, &tx);
                 start_probes(&mgr, &rec, i, instance, &tx, &mut probes);
@@ -780,12 +780,8 @@ fn container_config(
     let tm = c.termination_message_path.clone().unwrap_or_else(|| DEFAULT_TERMINATION_PATH.into());
     if kind == RuntimeKind::Linux || tm != DEFAULT_TERMINATION_PATH {
         let (host, file) = termination_paths(mgr, rec, c, instance, kind);
-        let made = match kind {
-            RuntimeKind::Linux => {
-                std::fs::create_dir_all(host.parent().expect("has a parent")).and_then(|_| std::fs::write(&file, b""))
-            }
-            RuntimeKind::Wasm => std::fs::create_dir_all(&host).and_then(|_| std::fs::write(&file, b"")),
-        };
+        let made =
+            std::fs::create_dir_all(file.parent().expect("has a parent")).and_then(|_| std::fs::write(&file, b""));
         made.map_err(|e| config_failed(format!("termination message file {}: {e}", file.display())))?;
         let container_path = match kind {
             RuntimeKind::Linux => tm,
