@@ -23,7 +23,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
@@ -32,56 +32,8 @@ use crate::pod::Manager;
 
 pub mod client;
 pub mod exec;
-pub(crate) mod logs;
-pub mod view;
 
-pub type Body = BoxBody<Bytes, std::io::Error>;
-
-/// An error with the HTTP status it maps to.
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub message: String,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into() }
-    }
-}
-
-impl From<crate::pod::Error> for ApiError {
-    fn from(e: crate::pod::Error) -> Self {
-        let status = match e {
-            crate::pod::Error::NotFound(_) => StatusCode::NOT_FOUND,
-            crate::pod::Error::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError::new(status, e.to_string())
-    }
-}
-
-impl From<crate::image::Error> for ApiError {
-    fn from(e: crate::image::Error) -> Self {
-        ApiError::new(StatusCode::BAD_GATEWAY, e.to_string())
-    }
-}
-
-pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
-}
-
-pub(crate) fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(full(serde_json::to_vec(value).expect("json")))
-        .expect("valid response")
-}
-
-fn error_response(e: ApiError) -> Response<Body> {
-    json_response(e.status, &json!({"error": e.message}))
-}
+use crate::http::{ApiError, Body, error_response, full, get, json_response, not_found, parse_query, tokio_stream};
 
 /// Listens on `socket` (replacing a stale one, mode 0600) until the process ends.
 pub async fn serve(socket: &Path, manager: Arc<Manager>) -> std::io::Result<()> {
@@ -139,12 +91,12 @@ async fn handle(mgr: Arc<Manager>, req: Request<Incoming>) -> Result<Response<Bo
             Ok(json_response(StatusCode::OK, &serde_json::to_value(applied).expect("json")))
         }
         (Method::GET, ["v1", "pods"]) => {
-            let pods: Vec<_> = mgr.list()?.iter().map(view::pod).collect();
+            let pods: Vec<_> = mgr.list()?.iter().map(crate::pod::view::pod).collect();
             Ok(json_response(StatusCode::OK, &json!(pods)))
         }
         (Method::GET, ["v1", "pods", ns, name]) => {
             let rec = mgr.get(&crate::pod::key(ns, name))?.ok_or_else(|| not_found(ns, name))?;
-            Ok(json_response(StatusCode::OK, &view::pod(&rec)))
+            Ok(json_response(StatusCode::OK, &crate::pod::view::pod(&rec)))
         }
         (Method::DELETE, ["v1", "pods", ns, name]) => {
             let grace = get(&query, "gracePeriodSeconds").and_then(|g| g.parse::<i64>().ok());
@@ -176,7 +128,7 @@ async fn handle(mgr: Arc<Manager>, req: Request<Incoming>) -> Result<Response<Bo
             }
             Ok(json_response(StatusCode::OK, &json!({"deleted": format!("{ns}/{name}")})))
         }
-        (Method::GET, ["v1", "pods", ns, name, "log"]) => logs::respond(mgr, ns, name, &query).await,
+        (Method::GET, ["v1", "pods", ns, name, "log"]) => crate::http::logs::respond(mgr, ns, name, &query).await,
         (Method::POST, ["v1", "pods", ns, name, "exec"]) => {
             let (ns, name) = (ns.to_string(), name.to_string());
             exec::respond(mgr, &ns, &name, &query, req).await
@@ -213,7 +165,7 @@ fn metrics(mgr: &Manager) -> String {
     );
     out.push_str(&format!(
         "# TYPE wasmlet_http_requests_rejected_total counter\nwasmlet_http_requests_rejected_total {}\n",
-        crate::runtime::http::REJECTED.load(std::sync::atomic::Ordering::Relaxed)
+        mgr.runtimes().metrics().http_rejected
     ));
     out.push_str(&format!("# TYPE wasmlet_pods gauge\nwasmlet_pods {}\n", mgr.list().map(|l| l.len()).unwrap_or(0)));
     out
@@ -226,10 +178,6 @@ fn object_kind(plural: &str) -> &'static str {
         "jobs" => "Job",
         _ => "ConfigMap",
     }
-}
-
-fn not_found(ns: &str, name: &str) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, format!("pods \"{name}\" not found in namespace \"{ns}\""))
 }
 
 pub fn image_summary(r: &crate::image::ImageRecord) -> serde_json::Value {
@@ -275,75 +223,4 @@ fn pull(mgr: Arc<Manager>, query: &[(String, String)]) -> Result<Response<Body>,
         .header("content-type", "application/x-ndjson")
         .body(StreamBody::new(stream).boxed())
         .expect("valid response"))
-}
-
-/// An mpsc receiver as a `Stream`.
-pub fn tokio_stream<T: Send + 'static>(
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<T>,
-) -> impl futures_util::Stream<Item = T> + Send {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
-pub fn parse_query(q: &str) -> Vec<(String, String)> {
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (unescape(k), unescape(v))
-        })
-        .collect()
-}
-
-pub fn get<'a>(query: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
-}
-
-/// Percent-decoding (and `+` as space) for query values.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => match (hex_value(b[i + 1]), hex_value(b[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h * 16 + l);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex_value(b: u8) -> Option<u8> {
-    (b as char).to_digit(16).map(|d| d as u8)
-}
-
-/// Percent-encoding for query values.
-pub fn escape(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_round_trip() {
-        let v = "127.0.0.1:5000/apps/hello:v1 x&y=z%";
-        let q = parse_query(&format!("image={}&follow=true", escape(v)));
-        assert_eq!(get(&q, "image"), Some(v));
-        assert_eq!(get(&q, "follow"), Some("true"));
-    }
 }

@@ -8,8 +8,8 @@ use hyper::{Method, Request, StatusCode};
 use tokio::io::AsyncWriteExt;
 
 use super::Global;
-use crate::api::escape;
-use crate::api::exec::{EXIT, RESIZE, STDERR, STDIN, STDIN_END, STDOUT, UPGRADE, read_frame, write_frame};
+use crate::http::escape;
+use crate::http::exec::{EXIT, RESIZE, STDERR, STDIN, STDIN_END, STDOUT, UPGRADE, read_frame, write_frame};
 
 #[derive(Debug, Args)]
 pub struct ExecArgs {

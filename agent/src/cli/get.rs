@@ -225,8 +225,8 @@ fn job_completions(job: &Value) -> String {
 
 fn job_duration(job: &Value) -> String {
     let Some(start) = job["status"]["startTime"].as_str().and_then(parse_time) else { return String::new() };
-    let end = job["status"]["completionTime"].as_str().and_then(parse_time).unwrap_or_else(crate::runtime::now_ms);
-    age_ms(start + crate::runtime::now_ms().saturating_sub(end))
+    let end = job["status"]["completionTime"].as_str().and_then(parse_time).unwrap_or_else(crate::time::now_ms);
+    age_ms(start + crate::time::now_ms().saturating_sub(end))
 }
 
 fn table(pods: &[Value], wide: bool, namespaces: bool) {
@@ -358,7 +358,7 @@ pub fn age(ts: &str) -> String {
 
 /// Age since a Unix-ms time, kubectl style: `45s`, `3m12s`, `2h5m`, `3d`.
 pub fn age_ms(since: u64) -> String {
-    let s = crate::runtime::now_ms().saturating_sub(since) / 1000;
+    let s = crate::time::now_ms().saturating_sub(since) / 1000;
     match s {
         0..=119 => format!("{s}s"),
         120..=599 => format!("{}m{}s", s / 60, s % 60),
@@ -378,7 +378,7 @@ mod tests {
     #[test]
     fn time_parsing_inverts_formatting() {
         let ms = 1_795_000_000_000u64;
-        let s = crate::runtime::log::rfc3339_nano(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms));
+        let s = wasmlet_runtime::log::rfc3339_nano(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms));
         assert_eq!(super::parse_time(&s), Some(ms));
     }
 

@@ -6,7 +6,7 @@ use http_body_util::BodyExt;
 use hyper::Method;
 
 use super::Global;
-use crate::api::escape;
+use crate::http::escape;
 
 #[derive(Debug, Args)]
 pub struct LogsArgs {

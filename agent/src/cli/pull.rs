@@ -10,7 +10,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::Value;
 
 use super::{Global, human_size};
-use crate::api::escape;
+use crate::http::escape;
 
 #[derive(Debug, Args)]
 pub struct PullArgs {

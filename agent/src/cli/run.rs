@@ -121,7 +121,7 @@ fn print_new(path: &std::path::Path, prefix: &str, offsets: &mut HashMap<std::pa
     *offset += complete as u64;
     let mut out = std::io::stdout().lock();
     for line in text[..complete].lines() {
-        if let Some(r) = crate::runtime::log::parse(line) {
+        if let Some(r) = wasmlet_runtime::log::parse(line) {
             let _ = writeln!(out, "[{prefix}] {}", r.line);
         }
     }

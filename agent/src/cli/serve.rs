@@ -9,9 +9,9 @@ use clap::Args;
 use super::Global;
 use crate::image::ImageService;
 use crate::pod::Manager;
-use crate::runtime::Runtimes;
-use crate::runtime::linux::{LinuxConfig, LinuxRuntime};
-use crate::runtime::wasm::{WasmConfig, WasmRuntime};
+use wasmlet_runtime::Runtimes;
+use wasmlet_runtime::linux::{LinuxConfig, LinuxRuntime};
+use wasmlet_runtime::wasm::{WasmConfig, WasmRuntime};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -130,7 +130,7 @@ pub struct RuntimeArgs {
     #[arg(long, value_name = "PATH")]
     pub conmon: Option<std::path::PathBuf>,
     /// Where the CNI plugins are.
-    #[arg(long, default_value = crate::runtime::cni::DEFAULT_PLUGIN_DIR, value_name = "DIR")]
+    #[arg(long, default_value = wasmlet_runtime::linux::DEFAULT_CNI_PLUGIN_DIR, value_name = "DIR")]
     pub cni_plugin_dir: std::path::PathBuf,
     /// Run Linux containers with a runc that lacks known CVE fixes (such as Debian
     /// bookworm's 1.1.5). Without it such a runc is refused, and Linux pods wait.
@@ -174,7 +174,7 @@ pub async fn start_agent(global: &Global, max_wasm_instances: u32, rt: &RuntimeA
         tracing::warn!("Linux containers are unavailable: {why}");
         eprintln!("wasmlet: Linux containers are unavailable: {why}");
     }
-    let runtime = Arc::new(Runtimes { wasm: WasmRuntime::new(wasm)?, linux });
+    let runtime = Arc::new(Runtimes::new(WasmRuntime::new(wasm)?, linux));
     tracing::info!("runtime ready; resuming pods");
     let mgr = Manager::start(store, images, runtime, dir).await?;
     let (gc, thresholds) = (Arc::downgrade(&mgr), (rt.image_gc_high_threshold, rt.image_gc_low_threshold));

@@ -24,9 +24,9 @@ use serde_json::{Value, json};
 
 use super::ClusterConfig;
 use super::pods::PodSync;
-use crate::api::view::time;
-use crate::api::{ApiError, Body, full, json_response, parse_query};
+use crate::http::{ApiError, Body, full, json_response, parse_query};
 use crate::pod::Manager;
+use crate::time::rfc3339 as time;
 
 const AUTHN_TTL: Duration = Duration::from_secs(120);
 const ALLOWED_TTL: Duration = Duration::from_secs(300);
@@ -350,7 +350,7 @@ impl KubeletApi {
         match (req.method().clone(), parts.as_slice()) {
             (Method::GET, ["healthz"]) | (Method::GET, ["healthz", "ping"]) => Ok(text(StatusCode::OK, "ok")),
             (Method::GET, ["pods"]) => {
-                let items: Vec<Value> = self.mgr.list()?.iter().map(crate::api::view::pod).collect();
+                let items: Vec<Value> = self.mgr.list()?.iter().map(crate::pod::view::pod).collect();
                 Ok(json_response(
                     StatusCode::OK,
                     &json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}),
@@ -360,7 +360,7 @@ impl KubeletApi {
                 let mut q = query.clone();
                 q.retain(|(k, _)| k != "container");
                 q.push(("container".into(), container.to_string()));
-                crate::api::logs::respond(self.mgr.clone(), ns, pod, &q).await
+                crate::http::logs::respond(self.mgr.clone(), ns, pod, &q).await
             }
             (Method::GET | Method::POST, ["exec", ns, pod, container] | ["exec", ns, pod, _, container]) => {
                 let target = (ns.to_string(), pod.to_string(), container.to_string());

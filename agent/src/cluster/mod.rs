@@ -64,7 +64,7 @@ pub async fn run(mgr: Arc<Manager>, cfg: ClusterConfig) -> anyhow::Result<()> {
     let sync = pods::PodSync::new(client.clone(), mgr.clone(), cfg.clone());
     mgr.observe(sync.clone());
     tokio::spawn(sync.clone().run());
-    let linux = mgr.runtimes().linux().is_ok();
+    let linux = mgr.runtimes().has(wasmlet_runtime::RuntimeKind::Linux);
     {
         let (client, mgr, cfg, sync) = (client.clone(), mgr.clone(), cfg.clone(), sync.clone());
         tokio::spawn(async move {

@@ -700,7 +700,7 @@ impl PodSync {
 
     /// What the API server should show as the pod's status.
     fn status_of(&self, rec: &PodRecord) -> Value {
-        let mut status = crate::api::view::pod(rec)["status"].take();
+        let mut status = crate::pod::view::pod(rec)["status"].take();
         status["hostIP"] = json!(self.cfg.node_ip);
         status["hostIPs"] = json!([{"ip": self.cfg.node_ip}]);
         if let Some(m) = status.as_object_mut() {

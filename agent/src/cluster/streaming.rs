@@ -19,8 +19,8 @@ use serde_json::json;
 use spdy::{Codec, FLAG_FIN, Frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::api::exec::{EXIT, RESIZE, STDERR, STDIN, STDIN_END, STDOUT, read_frame, write_frame};
-use crate::api::{ApiError, Body, full};
+use crate::http::exec::{EXIT, RESIZE, STDERR, STDIN, STDIN_END, STDOUT, read_frame, write_frame};
+use crate::http::{ApiError, Body, full};
 use crate::pod::Manager;
 
 /// The remote-command protocol this node speaks.
@@ -29,7 +29,7 @@ pub const PROTOCOL: &str = "v4.channel.k8s.io";
 const STREAM_WAIT: Duration = Duration::from_secs(30);
 
 fn flag(query: &[(String, String)], key: &str) -> bool {
-    matches!(crate::api::get(query, key), Some("1" | "true"))
+    matches!(crate::http::get(query, key), Some("1" | "true"))
 }
 
 /// Checks the upgrade (SPDY/3.1, `v4.channel.k8s.io`) and reads which streams are asked for.
@@ -108,12 +108,7 @@ pub async fn exec(
         return Err(bad("you must specify at least 1 command".into()));
     }
     let want = negotiate(&req, query)?;
-    let id = mgr.exec_target(&crate::pod::key(&ns, &pod), Some(&container)).map_err(bad)?;
-    let linux = mgr.runtimes().linux().map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    let session = linux
-        .exec_session(&id, &command, want.tty)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let session = mgr.exec(&crate::pod::key(&ns, &pod), Some(&container), &command, want.tty).await?;
     upgrade(req, "exec", move |io| run(io, session, want, command));
     Ok(switching(PROTOCOL))
 }
@@ -262,7 +257,7 @@ where
         partial.push_str(&text);
         while let Some(i) = partial.find('\n') {
             let line: String = partial.drain(..=i).collect();
-            let Some(r) = crate::runtime::log::parse(line.trim_end_matches('\n')) else { continue };
+            let Some(r) = wasmlet_runtime::log::parse(line.trim_end_matches('\n')) else { continue };
             let kind = if r.stream == "stderr" && streams.contains_key("stderr") { "stderr" } else { "stdout" };
             if let Some(&id) = streams.get(kind) {
                 let data = if r.full { format!("{}\n", r.line) } else { r.line.to_string() };
@@ -325,12 +320,7 @@ pub fn exit_status(code: i32, command: &[String]) -> serde_json::Value {
     })
 }
 
-async fn run<S>(
-    io: S,
-    session: crate::runtime::linux::ExecSession,
-    want: Wanted,
-    command: Vec<String>,
-) -> std::io::Result<()>
+async fn run<S>(io: S, session: wasmlet_runtime::ExecSession, want: Wanted, command: Vec<String>) -> std::io::Result<()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -342,7 +332,7 @@ where
     // the command runs through the local API's relay, at the far end of a pipe
     let (ours, theirs) = tokio::io::duplex(64 * 1024);
     let (mut relay_rd, mut relay_wr) = tokio::io::split(ours);
-    let relay = tokio::spawn(crate::api::exec::relay(theirs, session, want.stdin));
+    let relay = tokio::spawn(crate::http::exec::relay(theirs, session, want.stdin));
     let mut pump = {
         let (out_tx, streams) = (out_tx.clone(), streams.clone());
         tokio::spawn(async move {

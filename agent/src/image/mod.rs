@@ -107,7 +107,7 @@ impl ImageService {
             digest: image.digest.clone(),
             kind: image.kind.clone(),
             size: image.size(),
-            pulled_at: crate::runtime::now_ms(),
+            pulled_at: crate::time::now_ms(),
             last_used: self.get(reference).ok().flatten().and_then(|r| r.last_used),
             image,
         };
@@ -123,7 +123,7 @@ impl ImageService {
 
     /// Records that a container started from the image.
     pub fn touch(&self, reference: &Reference) {
-        let (key, now) = (reference.to_string(), crate::runtime::now_ms());
+        let (key, now) = (reference.to_string(), crate::time::now_ms());
         {
             let mut touched = self.touched.lock().unwrap_or_else(|e| e.into_inner());
             if touched.get(&key).is_some_and(|&t| now.saturating_sub(t) < TOUCH_EVERY_MS) {

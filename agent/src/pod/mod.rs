@@ -18,13 +18,14 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::image::ImageService;
 use crate::node::Node;
-use crate::runtime::{ContainerState, RuntimeKind, Runtimes};
 use crate::spec::Object;
 use crate::store::{Store, Table};
+use wasmlet_runtime::{ContainerState, Runtime, RuntimeKind, Runtimes};
 
 pub mod env;
 mod probe;
 pub mod state;
+pub mod view;
 pub mod volume;
 mod worker;
 
@@ -129,7 +130,7 @@ enum Msg {
     Exited {
         container: usize,
         instance: u32,
-        state: crate::runtime::ContainerState,
+        state: wasmlet_runtime::ContainerState,
     },
     Delete {
         done: oneshot::Sender<()>,
@@ -142,6 +143,16 @@ enum Msg {
     },
     /// A ConfigMap or Secret of the pod's namespace changed.
     ConfigChanged,
+}
+
+/// Why an exec could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// No such pod or container, or it is not running.
+    #[error("{0}")]
+    Target(String),
+    #[error(transparent)]
+    Runtime(#[from] wasmlet_runtime::Error),
 }
 
 /// Runs the pods.
@@ -213,13 +224,13 @@ impl Manager {
         });
         // refusals the Wasm runtime reports (a denied connect, say) become pod events
         let weak = Arc::downgrade(&mgr);
-        mgr.runtime.wasm.set_event_sink(Arc::new(move |id: &str, reason: &str, message: &str| {
+        mgr.runtime.set_event_sink(Arc::new(move |id: &str, reason: &str, message: &str| {
             if let Some(m) = weak.upgrade() {
                 m.container_event(id, reason, message);
             }
         }));
         let records: Vec<(String, PodRecord)> = mgr.store.scan(Table::Pods, "")?;
-        let now = crate::runtime::now_ms();
+        let now = crate::time::now_ms();
         for (_, mut rec) in records {
             for i in 0..rec.status.containers.len() {
                 if matches!(rec.status.containers[i].state, state::State::Running { .. }) {
@@ -274,7 +285,7 @@ impl Manager {
     /// Linux containers no stored pod runs (left by a crash between their creation and
     /// the record that names them) are stopped and removed.
     async fn remove_orphans(&self) {
-        let Ok(linux) = self.runtime.linux() else { return };
+        let Ok(linux) = self.runtime.get(RuntimeKind::Linux) else { return };
         let mut known = std::collections::HashSet::new();
         for rec in self.list().unwrap_or_default() {
             for (i, c) in rec.status.containers.iter().enumerate() {
@@ -283,7 +294,7 @@ impl Manager {
                 }
             }
         }
-        for id in linux.container_ids() {
+        for id in linux.list_containers() {
             if !known.contains(&id) {
                 tracing::warn!(container = %id, "removing a container no pod runs");
                 let _ = self.runtime.stop_container(RuntimeKind::Linux, &id, std::time::Duration::ZERO).await;
@@ -619,8 +630,9 @@ impl Manager {
         &self.runtime
     }
 
-    /// The running Linux container `exec` goes to: the named one, or the pod's first.
-    pub fn exec_target(&self, key: &str, container: Option<&str>) -> Result<String, String> {
+    /// The running container `exec` goes to (the named one, or the pod's first): its
+    /// runtime and id.
+    pub fn exec_target(&self, key: &str, container: Option<&str>) -> Result<(RuntimeKind, String), String> {
         let rec = self.get(key).map_err(|e| e.to_string())?.ok_or_else(|| format!("pod {key} not found"))?;
         let i = match container {
             Some(name) => rec
@@ -632,14 +644,26 @@ impl Manager {
             None => 0,
         };
         let name = &rec.plan.containers[i].name;
-        if rec.runtimes.get(i).copied().flatten() != Some(RuntimeKind::Linux) {
-            return Err(format!("container {name} is not a Linux container; exec runs in Linux containers only"));
-        }
         let c = &rec.status.containers[i];
-        if !matches!(c.state, state::State::Running { .. }) {
-            return Err(format!("container {name} is not running"));
+        match rec.runtimes.get(i).copied().flatten() {
+            Some(kind) if matches!(c.state, state::State::Running { .. }) => {
+                Ok((kind, worker::container_id(&rec.uid, name, c.instances)))
+            }
+            _ => Err(format!("container {name} is not running")),
         }
-        Ok(worker::container_id(&rec.uid, name, c.instances))
+    }
+
+    /// Opens an exec session in a pod's running container; a runtime that cannot exec
+    /// (a Wasm guest has no shell to run a command in) says so.
+    pub async fn exec(
+        &self,
+        key: &str,
+        container: Option<&str>,
+        command: &[String],
+        tty: bool,
+    ) -> Result<wasmlet_runtime::ExecSession, ExecError> {
+        let (kind, id) = self.exec_target(key, container).map_err(ExecError::Target)?;
+        Ok(self.runtime.exec(kind, &id, command, tty).await?)
     }
 
     /// Removes images no pod uses; with `thresholds` (high, low disk usage in percent)
@@ -693,14 +717,14 @@ impl Manager {
     }
 
     /// What plan container `i` of a pod uses now, if it runs.
-    pub fn usage(&self, rec: &PodRecord, i: usize) -> Option<crate::runtime::Usage> {
+    pub fn usage(&self, rec: &PodRecord, i: usize) -> Option<wasmlet_runtime::Usage> {
         let kind = rec.runtimes.get(i).copied().flatten()?;
         let c = rec.status.containers.get(i)?;
         if !matches!(c.state, state::State::Running { .. }) {
             return None;
         }
         let id = worker::container_id(&rec.uid, &rec.plan.containers[i].name, c.instances);
-        self.runtime.usage(kind, &id)
+        self.runtime.container_stats(kind, &id)
     }
 
     /// Sets the one observer of pod changes and events.
@@ -736,7 +760,7 @@ impl Manager {
     }
 
     fn record_event(&self, uid: &str, pod: &str, object: Option<String>, kind: &str, reason: &str, message: &str) {
-        let now = crate::runtime::now_ms();
+        let now = crate::time::now_ms();
         let prefix = format!("{uid}/");
         let last = self
             .store
@@ -822,7 +846,7 @@ fn workload_revision(
         new["metadata"]["uid"] = new_uid().into();
         new["metadata"]["generation"] = 1.into();
         new["metadata"]["creationTimestamp"] =
-            serde_json::to_value(crate::workload::time(crate::runtime::now_ms())).expect("serialises");
+            serde_json::to_value(crate::workload::time(crate::time::now_ms())).expect("serialises");
         return Ok(("created", new));
     };
     let same_meta = ["labels", "annotations"].iter().all(|f| old["metadata"][f] == new["metadata"][f]);
@@ -902,7 +926,7 @@ fn new_record(pod: Pod) -> PodRecord {
         pod,
         plan,
         status,
-        created_at: crate::runtime::now_ms(),
+        created_at: crate::time::now_ms(),
         deleting: false,
         runtimes: Vec::new(),
         network: false,

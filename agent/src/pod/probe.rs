@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{Container, HTTPGetAction, LifecycleHandler, Pro
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::runtime::{RuntimeKind, Runtimes};
+use wasmlet_runtime::{RuntimeKind, Runtimes};
 
 /// The User-Agent the kubelet's HTTP probes send (`kube-probe/<major>.<minor>`).
 pub const USER_AGENT: &str = "kube-probe/1.33";
@@ -106,7 +106,7 @@ pub async fn run(h: &Handler, t: &Target, timeout: Duration) -> Result<(), Strin
             if t.kind != RuntimeKind::Linux {
                 return Err("exec handlers run in Linux containers only".into());
             }
-            match tokio::time::timeout(timeout, t.runtime.exec(t.kind, &t.id, cmd)).await {
+            match tokio::time::timeout(timeout, t.runtime.exec_sync(t.kind, &t.id, cmd)).await {
                 Err(_) => Err(format!("command {cmd:?} timed out")),
                 Ok(Err(e)) => Err(e.to_string()),
                 Ok(Ok(0)) => Ok(()),
@@ -450,11 +450,8 @@ mod tests {
     use std::sync::Mutex;
 
     fn target() -> Target {
-        use crate::runtime::wasm::{WasmConfig, WasmRuntime};
-        let dir = std::env::temp_dir().join("wasmlet-probe-tests");
-        let wasm = WasmRuntime::new(WasmConfig { max_instances: 1, ..WasmConfig::new(dir) }).expect("wasm runtime");
         Target {
-            runtime: Arc::new(Runtimes { wasm, linux: Err("none".into()) }),
+            runtime: Arc::new(Runtimes::fake(wasmlet_runtime::fake::FakeRuntime::new())),
             kind: RuntimeKind::Wasm,
             id: "x".into(),
             host: "127.0.0.1".into(),

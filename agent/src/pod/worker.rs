@@ -14,8 +14,9 @@ use tracing::Instrument;
 use super::probe::{self, Outcome};
 use super::state::{self, Action, Event, PullPolicy, Role, Terminated};
 use super::{Manager, Msg, PodRecord, env, volume};
-use crate::runtime::cni::PortMapping;
-use crate::runtime::{Artifact, ContainerConfig, ContainerState, Mount, RuntimeKind, SandboxConfig, now_ms};
+use wasmlet_runtime::{Artifact, ContainerConfig, ContainerState, Mount, PortMapping, RuntimeKind, SandboxConfig};
+
+use crate::time::now_ms;
 
 /// Probe tasks of the running instances, by container index.
 type Probes = HashMap<usize, AbortHandle>;
@@ -322,7 +323,8 @@ async fn start(
     // a Wasm container that serves ports joins the pod network when the pod has one
     // (a Linux container among its images), as a container would share it
     let serves = kind == RuntimeKind::Wasm && c.ports.as_ref().is_some_and(|p| !p.is_empty());
-    let joins = serves && mgr.runtime.linux().is_ok() && pod_has_linux(mgr, rec);
+    let joins = serves && mgr.runtime.has(RuntimeKind::Linux) && pod_has_linux(mgr, rec);
+    let mut netns = None;
     if kind == RuntimeKind::Linux || joins {
         let spec = rec.pod.spec.clone().unwrap_or_default();
         let sandbox = SandboxConfig {
@@ -339,10 +341,17 @@ async fn start(
         }
         // made once (its network wired in the background while the container is
         // created); later calls find it
-        if let Err(e) = mgr.runtime.create_sandbox(RuntimeKind::Linux, &sandbox).await {
-            mgr.event(rec, "Warning", "FailedCreatePodSandBox", &format!("Failed to create pod sandbox: {e}"));
-            apply(rec, Event::Starting { container: i, at: now_ms() });
-            return start_failed(mgr, rec, i, "CreatePodSandboxError", e.to_string());
+        let made = match mgr.runtime.create_sandbox(RuntimeKind::Linux, &sandbox).await {
+            Ok(status) => status,
+            Err(e) => {
+                mgr.event(rec, "Warning", "FailedCreatePodSandBox", &format!("Failed to create pod sandbox: {e}"));
+                apply(rec, Event::Starting { container: i, at: now_ms() });
+                return start_failed(mgr, rec, i, "CreatePodSandboxError", e.to_string());
+            }
+        };
+        netns = made.netns;
+        if rec.pod_ip.is_none() {
+            rec.pod_ip = made.ip;
         }
         // the network is wired in the background; wait for it only when the
         // container's environment needs the pod IP
@@ -353,15 +362,14 @@ async fn start(
                 .is_some_and(|f| f.field_path.starts_with("status.podIP"))
         });
         // (a Wasm server's probes and clients find it on the pod IP, so it waits too)
-        if (wants_ip || joins)
-            && rec.pod_ip.is_none()
-            && let Ok(linux) = mgr.runtime.linux()
-        {
-            if let Err(e) = linux.wired(&rec.uid).await {
-                apply(rec, Event::Starting { container: i, at: now_ms() });
-                return start_failed(mgr, rec, i, "CreatePodSandboxError", e.to_string());
+        if (wants_ip || joins) && rec.pod_ip.is_none() {
+            match mgr.runtime.sandbox_status(RuntimeKind::Linux, &rec.uid).await {
+                Ok(status) => rec.pod_ip = status.ip,
+                Err(e) => {
+                    apply(rec, Event::Starting { container: i, at: now_ms() });
+                    return start_failed(mgr, rec, i, "CreatePodSandboxError", e.to_string());
+                }
             }
-            rec.pod_ip = linux.sandbox_ip(&rec.uid);
         }
     }
     let t_sandbox = t0.elapsed();
@@ -371,7 +379,7 @@ async fn start(
         Err(e) => return config_error(mgr, rec, i, e),
     };
     if joins {
-        config.netns = mgr.runtime.linux().ok().and_then(|l| l.sandbox_netns(&rec.uid));
+        config.netns = netns;
     }
     let restarting = rec.status.containers[i].instances > 0;
     apply(rec, Event::Starting { container: i, at: now_ms() });
@@ -393,7 +401,8 @@ async fn start(
     }
     let t_started = t0.elapsed();
     if kind == RuntimeKind::Linux && rec.pod_ip.is_none() {
-        rec.pod_ip = mgr.runtime.linux().ok().and_then(|l| l.sandbox_ip(&rec.uid));
+        // the start waited for the network: its status has the IP now
+        rec.pod_ip = mgr.runtime.sandbox_status(kind, &rec.uid).await.ok().and_then(|s| s.ip);
     }
     // postStart runs before the container counts as running; a failure kills it
     if let Some(h) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
@@ -606,7 +615,7 @@ fn termination_message(mgr: &Manager, rec: &PodRecord, i: usize, instance: u32, 
     }
     let log = std::fs::read_to_string(mgr.log_path(rec, &c.name, instance)).ok()?;
     let mut text = String::new();
-    for line in log.lines().filter_map(crate::runtime::log::parse) {
+    for line in log.lines().filter_map(wasmlet_runtime::log::parse) {
         text.push_str(line.line);
         if line.full {
             text.push('\n');
@@ -843,7 +852,7 @@ fn container_config(
             .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
             .filter_map(|p| {
                 let container_port = u16::try_from(p.container_port).ok()?;
-                Some(crate::runtime::ServePort {
+                Some(wasmlet_runtime::ServePort {
                     container_port,
                     host_port: p.host_port.and_then(|h| u16::try_from(h).ok()),
                 })

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::FieldError;
-use crate::runtime::HttpOptions;
+use wasmlet_runtime::HttpOptions;
 
 /// A request's deadline: `250ms`, `5s` or `2m` (default 30s).
 pub const REQUEST_TIMEOUT: &str = "wasmlet.dev/http-request-timeout";

@@ -20,8 +20,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 
 use crate::pod::state::{Phase, Role, State};
 use crate::pod::{Manager, PodRecord};
-use crate::runtime::now_ms;
 use crate::spec::Object;
+use crate::time::now_ms;
 
 pub mod deployment;
 pub mod job;

@@ -29,10 +29,15 @@ use oci_spec::runtime::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::cni::{Network, NetworkConfig, PortMapping};
-use super::{
-    Artifact, ContainerConfig, ContainerState, Error, ExitReason, Result, Runtime, RuntimeKind, SandboxConfig,
-    SandboxStatus, now_ms,
+mod pty;
+
+/// Where Debian's `containernetworking-plugins` puts the CNI plugins.
+pub use crate::cni::DEFAULT_PLUGIN_DIR as DEFAULT_CNI_PLUGIN_DIR;
+
+use crate::cni::{Network, NetworkConfig, NetworkError};
+use crate::{
+    Artifact, ConfigError, ContainerConfig, ContainerState, Error, EventSink, ExecSession, ExitReason, Metrics,
+    PortMapping, Result, Runtime, RuntimeKind, SandboxConfig, SandboxStatus, TerminalSize, Usage, now_ms,
 };
 
 /// The capabilities a container gets, as containerd and CRI-O grant by default.
@@ -73,7 +78,7 @@ impl LinuxConfig {
             runc: find_tool("runc"),
             conmon: find_tool("conmon"),
             network: NetworkConfig {
-                plugin_dir: PathBuf::from(super::cni::DEFAULT_PLUGIN_DIR),
+                plugin_dir: PathBuf::from(crate::cni::DEFAULT_PLUGIN_DIR),
                 subnet: subnet.into(),
                 bridge: "wasmlet0".into(),
                 data_dir: dir.join("cni"),
@@ -113,7 +118,8 @@ struct Inner {
     wiring: std::sync::Mutex<std::collections::HashMap<String, Wiring>>,
 }
 
-type Wiring = futures_util::future::Shared<futures_util::future::BoxFuture<'static, Result<Option<String>, String>>>;
+type Wiring =
+    futures_util::future::Shared<futures_util::future::BoxFuture<'static, Result<Option<String>, Arc<NetworkError>>>>;
 
 /// What is kept on disk about a container, beside its bundle.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -139,21 +145,25 @@ struct SandboxRecord {
 
 impl LinuxRuntime {
     /// Checks runc, conmon and the CNI plugins; the error says what to install.
-    pub fn new(config: LinuxConfig) -> Result<Self, String> {
-        let version = std::process::Command::new(&config.runc).arg("--version").output().map_err(|e| {
-            format!("runc not found ({}): {e}; install it with `apt-get install runc`", config.runc.display())
+    pub fn new(config: LinuxConfig) -> Result<Self> {
+        let version = std::process::Command::new(&config.runc).arg("--version").output().map_err(|source| {
+            Error::MissingTool { tool: "runc", package: "runc", path: config.runc.clone(), source }
         })?;
         let version = String::from_utf8_lossy(&version.stdout).to_string();
         if let Err(why) = check_runc_version(&version) {
             if !config.allow_vulnerable_runtime {
-                return Err(format!("{why}; pass --allow-vulnerable-runtime to run it anyway"));
+                return Err(Error::VulnerableRunc(why));
             }
             tracing::warn!("{why}; running it because --allow-vulnerable-runtime was given");
         }
-        std::process::Command::new(&config.conmon).arg("--version").output().map_err(|e| {
-            format!("conmon not found ({}): {e}; install it with `apt-get install conmon`", config.conmon.display())
+        std::process::Command::new(&config.conmon).arg("--version").output().map_err(|source| Error::MissingTool {
+            tool: "conmon",
+            package: "conmon",
+            path: config.conmon.clone(),
+            source,
         })?;
-        let network = Network::new(config.network.clone())?;
+        let network = Network::new(config.network.clone())
+            .map_err(|e| Error::Network { id: String::new(), source: Arc::new(e) })?;
         let inner = Inner {
             runc: config.runc,
             conmon: config.conmon,
@@ -164,13 +174,13 @@ impl LinuxRuntime {
             wiring: Default::default(),
         };
         for d in [&inner.runc_root, &inner.containers, &inner.sandboxes] {
-            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+            std::fs::create_dir_all(d).map_err(|e| io_err("state directory", d, e))?;
         }
         Ok(LinuxRuntime { inner: Arc::new(inner) })
     }
 
     /// Every container this runtime has a directory for.
-    pub fn container_ids(&self) -> Vec<String> {
+    fn container_ids(&self) -> Vec<String> {
         let entries = std::fs::read_dir(&self.inner.containers).into_iter().flatten().flatten();
         entries.filter_map(|e| e.file_name().into_string().ok()).collect()
     }
@@ -180,7 +190,7 @@ impl LinuxRuntime {
     }
 
     /// A running container's CPU time and working set, from its cgroup.
-    pub fn usage(&self, id: &str) -> Option<super::Usage> {
+    fn usage(&self, id: &str) -> Option<Usage> {
         let pid = self.meta(id).ok()?.pid;
         cgroup_usage(pid)
     }
@@ -202,16 +212,6 @@ impl LinuxRuntime {
         serde_json::from_slice(&bytes).ok()
     }
 
-    /// The path of the sandbox's network namespace, if there is a sandbox.
-    pub fn sandbox_netns(&self, id: &str) -> Option<PathBuf> {
-        self.sandbox(id).map(|r| r.netns)
-    }
-
-    /// The pod IP, once the sandbox's network is wired.
-    pub fn sandbox_ip(&self, id: &str) -> Option<String> {
-        self.sandbox(id).and_then(|r| r.ip)
-    }
-
     fn save_sandbox(&self, rec: &SandboxRecord) -> Result<()> {
         let path = self.inner.sandboxes.join(format!("{}.json", rec.config.id));
         write_atomic(&path, &serde_json::to_vec(rec).unwrap_or_default()).map_err(|e| io_err("sandbox", &path, e))
@@ -219,22 +219,21 @@ impl LinuxRuntime {
 
     /// Waits for the sandbox's network (if it is still being wired); fails if wiring
     /// failed, in which case the sandbox is gone and the next create makes it anew.
-    pub async fn wired(&self, id: &str) -> Result<()> {
+    async fn wired(&self, id: &str) -> Result<()> {
         let pending = self.inner.wiring.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned();
         if let Some(w) = pending {
             let result = w.await;
             self.inner.wiring.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
-            result.map_err(|reason| Error::Create { id: id.into(), reason })?;
+            result.map_err(|source| Error::Network { id: id.into(), source })?;
         }
         match self.sandbox(id) {
-            Some(rec) if !rec.wired => {
-                Err(Error::Create { id: id.into(), reason: "the pod network was not set up".into() })
-            }
+            Some(rec) if !rec.wired => Err(Error::Network { id: id.into(), source: Arc::new(NetworkError::NotWired) }),
             _ => Ok(()),
         }
     }
 
-    async fn runc(&self, args: &[&str]) -> std::result::Result<std::process::Output, String> {
+    /// Runs `runc ARGS` (about container `id`) to its end; its message if it fails.
+    async fn runc(&self, id: &str, args: &[&str]) -> Result<std::process::Output> {
         let out = tokio::process::Command::new(&self.inner.runc)
             .arg("--root")
             .arg(&self.inner.runc_root)
@@ -242,8 +241,12 @@ impl LinuxRuntime {
             .stdin(Stdio::null())
             .output()
             .await
-            .map_err(|e| format!("runc: {e}"))?;
-        if out.status.success() { Ok(out) } else { Err(runc_message(&out.stderr)) }
+            .map_err(|e| io_err("runc", &self.inner.runc, e))?;
+        if out.status.success() {
+            Ok(out)
+        } else {
+            Err(Error::Tool { id: id.into(), tool: "runc", message: runc_message(&out.stderr) })
+        }
     }
 
     /// The final state, once the exit file is there: the code, and OOMKilled if the
@@ -302,10 +305,10 @@ impl LinuxRuntime {
 
     /// A command in a running container, with its stdio piped (or on a terminal),
     /// through `runc exec` so the agent never joins the container's namespaces itself.
-    pub async fn exec_session(&self, id: &str, command: &[String], tty: bool) -> Result<ExecSession> {
+    async fn exec_session(&self, id: &str, command: &[String], tty: bool) -> Result<ExecSession> {
         let meta = self.meta(id)?;
         if meta.started_at.is_none() || self.exited(id, &meta).is_some() {
-            return Err(Error::Create { id: id.into(), reason: "container is not running".into() });
+            return Err(Error::NotRunning(id.into()));
         }
         let mut cmd = tokio::process::Command::new(&self.inner.runc);
         cmd.arg("--root").arg(&self.inner.runc_root).arg("exec");
@@ -313,7 +316,7 @@ impl LinuxRuntime {
         if tty {
             // runc in the foreground makes the container's terminal and copies it to its
             // own stdio, which is a terminal of ours; SIGWINCH makes it read a new size
-            let (master, slave) = open_pty().map_err(|e| io_err("terminal", Path::new(id), e))?;
+            let (master, slave) = pty::open().map_err(|e| io_err("terminal", Path::new(id), e))?;
             let dup = |fd: &OwnedFd| fd.try_clone().map(Stdio::from).map_err(|e| io_err("terminal", Path::new(id), e));
             cmd.arg("--tty").stdin(dup(&slave)?).stdout(dup(&slave)?).stderr(Stdio::from(slave));
             terminal = Some(master);
@@ -321,35 +324,43 @@ impl LinuxRuntime {
             cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         }
         cmd.arg(id).args(command).kill_on_drop(true);
-        let child = cmd.spawn().map_err(|e| Error::Create { id: id.into(), reason: format!("runc exec: {e}") })?;
-        Ok(ExecSession { child, terminal })
+        let mut child = cmd.spawn().map_err(|e| io_err("runc exec", &self.inner.runc, e))?;
+        let runc_pid = child.id().and_then(|p| rustix::process::Pid::from_raw(p as i32));
+        let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+        let exit = async move {
+            let status = child.wait().await?;
+            Ok(status
+                .code()
+                .unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)))
+        };
+        let Some(master) = terminal else {
+            return Ok(ExecSession::new(
+                stdin.map(|w| Box::pin(w) as _),
+                stdout.map(|r| Box::pin(r) as _),
+                stderr.map(|r| Box::pin(r) as _),
+                exit,
+            ));
+        };
+        // one non-blocking descriptor with separate read and write readiness: a read
+        // waiting for output never holds up typed input
+        let resize_fd = rustix::io::dup(&master).map_err(|e| io_err("terminal", Path::new(id), e.into()))?;
+        let pty = pty::Pty::new(master).map_err(|e| io_err("terminal", Path::new(id), e))?;
+        let resize = move |size: TerminalSize| {
+            let ws = rustix::termios::Winsize { ws_row: size.rows, ws_col: size.cols, ws_xpixel: 0, ws_ypixel: 0 };
+            let _ = rustix::termios::tcsetwinsize(&resize_fd, ws);
+            if let Some(pid) = runc_pid {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::WINCH);
+            }
+        };
+        Ok(ExecSession::new(Some(Box::pin(pty.clone())), Some(Box::pin(pty)), None, exit)
+            .with_terminal(Box::new(resize)))
     }
 }
 
-/// A new pseudo-terminal pair: (master, slave).
-fn open_pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
-    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
-    grantpt(&master)?;
-    unlockpt(&master)?;
-    let name = ptsname(&master, Vec::new())?;
-    let slave = rustix::fs::open(
-        name.as_c_str(),
-        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-    )?;
-    Ok((master, slave))
-}
-
-/// A running `runc exec`: its pipes, or the terminal's master side.
-#[derive(Debug)]
-pub struct ExecSession {
-    pub child: tokio::process::Child,
-    pub terminal: Option<OwnedFd>,
-}
-
 impl Runtime for LinuxRuntime {
-    const KIND: RuntimeKind = RuntimeKind::Linux;
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Linux
+    }
 
     /// Makes the pod's network namespace and its hosts, resolv.conf and hostname files,
     /// then wires the namespace (CNI ADD) in the background: containers are created
@@ -358,15 +369,15 @@ impl Runtime for LinuxRuntime {
     async fn create_sandbox(&self, config: &SandboxConfig) -> Result<SandboxStatus> {
         let pending = self.inner.wiring.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&config.id);
         match self.sandbox(&config.id) {
-            Some(rec) if rec.wired || pending => return Ok(SandboxStatus { ip: rec.ip }),
+            Some(rec) if rec.wired || pending => return Ok(SandboxStatus { ip: rec.ip, netns: Some(rec.netns) }),
             Some(_) => self.remove_sandbox(&config.id).await?,
             None => {}
         }
         let files = self.inner.sandboxes.join(&config.id);
         std::fs::create_dir_all(&files).map_err(|e| io_err("sandbox", &files, e))?;
-        let fail = |reason: String| {
+        let fail = |e: NetworkError| {
             let _ = std::fs::remove_dir_all(&files);
-            Error::Create { id: config.id.clone(), reason }
+            Error::Network { id: config.id.clone(), source: Arc::new(e) }
         };
         let netns = self.inner.network.prepare(&config.id, &config.ports).map_err(fail)?;
         let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
@@ -378,6 +389,7 @@ impl Runtime for LinuxRuntime {
             let p = files.join(name);
             std::fs::write(&p, text).map_err(|e| io_err("sandbox file", &p, e))?;
         }
+        let netns_path = netns.clone();
         let rec = SandboxRecord { config: config.clone(), netns, ip: None, ports: config.ports.clone(), wired: false };
         self.save_sandbox(&rec)?;
         let this = self.clone();
@@ -389,27 +401,39 @@ impl Runtime for LinuxRuntime {
                     let hosts = this.inner.sandboxes.join(&id).join("hosts");
                     let _ = std::fs::write(&hosts, hosts_file(&rec.config.hostname, ip.as_deref()));
                     let rec = SandboxRecord { ip: ip.clone(), wired: true, ..rec };
-                    this.save_sandbox(&rec).map_err(|e| e.to_string())?;
+                    if let Err(e) = this.save_sandbox(&rec) {
+                        return Err(Arc::new(NetworkError::Namespace {
+                            path: this.inner.sandboxes.join(&id),
+                            source: std::io::Error::other(e.to_string()),
+                        }));
+                    }
                     Ok(ip)
                 }
-                Err(reason) => {
+                Err(e) => {
                     let _ = std::fs::remove_dir_all(this.inner.sandboxes.join(&id));
                     let _ = std::fs::remove_file(this.inner.sandboxes.join(format!("{id}.json")));
-                    Err(reason)
+                    Err(Arc::new(e))
                 }
             }
         });
         let shared = futures_util::FutureExt::shared(wiring);
         tokio::spawn(shared.clone());
         self.inner.wiring.lock().unwrap_or_else(|e| e.into_inner()).insert(config.id.clone(), shared);
-        Ok(SandboxStatus { ip: None })
+        Ok(SandboxStatus { ip: None, netns: Some(netns_path) })
+    }
+
+    /// Waits for the sandbox's network to be wired, then reports it.
+    async fn sandbox_status(&self, id: &str) -> Result<SandboxStatus> {
+        self.wired(id).await?;
+        let rec = self.sandbox(id).ok_or_else(|| Error::NotFound(id.into()))?;
+        Ok(SandboxStatus { ip: rec.ip, netns: Some(rec.netns) })
     }
 
     async fn remove_sandbox(&self, id: &str) -> Result<()> {
         let _ = self.wired(id).await; // never DEL while an ADD runs
         let Some(rec) = self.sandbox(id) else { return Ok(()) };
-        if let Err(reason) = self.inner.network.detach(id, &rec.ports).await {
-            tracing::warn!(sandbox = id, "{reason}");
+        if let Err(e) = self.inner.network.detach(id, &rec.ports).await {
+            tracing::warn!(sandbox = id, "{e}");
         }
         let _ = std::fs::remove_dir_all(self.inner.sandboxes.join(id));
         let _ = std::fs::remove_file(self.inner.sandboxes.join(format!("{id}.json")));
@@ -419,27 +443,30 @@ impl Runtime for LinuxRuntime {
     async fn create_container(&self, config: ContainerConfig) -> Result<()> {
         let id = config.id.clone();
         let Artifact::Rootfs { layers } = &config.artifact else {
-            return Err(Error::Unsupported { what: "a Wasm artifact", runtime: "linux" });
+            return Err(Error::InvalidConfig {
+                id: config.id.clone(),
+                source: ConfigError::WrongArtifact("a Wasm artifact", RuntimeKind::Linux),
+            });
         };
         let dir = self.dir(&id);
         if dir.exists() {
             self.remove_container(&id).await?;
         }
         let sandbox = self.sandbox(&config.sandbox_id);
-        let fail = |reason: String| Error::Create { id: id.clone(), reason };
         let result = async {
             for sub in ["rootfs", "upper", "work", "exit", "persist", "sock", "empty"] {
                 std::fs::create_dir_all(dir.join(sub)).map_err(|e| io_err("container directory", &dir, e))?;
             }
-            mount_overlay(&dir, layers).map_err(|e| fail(format!("overlay mount: {e}")))?;
-            let spec = build_spec(&config, sandbox.as_ref()).map_err(&fail)?;
+            mount_overlay(&dir, layers).map_err(|e| io_err("overlay mount", &dir.join("rootfs"), e))?;
+            let spec = build_spec(&config, sandbox.as_ref())
+                .map_err(|source| Error::InvalidConfig { id: id.clone(), source })?;
             let bundle = dir.join("config.json");
-            let json = serde_json::to_vec_pretty(&spec).map_err(|e| fail(e.to_string()))?;
+            let json = serde_json::to_vec_pretty(&spec).map_err(|e| io_err("bundle", &bundle, e.into()))?;
             std::fs::write(&bundle, json).map_err(|e| io_err("bundle", &bundle, e))?;
             if let Some(parent) = config.log_path.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| io_err("log directory", parent, e))?;
             }
-            let pid = self.spawn_conmon(&config, &dir).await.map_err(&fail)?;
+            let pid = self.spawn_conmon(&config, &dir).await?;
             self.save_meta(&id, &Meta { config: config.clone(), pid, started_at: None, memory_cgroup: None })
         }
         .await;
@@ -453,7 +480,7 @@ impl Runtime for LinuxRuntime {
         let mut meta = self.meta(id)?;
         self.wired(&meta.config.sandbox_id).await?;
         let started_at = now_ms();
-        self.runc(&["start", id]).await.map_err(|reason| Error::Create { id: id.into(), reason })?;
+        self.runc(id, &["start", id]).await?;
         meta.started_at = Some(started_at);
         meta.memory_cgroup = memory_cgroup(meta.pid);
         self.save_meta(id, &meta)
@@ -466,18 +493,18 @@ impl Runtime for LinuxRuntime {
         }
         if meta.started_at.is_none() {
             // created, never started: nothing ran, delete takes it away
-            let _ = self.runc(&["delete", "--force", id]).await;
+            let _ = self.runc(id, &["delete", "--force", id]).await;
             return Ok(());
         }
         let signal = meta.config.stop_signal.clone().unwrap_or_else(|| "TERM".into());
         let signal = signal.trim_start_matches("SIG").to_string();
         if !grace.is_zero()
-            && self.runc(&["kill", id, &signal]).await.is_ok()
+            && self.runc(id, &["kill", id, &signal]).await.is_ok()
             && self.wait_for(id, Some(grace)).await?.is_some()
         {
             return Ok(());
         }
-        let _ = self.runc(&["kill", id, "KILL"]).await;
+        let _ = self.runc(id, &["kill", id, "KILL"]).await;
         self.wait_for(id, Some(Duration::from_secs(10))).await?;
         Ok(())
     }
@@ -488,8 +515,8 @@ impl Runtime for LinuxRuntime {
         if !dir.exists() {
             return Ok(());
         }
-        if let Err(e) = self.runc(&["delete", "--force", id]).await
-            && !e.contains("does not exist")
+        if let Err(e) = self.runc(id, &["delete", "--force", id]).await
+            && !e.to_string().contains("does not exist")
         {
             tracing::warn!(container = id, "runc delete: {e}");
         }
@@ -552,10 +579,37 @@ impl Runtime for LinuxRuntime {
         }
     }
 
-    async fn exec(&self, id: &str, command: &[String]) -> Result<i32> {
-        let session = self.exec_session(id, command, false).await?;
-        let out = session.child.wait_with_output().await.map_err(|e| io_err("runc exec", Path::new(id), e))?;
-        Ok(out.status.code().unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&out.status).unwrap_or(0)))
+    fn list_containers(&self) -> Vec<String> {
+        self.container_ids()
+    }
+
+    fn container_stats(&self, id: &str) -> Option<Usage> {
+        self.usage(id)
+    }
+
+    /// Runs the command to its end; its output is discarded.
+    async fn exec_sync(&self, id: &str, command: &[String]) -> Result<i32> {
+        let mut session = self.exec_session(id, command, false).await?;
+        session.stdin = None;
+        let drain = |r: Option<std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>>| async move {
+            if let Some(mut r) = r {
+                let _ = tokio::io::copy(&mut r, &mut tokio::io::sink()).await;
+            }
+        };
+        let (out, err) = (session.stdout.take(), session.stderr.take());
+        tokio::join!(drain(out), drain(err));
+        session.wait().await.map_err(|e| io_err("runc exec", &self.inner.runc, e))
+    }
+
+    async fn exec(&self, id: &str, command: &[String], tty: bool) -> Result<ExecSession> {
+        self.exec_session(id, command, tty).await
+    }
+
+    /// runc containers report nothing to the sink: their refusals are the kernel's.
+    fn set_event_sink(&self, _sink: EventSink) {}
+
+    fn metrics(&self) -> Metrics {
+        Metrics::default()
     }
 }
 
@@ -563,8 +617,9 @@ impl LinuxRuntime {
     #[allow(unsafe_code)]
     /// Starts conmon, which runs `runc create` and stays as the container's monitor.
     /// Returns the container's pid, or runc's error.
-    async fn spawn_conmon(&self, config: &ContainerConfig, dir: &Path) -> std::result::Result<i32, String> {
-        let (read, write) = std::io::pipe().map_err(|e| format!("pipe: {e}"))?;
+    async fn spawn_conmon(&self, config: &ContainerConfig, dir: &Path) -> Result<i32> {
+        let conmon_failed = |message: String| Error::Tool { id: config.id.clone(), tool: "conmon", message };
+        let (read, write) = std::io::pipe().map_err(|e| io_err("conmon sync pipe", dir, e))?;
         let write = OwnedFd::from(write);
         let mut cmd = tokio::process::Command::new(&self.inner.conmon);
         cmd.args(["--api-version", "1", "-c", &config.id, "-u", &config.id, "-n", &config.name])
@@ -608,11 +663,11 @@ impl LinuxRuntime {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|e| format!("conmon ({}): {e}", self.inner.conmon.display()))?;
+        let child = cmd.spawn().map_err(|e| io_err("conmon", &self.inner.conmon, e))?;
         drop(write);
-        let out = child.wait_with_output().await.map_err(|e| format!("conmon: {e}"))?;
+        let out = child.wait_with_output().await.map_err(|e| io_err("conmon", &self.inner.conmon, e))?;
         if !out.status.success() {
-            return Err(format!("conmon: {}", String::from_utf8_lossy(&out.stderr).trim()));
+            return Err(conmon_failed(String::from_utf8_lossy(&out.stderr).trim().to_string()));
         }
         // conmon's daemon writes one JSON line: {"data": pid} or {"data": -1, "message": …}
         let line = tokio::task::spawn_blocking(move || {
@@ -625,16 +680,18 @@ impl LinuxRuntime {
             buf
         })
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| conmon_failed(e.to_string()))?;
         #[derive(Deserialize)]
         struct Sync {
             data: i32,
             message: Option<String>,
         }
-        let sync: Sync = serde_json::from_slice(&line)
-            .map_err(|_| format!("conmon ended without creating the container: {}", String::from_utf8_lossy(&line)))?;
+        let sync: Sync = serde_json::from_slice(&line).map_err(|_| {
+            conmon_failed(format!("ended without creating the container: {}", String::from_utf8_lossy(&line)))
+        })?;
         if sync.data <= 0 {
-            return Err(runc_message(sync.message.unwrap_or_default().as_bytes()));
+            let message = runc_message(sync.message.unwrap_or_default().as_bytes());
+            return Err(Error::Tool { id: config.id.clone(), tool: "runc", message });
         }
         Ok(sync.data)
     }
@@ -757,7 +814,7 @@ fn remove_pod_cgroups(sandbox: &str) {
 /// CPU time and working set of a process's cgroup: v1 `cpuacct.usage` and
 /// `memory.usage_in_bytes` less `total_inactive_file`; v2 `cpu.stat` and `memory.current`
 /// less `inactive_file` (the kubelet's working set).
-fn cgroup_usage(pid: i32) -> Option<super::Usage> {
+fn cgroup_usage(pid: i32) -> Option<Usage> {
     let dirs = cgroup_dirs(&pid.to_string());
     let read = |p: PathBuf| std::fs::read_to_string(p).ok();
     let stat = |text: &str, key: &str| {
@@ -768,7 +825,7 @@ fn cgroup_usage(pid: i32) -> Option<super::Usage> {
         let cpu = read(dir.join("cpu.stat")).and_then(|t| stat(&t, "usage_usec")).unwrap_or(0) * 1000;
         let current: u64 = read(dir.join("memory.current"))?.trim().parse().ok()?;
         let inactive = read(dir.join("memory.stat")).and_then(|t| stat(&t, "inactive_file")).unwrap_or(0);
-        return Some(super::Usage { cpu_ns: cpu, memory_bytes: current.saturating_sub(inactive) });
+        return Some(Usage { cpu_ns: cpu, memory_bytes: current.saturating_sub(inactive) });
     }
     let dir = |name: &str| dirs.iter().find(|(c, _)| c.split(',').any(|c| c == name)).map(|(_, d)| d.clone());
     let cpu =
@@ -776,7 +833,7 @@ fn cgroup_usage(pid: i32) -> Option<super::Usage> {
     let mem = dir("memory")?;
     let usage: u64 = read(mem.join("memory.usage_in_bytes"))?.trim().parse().ok()?;
     let inactive = read(mem.join("memory.stat")).and_then(|t| stat(&t, "total_inactive_file")).unwrap_or(0);
-    Some(super::Usage { cpu_ns: cpu, memory_bytes: usage.saturating_sub(inactive) })
+    Some(Usage { cpu_ns: cpu, memory_bytes: usage.saturating_sub(inactive) })
 }
 
 /// `/sys/fs/cgroup/memory/<path>` (v1) or `/sys/fs/cgroup/<path>` (v2) of a process.
@@ -816,16 +873,17 @@ fn cgroup_dirs(process: &str) -> Vec<(String, PathBuf)> {
 
 /// A working directory runc may be given: absolute, normalised, not under /proc
 /// (CVE-2024-21626 entered the host through `process.cwd`).
-fn check_cwd(cwd: &str) -> std::result::Result<String, String> {
+fn check_cwd(cwd: &str) -> std::result::Result<String, ConfigError> {
+    let refuse = |why| Err(ConfigError::WorkingDir { cwd: cwd.into(), why });
     if !cwd.starts_with('/') {
-        return Err(format!("workingDir {cwd:?}: must be an absolute path"));
+        return refuse("must be an absolute path");
     }
     let parts: Vec<&str> = cwd.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
     if parts.contains(&"..") {
-        return Err(format!("workingDir {cwd:?}: must not contain '..'"));
+        return refuse("must not contain '..'");
     }
     if parts.first() == Some(&"proc") {
-        return Err(format!("workingDir {cwd:?}: must not be under /proc"));
+        return refuse("must not be under /proc");
     }
     Ok(format!("/{}", parts.join("/")))
 }
@@ -833,7 +891,7 @@ fn check_cwd(cwd: &str) -> std::result::Result<String, String> {
 /// The image's USER (`user[:group]`, names or numbers) as uid and gid, the way the OCI
 /// image spec says: names from the image's `/etc/passwd` and `/etc/group`; without a
 /// group, the user's primary group there, else 0.
-fn resolve_user(user: &str, layers: &[PathBuf]) -> std::result::Result<(u32, u32), String> {
+fn resolve_user(user: &str, layers: &[PathBuf]) -> std::result::Result<(u32, u32), ConfigError> {
     let (u, g) = user.split_once(':').unwrap_or((user, ""));
     let passwd = image_file(layers, "passwd").unwrap_or_default();
     let entries = |text: &str| -> Vec<Vec<String>> {
@@ -848,7 +906,7 @@ fn resolve_user(user: &str, layers: &[PathBuf]) -> std::result::Result<(u32, u32
                 .iter()
                 .find(|e| e.first().is_some_and(|name| name == n))
                 .and_then(|e| e.get(2)?.parse().ok())
-                .ok_or_else(|| format!("user {n:?} is not in the image's /etc/passwd"))?,
+                .ok_or_else(|| ConfigError::UnknownUser(n.into()))?,
         },
     };
     let gid = match g {
@@ -863,7 +921,7 @@ fn resolve_user(user: &str, layers: &[PathBuf]) -> std::result::Result<(u32, u32
                 .iter()
                 .find(|e| e.first().is_some_and(|name| name == n))
                 .and_then(|e| e.get(2)?.parse().ok())
-                .ok_or_else(|| format!("group {n:?} is not in the image's /etc/group"))?,
+                .ok_or_else(|| ConfigError::UnknownGroup(n.into()))?,
         },
     };
     Ok((uid, gid))
@@ -897,8 +955,8 @@ fn image_file(layers: &[PathBuf], name: &str) -> Option<String> {
 }
 
 /// The bundle's `config.json`.
-fn build_spec(c: &ContainerConfig, sandbox: Option<&SandboxRecord>) -> std::result::Result<Spec, String> {
-    let e = |e: oci_spec::OciSpecError| e.to_string();
+fn build_spec(c: &ContainerConfig, sandbox: Option<&SandboxRecord>) -> std::result::Result<Spec, ConfigError> {
+    let e = ConfigError::Spec;
     let cwd = check_cwd(c.working_dir.as_deref().filter(|w| !w.is_empty()).unwrap_or("/"))?;
     let layers = match &c.artifact {
         Artifact::Rootfs { layers } => layers.as_slice(),
@@ -907,7 +965,7 @@ fn build_spec(c: &ContainerConfig, sandbox: Option<&SandboxRecord>) -> std::resu
     let (uid, gid) = resolve_user(c.user.as_deref().unwrap_or(""), layers)?;
     if c.run_as_non_root && uid == 0 {
         // the kubelet's wording
-        return Err("container has runAsNonRoot and image will run as root".into());
+        return Err(ConfigError::RunsAsRoot);
     }
     let mut env: Vec<String> = Vec::new();
     if !c.env.iter().any(|(k, _)| k == "PATH") {
@@ -1038,7 +1096,7 @@ mod tests {
         assert_eq!(resolve_user("4242", &layers).unwrap(), (4242, 0), "an unknown uid gets group 0");
         assert_eq!(resolve_user("web:staff", &layers).unwrap(), (33, 50));
         assert_eq!(resolve_user("1:2", &layers).unwrap(), (1, 2));
-        assert!(resolve_user("web:nogroup", &layers).unwrap_err().contains("/etc/group"));
+        assert!(resolve_user("web:nogroup", &layers).unwrap_err().to_string().contains("/etc/group"));
         // a symlinked passwd is never followed onto the host
         std::fs::remove_file(upper.join("etc/passwd")).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", upper.join("etc/passwd")).unwrap();

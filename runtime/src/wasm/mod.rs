@@ -17,21 +17,25 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use registry_client::WasmBinary;
 use tokio::sync::watch;
 use wasmtime::component::{Component, ResourceTable};
-use wasmtime::{Engine, InstancePre, Module, ResourceLimiter, Store, UpdateDeadline};
-use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime::{Engine, InstancePre, Module, Store};
+use wasmtime_wasi::I32Exit;
 use wasmtime_wasi::p2::bindings::CommandPre;
-use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::WasiHttpCtx;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use super::log::{CriLog, LogWriter, Stream};
-use super::{
-    ContainerConfig, ContainerState, Error, ExitReason, Result, Runtime, RuntimeKind, SandboxConfig, SandboxStatus,
-    now_ms,
+mod grants;
+mod host;
+mod http;
+
+use grants::Hooks;
+use host::{MemoryCap, P1Host, P2Host, first_line, prepare, wasi_builder};
+
+use crate::log::CriLog;
+use crate::{
+    ConfigError, ContainerConfig, ContainerState, Error, EventSink, ExecSession, ExitReason, Meter, Metered, Metrics,
+    Result, Runtime, RuntimeKind, SandboxConfig, SandboxStatus, Usage, now_ms,
 };
 
 /// How often the epoch advances: the slice a busy guest runs before it yields.
@@ -83,7 +87,9 @@ struct Inner {
     loading: Mutex<()>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     /// Where refused network uses are reported.
-    events: std::sync::OnceLock<super::EventSink>,
+    events: std::sync::OnceLock<EventSink>,
+    /// HTTP requests refused for being over a container's in-flight cap.
+    rejected: Arc<std::sync::atomic::AtomicU64>,
     /// Stops the epoch ticker when the runtime goes away.
     _ticker: Ticker,
 }
@@ -100,7 +106,7 @@ struct Container {
     config: ContainerConfig,
     state: watch::Sender<ContainerState>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    meter: Arc<super::Meter>,
+    meter: Arc<Meter>,
 }
 
 struct Ticker(Arc<std::sync::atomic::AtomicBool>);
@@ -108,77 +114,6 @@ struct Ticker(Arc<std::sync::atomic::AtomicBool>);
 impl Drop for Ticker {
     fn drop(&mut self) {
         self.0.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-/// Caps linear memory, remembering whether the cap was hit.
-pub(super) struct MemoryCap {
-    limit: Option<usize>,
-    pub(super) hit: bool,
-    /// Where the linear memory's size is shown (a run-to-completion guest's).
-    meter: Option<Arc<super::Meter>>,
-}
-
-impl MemoryCap {
-    pub(super) fn new(limit: Option<u64>) -> Self {
-        MemoryCap { limit: limit.map(|l| l as usize), hit: false, meter: None }
-    }
-}
-
-impl ResourceLimiter for MemoryCap {
-    fn memory_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
-        let ok = self.limit.is_none_or(|l| desired <= l);
-        self.hit |= !ok;
-        if let Some(m) = &self.meter {
-            let now = if ok { desired } else { current };
-            m.memory_bytes.store(now as u64, std::sync::atomic::Ordering::Relaxed);
-        }
-        Ok(ok)
-    }
-
-    fn table_growing(&mut self, _current: usize, _desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(true)
-    }
-}
-
-struct P1Host {
-    wasi: WasiP1Ctx,
-    cap: MemoryCap,
-}
-
-pub(super) struct P2Host {
-    pub(super) ctx: WasiCtx,
-    pub(super) table: ResourceTable,
-    pub(super) cap: MemoryCap,
-    pub(super) http: WasiHttpCtx,
-    /// Outbound HTTP grants.
-    pub(super) hooks: super::http::Hooks,
-}
-
-impl WasiView for P2Host {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.ctx, table: &mut self.table }
-    }
-}
-
-impl WasiHttpView for P2Host {
-    fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
-    }
-}
-
-/// stdout/stderr into the CRI log.
-struct LogOutput(LogWriter);
-
-impl IsTerminal for LogOutput {
-    fn is_terminal(&self) -> bool {
-        false
-    }
-}
-
-impl StdoutStream for LogOutput {
-    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(self.0.clone())
     }
 }
 
@@ -214,7 +149,11 @@ fn engine(config: &WasmConfig) -> wasmtime::Result<Engine> {
 
 impl WasmRuntime {
     pub fn new(config: WasmConfig) -> Result<Self> {
-        let fail = |e: wasmtime::Error| Error::Create { id: "wasm runtime".into(), reason: format!("{e:#}") };
+        let fail = |e: wasmtime::Error| Error::Wasm {
+            id: "wasm runtime".into(),
+            context: "engine",
+            message: format!("{e:#}"),
+        };
         let engine = engine(&config).map_err(fail)?;
         let mut p1 = wasmtime::Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut p1, |h: &mut P1Host| &mut h.wasi).map_err(fail)?;
@@ -251,6 +190,7 @@ impl WasmRuntime {
                 loading: Mutex::new(()),
                 containers: Mutex::new(HashMap::new()),
                 events: std::sync::OnceLock::new(),
+                rejected: Default::default(),
                 _ticker: Ticker(stop),
             }),
         })
@@ -267,13 +207,14 @@ impl WasmRuntime {
         if let Some(l) = memo() {
             return Ok(l);
         }
-        let fail = |reason: String| Error::Create { id: digest.into(), reason };
+        let fail = |context: &'static str, message: String| Error::Wasm { id: digest.into(), context, message };
         let bytes = std::fs::read(path).map_err(|source| Error::Io {
             context: "read wasm".into(),
             path: path.into(),
             source,
         })?;
-        let kind = WasmBinary::detect(&bytes).ok_or_else(|| fail("not a WebAssembly module or component".into()))?;
+        let kind =
+            WasmBinary::detect(&bytes).ok_or_else(|| fail("load", "not a WebAssembly module or component".into()))?;
         let hex = digest.rsplit(':').next().unwrap_or(digest);
         let cached = self.inner.cache_dir.join(format!("{hex}-{}.cwasm", self.inner.compat));
         if !cached.is_file() {
@@ -281,7 +222,7 @@ impl WasmRuntime {
                 WasmBinary::Module => self.inner.engine.precompile_module(&bytes),
                 WasmBinary::Component => self.inner.engine.precompile_component(&bytes),
             }
-            .map_err(|e| fail(format!("compile: {e:#}")))?;
+            .map_err(|e| fail("compile", format!("{e:#}")))?;
             let tmp = cached.with_extension(format!("tmp{}-{}", std::process::id(), fastrand::u64(..)));
             std::fs::write(&tmp, &compiled)
                 .and_then(|()| std::fs::rename(&tmp, &cached))
@@ -293,21 +234,20 @@ impl WasmRuntime {
                 // compatibility hash, into our own state directory, and is never modified.
                 #[allow(unsafe_code)]
                 let module = unsafe { Module::deserialize_file(&self.inner.engine, &cached) }
-                    .map_err(|e| fail(format!("{e:#}")))?;
-                Loaded::Module(self.inner.p1.instantiate_pre(&module).map_err(|e| fail(format!("link: {e:#}")))?)
+                    .map_err(|e| fail("load compiled code", format!("{e:#}")))?;
+                Loaded::Module(self.inner.p1.instantiate_pre(&module).map_err(|e| fail("link", format!("{e:#}")))?)
             }
             WasmBinary::Component => {
                 // SAFETY: as above, written by `precompile_component` of a compatible engine.
                 #[allow(unsafe_code)]
                 let component = unsafe { Component::deserialize_file(&self.inner.engine, &cached) }
-                    .map_err(|e| fail(format!("{e:#}")))?;
-                let pre = self.inner.p2.instantiate_pre(&component).map_err(|e| fail(format!("link: {e:#}")))?;
+                    .map_err(|e| fail("load compiled code", format!("{e:#}")))?;
+                let pre = self.inner.p2.instantiate_pre(&component).map_err(|e| fail("link", format!("{e:#}")))?;
                 match ProxyPre::new(pre.clone()) {
                     Ok(proxy) => Loaded::Http(proxy),
-                    Err(_) => Loaded::Component(
-                        CommandPre::new(pre)
-                            .map_err(|e| fail(format!("neither a wasi:cli command nor a wasi:http handler: {e:#}")))?,
-                    ),
+                    Err(_) => Loaded::Component(CommandPre::new(pre).map_err(|e| {
+                        fail("link", format!("neither a wasi:cli command nor a wasi:http handler: {e:#}"))
+                    })?),
                 }
             }
         };
@@ -315,18 +255,8 @@ impl WasmRuntime {
         Ok(loaded)
     }
 
-    /// Sets where refused network uses are reported (once).
-    pub fn set_event_sink(&self, sink: super::EventSink) {
-        let _ = self.inner.events.set(sink);
-    }
-
-    fn sink(&self) -> Option<super::EventSink> {
+    fn sink(&self) -> Option<EventSink> {
         self.inner.events.get().cloned()
-    }
-
-    /// A guest's CPU time (charged per poll) and linear memory size.
-    pub fn usage(&self, id: &str) -> Option<super::Usage> {
-        self.container(id).ok().map(|c| c.meter.usage())
     }
 
     fn container(&self, id: &str) -> Result<Arc<Container>> {
@@ -340,40 +270,13 @@ impl WasmRuntime {
     }
 }
 
-pub(super) fn wasi_builder(
-    config: &ContainerConfig,
-    log: &CriLog,
-    sink: Option<super::EventSink>,
-) -> Result<WasiCtxBuilder> {
-    let mut b = WasiCtxBuilder::new();
-    b.args(&config.args);
-    b.envs(&config.env);
-    b.stdout(LogOutput(LogWriter { log: log.clone(), stream: Stream::Stdout }));
-    b.stderr(LogOutput(LogWriter { log: log.clone(), stream: Stream::Stderr }));
-    // sockets: TCP only, and only what the pod grants (checked at each host call)
-    let grants = super::http::Grants::new(config, Some(log.clone()), sink);
-    b.allow_tcp(true).allow_udp(false).allow_ip_name_lookup(!config.http.allow_outbound.is_empty());
-    b.socket_addr_check(move |addr, use_| {
-        let ok = grants.allows(addr, use_);
-        Box::pin(async move { ok })
-    });
-    for m in &config.mounts {
-        let perms = if m.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
-        b.preopened_dir(&m.host_path, &m.container_path, perms).map_err(|e| Error::Create {
-            id: config.id.clone(),
-            reason: format!("mount {} at {}: {e:#}", m.host_path.display(), m.container_path),
-        })?;
-    }
-    Ok(b)
-}
-
 /// Runs the guest to its end; returns (exit code, reason, message).
 async fn run_guest(
     loaded: Loaded,
     config: ContainerConfig,
     log: CriLog,
-    sink: Option<super::EventSink>,
-    meter: Arc<super::Meter>,
+    sink: Option<EventSink>,
+    meter: Arc<Meter>,
 ) -> (i32, ExitReason, String) {
     let cap = MemoryCap { meter: Some(meter), ..MemoryCap::new(config.memory_limit) };
     let builder = wasi_builder(&config, &log, sink.clone());
@@ -397,7 +300,7 @@ async fn run_guest(
                 table: ResourceTable::new(),
                 cap,
                 http: WasiHttpCtx::new(),
-                hooks: super::http::Hooks::new(&config, Some(log.clone()), sink.clone()),
+                hooks: Hooks::new(&config, Some(log.clone()), sink.clone()),
             };
             let mut store = Store::new(pre.engine(), host);
             prepare(&mut store, |h| &mut h.cap);
@@ -422,27 +325,17 @@ async fn run_guest(
     }
 }
 
-/// What ended the guest, in one line: the trap if it was one.
-pub(super) fn first_line(e: &wasmtime::Error) -> String {
-    if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
-        let trap = trap.to_string();
-        return if trap.starts_with("wasm trap") { trap } else { format!("wasm trap: {trap}") };
-    }
-    format!("{e:#}").lines().find(|l| !l.trim().is_empty()).unwrap_or_default().to_string()
-}
-
-/// Memory cap and the epoch slice: yield to other tasks at every tick.
-pub(super) fn prepare<T: Send + 'static>(store: &mut Store<T>, cap: fn(&mut T) -> &mut MemoryCap) {
-    store.limiter(move |h| cap(h) as &mut dyn ResourceLimiter);
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
-}
-
 impl Runtime for WasmRuntime {
-    const KIND: RuntimeKind = RuntimeKind::Wasm;
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Wasm
+    }
 
     async fn create_sandbox(&self, _config: &SandboxConfig) -> Result<SandboxStatus> {
         Ok(SandboxStatus::default()) // guests share nothing but what the pod mounts
+    }
+
+    async fn sandbox_status(&self, _id: &str) -> Result<SandboxStatus> {
+        Ok(SandboxStatus::default())
     }
 
     async fn remove_sandbox(&self, _id: &str) -> Result<()> {
@@ -450,8 +343,11 @@ impl Runtime for WasmRuntime {
     }
 
     async fn create_container(&self, config: ContainerConfig) -> Result<()> {
-        let super::Artifact::Wasm { path, digest } = &config.artifact else {
-            return Err(Error::Create { id: config.id.clone(), reason: "not a Wasm artifact".into() });
+        let crate::Artifact::Wasm { path, digest } = &config.artifact else {
+            return Err(Error::InvalidConfig {
+                id: config.id.clone(),
+                source: ConfigError::WrongArtifact("a filesystem image", RuntimeKind::Wasm),
+            });
         };
         let (this, path, digest) = (self.clone(), path.clone(), digest.clone());
         tokio::task::spawn_blocking(move || this.load(&path, &digest)).await.expect("load task panicked")?;
@@ -463,7 +359,7 @@ impl Runtime for WasmRuntime {
 
     async fn start_container(&self, id: &str) -> Result<()> {
         let c = self.container(id)?;
-        let super::Artifact::Wasm { digest, path } = &c.config.artifact else { unreachable!("checked at create") };
+        let crate::Artifact::Wasm { digest, path } = &c.config.artifact else { unreachable!("checked at create") };
         let loaded = self.load(path, digest)?;
         let log = CriLog::open(&c.config.log_path).map_err(|source| Error::Io {
             context: "open container log".into(),
@@ -472,11 +368,12 @@ impl Runtime for WasmRuntime {
         })?;
         if let Loaded::Http(pre) = loaded {
             // served on its ports until stopped; a port that cannot be bound is a start error
-            let listeners = super::http::bind(&c.config).await?;
+            let listeners = http::bind(&c.config).await?;
             let started_at = now_ms();
             c.state.send_replace(ContainerState::Running { started_at });
-            let serve = super::http::serve(pre, c.config.clone(), log, listeners, self.sink());
-            let task = tokio::spawn(super::Metered::new(serve, c.meter.clone()));
+            let rejected = self.inner.rejected.clone();
+            let serve = http::serve(pre, c.config.clone(), log, listeners, self.sink(), rejected);
+            let task = tokio::spawn(Metered::new(serve, c.meter.clone()));
             *c.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
             return Ok(());
         }
@@ -485,7 +382,7 @@ impl Runtime for WasmRuntime {
         let (config, state, sink, meter) = (c.config.clone(), c.state.clone(), self.sink(), c.meter.clone());
         let task = tokio::spawn(async move {
             let guest = run_guest(loaded, config, log, sink, meter.clone());
-            let (exit_code, reason, message) = super::Metered::new(guest, meter).await;
+            let (exit_code, reason, message) = Metered::new(guest, meter).await;
             state.send_replace(ContainerState::Exited {
                 exit_code,
                 reason,
@@ -543,7 +440,48 @@ impl Runtime for WasmRuntime {
         Ok(state.clone())
     }
 
-    async fn exec(&self, _id: &str, _command: &[String]) -> Result<i32> {
-        Err(Error::Unsupported { what: "exec", runtime: "wasm" })
+    fn list_containers(&self) -> Vec<String> {
+        self.inner.containers.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+    }
+
+    /// A guest's CPU time (charged per poll) and linear memory size.
+    fn container_stats(&self, id: &str) -> Option<Usage> {
+        self.container(id).ok().map(|c| c.meter.usage())
+    }
+
+    /// A guest is one program with no shell or process table to run a command in.
+    async fn exec_sync(&self, _id: &str, _command: &[String]) -> Result<i32> {
+        Err(Error::Unsupported { what: "exec", runtime: RuntimeKind::Wasm })
+    }
+
+    async fn exec(&self, _id: &str, _command: &[String], _tty: bool) -> Result<ExecSession> {
+        Err(Error::Unsupported { what: "exec", runtime: RuntimeKind::Wasm })
+    }
+
+    /// Sets where refused network uses are reported (once).
+    fn set_event_sink(&self, sink: EventSink) {
+        let _ = self.inner.events.set(sink);
+    }
+
+    fn metrics(&self) -> Metrics {
+        Metrics { http_rejected: self.inner.rejected.load(std::sync::atomic::Ordering::Relaxed) }
+    }
+}
+
+/// Which kind of Wasm binary a file is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WasmBinary {
+    Module,
+    Component,
+}
+
+impl WasmBinary {
+    /// Reads the 8-byte preamble: `\0asm` then version 1 (module) or the component layer.
+    fn detect(header: &[u8]) -> Option<WasmBinary> {
+        match header.get(..8)? {
+            [0, b'a', b's', b'm', 1, 0, 0, 0] => Some(WasmBinary::Module),
+            [0, b'a', b's', b'm', _, _, 1, 0] => Some(WasmBinary::Component),
+            _ => None,
+        }
     }
 }

@@ -13,7 +13,7 @@ use hyper::{Response, StatusCode};
 use super::{ApiError, Body, get, not_found};
 use crate::pod::Manager;
 use crate::pod::state::State;
-use crate::runtime::log;
+use wasmlet_runtime::log;
 
 /// Renders CRI records as the kubelet does: a `P` record continues on the next one, and a
 /// line the container never finished (`printf` with no newline, then exit) is still

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{Artifact, ContainerConfig, ContainerState, Error, ExitReason, Mount, Runtime, SandboxConfig};
+use crate::{Artifact, ContainerConfig, ContainerState, Error, ExitReason, Mount, Runtime, SandboxConfig};
 
 /// One program for a runtime: what to run and its argv.
 #[derive(Clone, Debug)]
@@ -44,7 +44,20 @@ pub async fn suite<R: Runtime>(rt: &R, p: &Programs, dir: &Path) {
     stop_within_grace(rt, &p.spin, dir).await;
     memory_limit(rt, &p.hog, dir).await;
     mounts(rt, &p.write, dir).await;
+    listed_and_measured(rt, &p.spin, dir).await;
     unknown(rt).await;
+}
+
+/// A container is listed from create to remove; a running one has stats.
+pub async fn listed_and_measured<R: Runtime>(rt: &R, spin: &Program, dir: &Path) {
+    rt.create_container(config("listed", spin, dir)).await.unwrap();
+    assert!(rt.list_containers().contains(&"listed".to_string()), "{:?}", rt.list_containers());
+    rt.start_container("listed").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(rt.container_stats("listed").is_some(), "a running container has stats");
+    rt.stop_container("listed", Duration::ZERO).await.unwrap();
+    rt.remove_container("listed").await.unwrap();
+    assert!(!rt.list_containers().contains(&"listed".to_string()));
 }
 
 /// create → Created, start → Running, wait → Exited(0, Completed), remove → gone.
@@ -56,7 +69,9 @@ pub async fn lifecycle<R: Runtime>(rt: &R, hello: &Program, dir: &Path) {
         hostname: "p".into(),
         ports: Vec::new(),
     };
-    rt.create_sandbox(&sandbox).await.unwrap();
+    let made = rt.create_sandbox(&sandbox).await.unwrap();
+    let status = rt.sandbox_status(&sandbox.id).await.unwrap();
+    assert_eq!(status.netns, made.netns, "the status names the sandbox's namespace");
     let mut c = config("life", hello, dir);
     c.sandbox_id = sandbox.id.clone();
     rt.create_container(c).await.unwrap();
@@ -125,6 +140,7 @@ pub async fn mounts<R: Runtime>(rt: &R, write: &Program, dir: &Path) {
 pub async fn unknown<R: Runtime>(rt: &R) {
     assert!(matches!(rt.container_status("nope").await, Err(Error::NotFound(_))));
     assert!(matches!(rt.start_container("nope").await, Err(Error::NotFound(_))));
+    assert!(rt.container_stats("nope").is_none());
 }
 
 /// A guest program built by `just wasm-apps`.
@@ -139,11 +155,12 @@ pub fn app(name: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::wasm::{WasmConfig, WasmRuntime};
+    use crate::wasm::{WasmConfig, WasmRuntime};
 
     fn artifact(name: &str) -> Artifact {
         let path = app(name);
-        let digest = registry_client::Digest::sha256_of(&std::fs::read(&path).unwrap()).to_string();
+        let digest =
+            format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(std::fs::read(&path).unwrap())));
         Artifact::Wasm { path, digest }
     }
 
@@ -168,7 +185,8 @@ mod tests {
         };
         suite(&rt, &programs, dir.path()).await;
         rt.create_container(config("x", &programs.spin, dir.path())).await.unwrap();
-        assert!(matches!(rt.exec("x", &["x".into()]).await, Err(Error::Unsupported { .. })));
+        assert!(matches!(rt.exec_sync("x", &["x".into()]).await, Err(Error::Unsupported { .. })));
+        assert!(matches!(rt.exec("x", &["x".into()], true).await, Err(Error::Unsupported { .. })));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,7 +240,7 @@ mod tests {
 #[cfg(test)]
 mod linux_tests {
     use super::*;
-    use crate::runtime::linux::{LinuxConfig, LinuxRuntime};
+    use crate::linux::{LinuxConfig, LinuxRuntime};
 
     /// A one-directory rootfs: static busybox and an `sh` link.
     fn busybox_rootfs(dir: &Path) -> PathBuf {
@@ -273,7 +291,15 @@ mod linux_tests {
         rt.create_container(config("execd", &programs.spin, dir.path())).await.unwrap();
         rt.start_container("execd").await.unwrap();
         let command = ["/bin/sh".into(), "-c".into(), "test -f /bin/busybox && exit 7".into()];
-        assert_eq!(rt.exec("execd", &command).await.unwrap(), 7);
+        assert_eq!(rt.exec_sync("execd", &command).await.unwrap(), 7);
+        // an exec session: its output on stdout, its input closed, its exit code at the end
+        let echo = ["/bin/sh".into(), "-c".into(), "echo out; echo err >&2; exit 3".into()];
+        let mut session = rt.exec("execd", &echo, false).await.unwrap();
+        let (mut out, mut err) = (String::new(), String::new());
+        use tokio::io::AsyncReadExt;
+        session.stdout.take().unwrap().read_to_string(&mut out).await.unwrap();
+        session.stderr.take().unwrap().read_to_string(&mut err).await.unwrap();
+        assert_eq!((out.as_str(), err.as_str(), session.wait().await.unwrap()), ("out\n", "err\n", 3));
         rt.stop_container("execd", Duration::from_secs(5)).await.unwrap();
         rt.remove_container("execd").await.unwrap();
         let left: Vec<_> = std::fs::read_dir(dir.path().join("state/linux/containers")).unwrap().collect();
@@ -302,5 +328,54 @@ mod linux_tests {
             rt.remove_container("missing").await.unwrap();
         }
         assert_eq!(std::fs::read_dir(dir.path().join("state/linux/containers")).unwrap().count(), 0);
+    }
+}
+
+#[cfg(test)]
+mod fake_tests {
+    use super::*;
+    use crate::fake::{Call, FakeRuntime, Step};
+
+    fn program() -> Program {
+        Program { artifact: Artifact::Wasm { path: "/fake".into(), digest: "sha256:fake".into() }, args: Vec::new() }
+    }
+
+    #[tokio::test]
+    async fn fake_runtime_conforms() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = FakeRuntime::new();
+        let ms = Duration::from_millis(20);
+        rt.script(
+            "life",
+            vec![Step { stdout: vec!["arg[1]=arg".into(), "env KEY=value".into()], ..Step::exit(0, ms) }],
+        );
+        rt.script("code", vec![Step::exit(42, ms)]);
+        rt.script("hog", vec![Step::oom(ms)]);
+        rt.script(
+            "writer",
+            vec![Step { write: Some(("/data/out".into(), "from-writer".into())), ..Step::exit(0, ms) }],
+        );
+        let p = program();
+        let programs = Programs { hello: p.clone(), exit42: p.clone(), spin: p.clone(), hog: p.clone(), write: p };
+        suite(&rt, &programs, dir.path()).await;
+        assert_eq!(rt.starts("life"), 1);
+        assert!(rt.calls().contains(&Call::Start("spin".into())));
+    }
+
+    #[tokio::test]
+    async fn fake_steps_follow_starts_and_stops_take_their_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = FakeRuntime::new();
+        rt.script("c", vec![Step::exit(1, Duration::ZERO), Step { ignore_stop: true, ..Step::run() }]);
+        rt.create_container(config("c", &program(), dir.path())).await.unwrap();
+        rt.start_container("c").await.unwrap();
+        let end = rt.wait_container("c").await.unwrap();
+        assert!(matches!(end, ContainerState::Exited { exit_code: 1, .. }), "{end:?}");
+        rt.create_container(config("c", &program(), dir.path())).await.unwrap();
+        rt.start_container("c").await.unwrap();
+        let t = Instant::now();
+        rt.stop_container("c", Duration::from_millis(200)).await.unwrap();
+        assert!(t.elapsed() >= Duration::from_millis(200), "a stop-ignoring container takes its grace");
+        assert!(matches!(rt.container_status("c").await.unwrap(), ContainerState::Exited { exit_code: 137, .. }));
     }
 }

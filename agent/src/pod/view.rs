@@ -62,7 +62,7 @@ pub fn pod(rec: &PodRecord) -> Value {
     v["kind"] = json!("Pod");
     v["metadata"]["creationTimestamp"] = json!(time(rec.created_at));
     if rec.deleting {
-        v["metadata"]["deletionTimestamp"] = json!(time(crate::runtime::now_ms()));
+        v["metadata"]["deletionTimestamp"] = json!(time(crate::time::now_ms()));
     }
     let s = &rec.status;
     let terminal = s.phase.is_terminal();

@@ -12,27 +12,58 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
+use crate::PortMapping;
+
 /// The chain wasmlet ships; `@SUBNET@`, `@BRIDGE@` and `@DATADIR@` are filled in at start.
-const CONFLIST: &str = include_str!("../../cni/wasmlet.conflist");
+const CONFLIST: &str = include_str!("../cni/wasmlet.conflist");
 
 /// Where Debian's `containernetworking-plugins` puts the plugins.
 pub const DEFAULT_PLUGIN_DIR: &str = "/usr/lib/cni";
 
-/// A `hostPort` mapping, as CNI's `portMappings` capability carries it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PortMapping {
-    pub host_port: u16,
-    pub container_port: u16,
-    /// `tcp` or `udp`.
-    pub protocol: String,
-    #[serde(default, rename = "hostIP", skip_serializing_if = "Option::is_none")]
-    pub host_ip: Option<String>,
+/// Why the pod network could not be made or taken down.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error("wasmlet.conflist: {0}")]
+    Conflist(#[source] serde_json::Error),
+    #[error("CNI plugin {plugin} not found in {dir}: install it with `apt-get install containernetworking-plugins`", dir = .dir.display())]
+    MissingPlugin { plugin: &'static str, dir: PathBuf },
+    #[error("hostPort {port}/{protocol} is already in use on the host: {source}")]
+    PortTaken {
+        port: u16,
+        protocol: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("network namespace {path}: {source}", path = .path.display())]
+    Namespace {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("CNI plugin {plugin}: {source}")]
+    Spawn {
+        plugin: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The plugin failed and said why (its `msg` and `details`, or its output).
+    #[error("CNI {command} {plugin}: {message}")]
+    Plugin { command: &'static str, plugin: String, message: String },
+    #[error("the pod network was not set up")]
+    NotWired,
+    #[error("CNI {command} {plugin}: bad result: {source}")]
+    BadResult {
+        command: &'static str,
+        plugin: String,
+        #[source]
+        source: serde_json::Error,
+    },
 }
+
+type Result<T, E = NetworkError> = std::result::Result<T, E>;
 
 /// How pods are networked.
 #[derive(Clone, Debug)]
@@ -55,18 +86,15 @@ pub struct Network {
 }
 
 impl Network {
-    pub fn new(config: NetworkConfig) -> Result<Self, String> {
+    pub fn new(config: NetworkConfig) -> Result<Self> {
         let text = CONFLIST
             .replace("@SUBNET@", &config.subnet)
             .replace("@BRIDGE@", &config.bridge)
             .replace("@DATADIR@", &config.data_dir.display().to_string());
-        let chain: Value = serde_json::from_str(&text).map_err(|e| format!("wasmlet.conflist: {e}"))?;
+        let chain: Value = serde_json::from_str(&text).map_err(NetworkError::Conflist)?;
         for plugin in ["loopback", "bridge", "host-local", "portmap"] {
             if !config.plugin_dir.join(plugin).is_file() {
-                return Err(format!(
-                    "CNI plugin {plugin} not found in {}: install it with `apt-get install containernetworking-plugins`",
-                    config.plugin_dir.display()
-                ));
+                return Err(NetworkError::MissingPlugin { plugin, dir: config.plugin_dir.clone() });
             }
         }
         Ok(Network { config, chain })
@@ -77,20 +105,20 @@ impl Network {
     }
 
     /// Checks the host ports and makes the pod's namespace (or finds it made).
-    pub fn prepare(&self, pod: &str, ports: &[PortMapping]) -> Result<PathBuf, String> {
+    pub fn prepare(&self, pod: &str, ports: &[PortMapping]) -> Result<PathBuf> {
         for p in ports {
             check_port_free(p)?;
         }
         let netns = self.netns_path(pod);
         if !netns.exists() {
-            create_netns(&netns).map_err(|e| format!("network namespace {}: {e}", netns.display()))?;
+            create_netns(&netns).map_err(|source| NetworkError::Namespace { path: netns.clone(), source })?;
         }
         Ok(netns)
     }
 
     /// Runs the chain's ADD in the prepared namespace; returns the pod IP. On failure
     /// the chain's DEL runs and the namespace is removed.
-    pub async fn wire(&self, pod: &str, ports: &[PortMapping]) -> Result<Option<String>, String> {
+    pub async fn wire(&self, pod: &str, ports: &[PortMapping]) -> Result<Option<String>> {
         let netns = self.netns_path(pod);
         match self.add(pod, &netns, ports).await {
             Ok(ip) => Ok(ip),
@@ -101,7 +129,7 @@ impl Network {
         }
     }
 
-    async fn add(&self, pod: &str, netns: &Path, ports: &[PortMapping]) -> Result<Option<String>, String> {
+    async fn add(&self, pod: &str, netns: &Path, ports: &[PortMapping]) -> Result<Option<String>> {
         // `lo` and `eth0` are independent: wire them at once
         let lo = json!({"cniVersion": self.chain["cniVersion"], "name": "lo", "type": "loopback"});
         let lo = self.exec("ADD", pod, netns, "lo", &lo);
@@ -111,7 +139,7 @@ impl Network {
                 let conf = self.plugin_conf(plugin, ports, prev.as_ref());
                 prev = Some(self.exec("ADD", pod, netns, "eth0", &conf).await?);
             }
-            Ok::<_, String>(prev)
+            Ok::<_, NetworkError>(prev)
         };
         let (lo, prev) = tokio::join!(lo, chain);
         lo?;
@@ -133,7 +161,7 @@ impl Network {
     }
 
     /// Runs the chain's DEL (in reverse) and removes the namespace. Safe to repeat.
-    pub async fn detach(&self, pod: &str, ports: &[PortMapping]) -> Result<(), String> {
+    pub async fn detach(&self, pod: &str, ports: &[PortMapping]) -> Result<()> {
         let netns = self.netns_path(pod);
         let mut first_error = None;
         let ns_arg = if netns.exists() { netns.clone() } else { PathBuf::new() };
@@ -163,7 +191,7 @@ impl Network {
         conf
     }
 
-    async fn exec(&self, command: &str, pod: &str, netns: &Path, ifname: &str, conf: &Value) -> Result<Value, String> {
+    async fn exec(&self, command: &'static str, pod: &str, netns: &Path, ifname: &str, conf: &Value) -> Result<Value> {
         let kind = conf["type"].as_str().unwrap_or_default();
         let mut child = tokio::process::Command::new(self.config.plugin_dir.join(kind))
             .env_clear()
@@ -177,12 +205,13 @@ impl Network {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| format!("CNI plugin {kind}: {e}"))?;
+            .map_err(|source| NetworkError::Spawn { plugin: kind.into(), source })?;
         let input = serde_json::to_vec(conf).unwrap_or_default();
         if let Some(mut stdin) = child.stdin.take() {
             let _ = stdin.write_all(&input).await;
         }
-        let out = child.wait_with_output().await.map_err(|e| format!("CNI plugin {kind}: {e}"))?;
+        let out =
+            child.wait_with_output().await.map_err(|source| NetworkError::Spawn { plugin: kind.into(), source })?;
         if !out.status.success() {
             // a plugin reports errors as {"code", "msg", "details"} on stdout
             let err: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
@@ -192,21 +221,24 @@ impl Network {
                     .to_string()
             });
             let details = err["details"].as_str().map(|d| format!(" ({d})")).unwrap_or_default();
-            return Err(format!("CNI {command} {kind}: {msg}{details}"));
+            return Err(NetworkError::Plugin { command, plugin: kind.into(), message: format!("{msg}{details}") });
         }
         if out.stdout.is_empty() {
             return Ok(Value::Null);
         }
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("CNI {command} {kind}: bad result: {e}"))
+        serde_json::from_slice(&out.stdout).map_err(|source| NetworkError::BadResult {
+            command,
+            plugin: kind.into(),
+            source,
+        })
     }
 }
 
 /// Binding the port is the only way to know nothing on the host listens on it.
-fn check_port_free(p: &PortMapping) -> Result<(), String> {
+fn check_port_free(p: &PortMapping) -> Result<()> {
     let ip: IpAddr = p.host_ip.as_deref().and_then(|s| s.parse().ok()).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     let addr = SocketAddr::new(ip, p.host_port);
-    let taken =
-        |e: std::io::Error| format!("hostPort {}/{} is already in use on the host: {e}", p.host_port, p.protocol);
+    let taken = |source| NetworkError::PortTaken { port: p.host_port, protocol: p.protocol.clone(), source };
     if p.protocol == "udp" {
         std::net::UdpSocket::bind(addr).map(drop).map_err(taken)
     } else {

@@ -22,134 +22,16 @@ use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use wasmtime::Store;
 use wasmtime::component::ResourceTable;
+use wasmtime_wasi_http::WasiHttpCtx;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpHooks};
 
-use super::log::{CriLog, Stream};
-use super::wasm::{MemoryCap, P2Host, prepare, wasi_builder};
-use super::{ContainerConfig, Error, EventSink, Result};
-use wasmtime_wasi::sockets::SocketAddrUse;
+use super::grants::Hooks;
+use super::host::{MemoryCap, P2Host, first_line, prepare, wasi_builder};
+use crate::log::{CriLog, Stream};
+use crate::{ConfigError, ContainerConfig, Error, EventSink, Result};
 
 const DEADLINE: &str = "request deadline exceeded";
-
-/// The requests refused for being over a container's cap, by all containers.
-pub static REJECTED: AtomicU64 = AtomicU64::new(0);
-
-/// What a guest may do on the network, and where a refusal is reported: the
-/// container log, the agent log and (through the sink) a pod event.
-#[derive(Clone)]
-pub(super) struct Grants {
-    id: String,
-    /// The declared `containerPort`s: the only ports a guest may listen on.
-    ports: Arc<[u16]>,
-    /// `wasmlet.dev/allow-outbound`: where it may connect or send HTTP requests.
-    outbound: Arc<[String]>,
-    log: Option<CriLog>,
-    sink: Option<EventSink>,
-}
-
-impl Grants {
-    pub(super) fn new(config: &ContainerConfig, log: Option<CriLog>, sink: Option<EventSink>) -> Self {
-        Grants {
-            id: config.id.clone(),
-            ports: config.ports.iter().map(|p| p.container_port).collect(),
-            outbound: config.http.allow_outbound.clone().into(),
-            log,
-            sink,
-        }
-    }
-
-    /// The `wasi:sockets` check: TCP binds to an ephemeral port or a declared one,
-    /// listening on declared ports, connections only where granted; no UDP.
-    pub(super) fn allows(&self, addr: SocketAddr, use_: SocketAddrUse) -> bool {
-        let port = addr.port();
-        let (ok, why) = match use_ {
-            SocketAddrUse::TcpBind => (port == 0 || self.ports.contains(&port), "not a declared containerPort"),
-            SocketAddrUse::TcpListen => (self.ports.contains(&port), "not a declared containerPort"),
-            SocketAddrUse::TcpAccept => (true, ""),
-            SocketAddrUse::TcpConnect => (
-                granted(&self.outbound, &addr.ip().to_string(), port),
-                "not granted by the pod's wasmlet.dev/allow-outbound annotation",
-            ),
-            _ => (false, "UDP is not granted to Wasm guests"),
-        };
-        if !ok {
-            let what = match use_ {
-                SocketAddrUse::TcpBind => "TCP bind to",
-                SocketAddrUse::TcpListen => "TCP listen on",
-                SocketAddrUse::TcpConnect => "TCP connect to",
-                _ => "UDP use of",
-            };
-            self.deny(&format!("{what} {addr} denied: {why}"));
-        }
-        ok
-    }
-
-    fn deny(&self, message: &str) {
-        if let Some(log) = &self.log {
-            let _ = log.write(Stream::Stderr, format!("wasmlet: {message}\n").as_bytes());
-        }
-        tracing::info!(container = %self.id, "{message}");
-        if let Some(sink) = &self.sink {
-            sink(&self.id, "NetworkAccessDenied", message);
-        }
-    }
-}
-
-/// The `wasi:http` hooks of one guest: outbound requests only where granted.
-pub(super) struct Hooks {
-    grants: Grants,
-}
-
-impl Hooks {
-    pub(super) fn new(config: &ContainerConfig, log: Option<CriLog>, sink: Option<EventSink>) -> Self {
-        Hooks { grants: Grants::new(config, log, sink) }
-    }
-}
-
-/// Whether `host:port` is granted by one of `allowed` (`host:port`, `*:port`, `host:*`).
-pub fn granted(allowed: &[String], host: &str, port: u16) -> bool {
-    allowed.iter().any(|a| {
-        let Some((h, p)) = a.rsplit_once(':') else { return false };
-        (h == "*" || h.eq_ignore_ascii_case(host)) && (p == "*" || p.parse() == Ok(port))
-    })
-}
-
-impl WasiHttpHooks for Hooks {
-    fn send_request(
-        &mut self,
-        request: http::Request<wasmtime_wasi_http::WasiBody>,
-        options: Option<wasmtime_wasi_http::RequestOptions>,
-        fut: Box<dyn Future<Output = std::result::Result<(), wasmtime_wasi_http::Error>> + Send>,
-    ) -> Box<
-        dyn Future<
-                Output = std::result::Result<
-                    (
-                        http::Response<wasmtime_wasi_http::WasiBody>,
-                        Box<dyn Future<Output = std::result::Result<(), wasmtime_wasi_http::Error>> + Send>,
-                    ),
-                    wasmtime_wasi_http::Error,
-                >,
-            > + Send,
-    > {
-        drop(fut);
-        let uri = request.uri();
-        let host = uri.host().unwrap_or_default().to_string();
-        let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        if !granted(&self.grants.outbound, &host, port) {
-            self.grants.deny(&format!(
-                "outbound HTTP request to {host}:{port} denied: not granted by the pod's wasmlet.dev/allow-outbound annotation"
-            ));
-            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
-        }
-        Box::new(async move {
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((response.map(BodyExt::boxed_unsync), Box::new(io) as Box<dyn Future<Output = _> + Send>))
-        })
-    }
-}
 
 fn text(status: u16, body: &str) -> hyper::Response<HyperOutgoingBody> {
     hyper::Response::builder()
@@ -166,14 +48,16 @@ fn text(status: u16, body: &str) -> hyper::Response<HyperOutgoingBody> {
 /// look), and its `hostPort`, if any, on every address.
 pub(super) async fn bind(config: &ContainerConfig) -> Result<Vec<TcpListener>> {
     if config.ports.is_empty() {
-        return Err(Error::Create {
-            id: config.id.clone(),
-            reason: "an HTTP component needs a containerPort to serve on".into(),
-        });
+        return Err(Error::InvalidConfig { id: config.id.clone(), source: ConfigError::NoPorts });
     }
     if let Some(netns) = config.netns.clone() {
+        let ns_path = netns.clone();
         let ports: Vec<u16> = config.ports.iter().map(|p| p.container_port).collect();
-        let fail = |reason: String| Error::Create { id: config.id.clone(), reason };
+        let fail = |source: std::io::Error| Error::Io {
+            context: format!("serve {} in the pod network", config.id),
+            path: ns_path.clone(),
+            source,
+        };
         // a thread of our own enters the namespace (never a pooled one); a socket stays
         // in the namespace it was made in
         let made = tokio::task::spawn_blocking(move || {
@@ -196,10 +80,10 @@ pub(super) async fn bind(config: &ContainerConfig) -> Result<Vec<TcpListener>> {
             .join()
         })
         .await
-        .map_err(|e| fail(e.to_string()))?
-        .map_err(|_| fail("the namespace thread panicked".into()))?
-        .map_err(|e| fail(format!("cannot listen: {e}")))?;
-        return made.into_iter().map(|l| TcpListener::from_std(l).map_err(|e| fail(e.to_string()))).collect();
+        .map_err(|e| fail(std::io::Error::other(e)))?
+        .map_err(|_| fail(std::io::Error::other("the namespace thread panicked")))?
+        .map_err(fail)?;
+        return made.into_iter().map(|l| TcpListener::from_std(l).map_err(fail)).collect();
     }
     let mut addrs: Vec<SocketAddr> = Vec::new();
     for p in &config.ports {
@@ -214,9 +98,10 @@ pub(super) async fn bind(config: &ContainerConfig) -> Result<Vec<TcpListener>> {
     }
     let mut listeners = Vec::new();
     for addr in addrs {
-        let l = TcpListener::bind(addr)
-            .await
-            .map_err(|e| Error::Create { id: config.id.clone(), reason: format!("cannot listen on {addr}: {e}") })?;
+        let l = TcpListener::bind(addr).await.map_err(|source| Error::InvalidConfig {
+            id: config.id.clone(),
+            source: ConfigError::Listen { addr, source },
+        })?;
         listeners.push(l);
     }
     Ok(listeners)
@@ -229,9 +114,11 @@ pub(super) async fn serve(
     log: CriLog,
     listeners: Vec<TcpListener>,
     sink: Option<EventSink>,
+    rejected: Arc<AtomicU64>,
 ) {
     let shared = Arc::new(Shared {
         sink,
+        rejected,
         pre,
         limit: Arc::new(tokio::sync::Semaphore::new(config.http.max_concurrency.max(1))),
         config,
@@ -272,6 +159,8 @@ pub(super) async fn serve(
 
 struct Shared {
     sink: Option<EventSink>,
+    /// The runtime's count of requests refused for being over a container's cap.
+    rejected: Arc<AtomicU64>,
     pre: ProxyPre<P2Host>,
     config: ContainerConfig,
     log: CriLog,
@@ -281,7 +170,7 @@ struct Shared {
 impl Shared {
     async fn handle(&self, req: hyper::Request<Incoming>) -> hyper::Response<HyperOutgoingBody> {
         let Ok(permit) = self.limit.clone().try_acquire_owned() else {
-            REJECTED.fetch_add(1, Ordering::Relaxed);
+            self.rejected.fetch_add(1, Ordering::Relaxed);
             // one event, counted up at each refusal
             if let Some(sink) = &self.sink {
                 let message = format!(
@@ -334,9 +223,9 @@ impl Shared {
             match tokio::time::timeout(deadline, run).await {
                 Ok(r) => r.map_err(|e| {
                     let what = if store.data().cap.hit {
-                        format!("memory limit reached: {}", super::wasm::first_line(&e))
+                        format!("memory limit reached: {}", first_line(&e))
                     } else {
-                        super::wasm::first_line(&e)
+                        first_line(&e)
                     };
                     let _ = log.write(Stream::Stderr, format!("wasmlet: request failed: {what}\n").as_bytes());
                     what
@@ -359,47 +248,5 @@ impl Shared {
                 text(504, &format!("{DEADLINE}\n"))
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::net::SocketAddr;
-
-    use wasmtime_wasi::sockets::SocketAddrUse;
-
-    #[test]
-    fn socket_grants_follow_declared_ports_and_outbound_grants() {
-        let mut config = crate::runtime::ContainerConfig {
-            ports: vec![crate::runtime::ServePort { container_port: 8080, host_port: None }],
-            ..crate::runtime::ContainerConfig::for_test(
-                "c",
-                crate::runtime::Artifact::Rootfs { layers: Vec::new() },
-                "/dev/null".into(),
-            )
-        };
-        config.http.allow_outbound = vec!["10.0.0.1:5432".into()];
-        let g = super::Grants::new(&config, None, None);
-        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
-        assert!(g.allows(a("127.0.0.1:8080"), SocketAddrUse::TcpBind));
-        assert!(g.allows(a("0.0.0.0:0"), SocketAddrUse::TcpBind), "an implicit bind for connect");
-        assert!(!g.allows(a("127.0.0.1:9090"), SocketAddrUse::TcpBind));
-        assert!(g.allows(a("0.0.0.0:8080"), SocketAddrUse::TcpListen));
-        assert!(!g.allows(a("0.0.0.0:0"), SocketAddrUse::TcpListen), "no listening on an ephemeral port");
-        assert!(g.allows(a("10.0.0.1:5432"), SocketAddrUse::TcpConnect));
-        assert!(!g.allows(a("10.0.0.2:5432"), SocketAddrUse::TcpConnect));
-        assert!(!g.allows(a("10.0.0.1:53"), SocketAddrUse::UdpBind), "no UDP");
-    }
-
-    #[test]
-    fn outbound_grants_match_host_and_port() {
-        let allowed = vec!["api.example.com:443".to_string(), "*:8080".into(), "127.0.0.1:*".into()];
-        assert!(super::granted(&allowed, "api.example.com", 443));
-        assert!(super::granted(&allowed, "API.example.com", 443));
-        assert!(!super::granted(&allowed, "api.example.com", 80));
-        assert!(super::granted(&allowed, "anything", 8080));
-        assert!(super::granted(&allowed, "127.0.0.1", 9));
-        assert!(!super::granted(&allowed, "evil.com", 443));
-        assert!(!super::granted(&[], "api.example.com", 443), "nothing by default");
     }
 }
