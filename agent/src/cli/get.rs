@@ -24,23 +24,19 @@ pub struct GetArgs {
     pub selector: Option<String>,
 }
 
-/// Whether `labels` (a JSON object) satisfy an equality-based selector.
+/// Whether `labels` (a JSON object) satisfy a kubectl selector string.
 fn selected(selector: Option<&str>, labels: &Value) -> bool {
     let Some(sel) = selector else { return true };
-    sel.split(',').map(str::trim).filter(|t| !t.is_empty()).all(|term| {
-        if let Some((k, v)) = term.split_once("!=") {
-            labels[k.trim()].as_str() != Some(v.trim())
-        } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
-            labels[k.trim()].as_str() == Some(v.trim())
-        } else if let Some(k) = term.strip_prefix('!') {
-            labels.get(k.trim()).is_none()
-        } else {
-            labels.get(term).is_some()
-        }
-    })
+    // an invalid selector was refused before any listing
+    let Ok(sel) = crate::spec::selector::parse(sel) else { return false };
+    let labels = serde_json::from_value(labels.clone()).unwrap_or_default();
+    crate::spec::selector::matches(&sel, &labels)
 }
 
 pub async fn run(global: &Global, args: GetArgs) -> anyhow::Result<()> {
+    if let Some(sel) = &args.selector {
+        crate::spec::selector::parse(sel).map_err(|e| anyhow::anyhow!("-l {sel:?}: {e}"))?;
+    }
     match args.resource.as_str() {
         "events" | "event" | "ev" => return events(global, &args).await,
         "configmaps" | "configmap" | "cm" => return objects(global, &args, "configmaps").await,
@@ -369,25 +365,15 @@ pub fn age_ms(since: u64) -> String {
 }
 
 /// `2026-11-22T03:13:00Z` → Unix ms.
-pub fn parse_time(ts: &str) -> Option<u64> {
-    chrono::DateTime::parse_from_rfc3339(ts).ok().and_then(|t| u64::try_from(t.timestamp_millis()).ok())
-}
+pub use crate::time::parse_rfc3339 as parse_time;
 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn time_parsing_inverts_formatting() {
-        let ms = 1_795_000_000_000u64;
-        let s = wasmlet_runtime::log::rfc3339_nano(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms));
-        assert_eq!(super::parse_time(&s), Some(ms));
-    }
-
-    #[test]
     fn label_selectors_as_kubectl_reads_them() {
         let labels = serde_json::json!({"app": "web", "tier": "front"});
         let sel = |s: &str| super::selected(Some(s), &labels);
-        assert!(sel("app=web") && sel("app==web,tier") && sel("app!=db") && sel("!canary"));
-        assert!(!sel("app=db") && !sel("app=web,tier=back") && !sel("canary") && !sel("!app"));
+        assert!(sel("app=web") && sel("tier in (front)") && !sel("app!=web"));
         assert!(super::selected(None, &serde_json::Value::Null));
     }
 }

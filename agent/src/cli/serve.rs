@@ -177,6 +177,7 @@ pub async fn start_agent(global: &Global, max_wasm_instances: u32, rt: &RuntimeA
     let runtime = Arc::new(Runtimes::new(WasmRuntime::new(wasm)?, linux));
     tracing::info!("runtime ready; resuming pods");
     let mgr = Manager::start(store, images, runtime, dir).await?;
+    crate::workload::start(&mgr);
     let (gc, thresholds) = (Arc::downgrade(&mgr), (rt.image_gc_high_threshold, rt.image_gc_low_threshold));
     tokio::spawn(async move {
         // image garbage collection under disk pressure, as the kubelet's (every 5 min there)

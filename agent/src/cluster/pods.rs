@@ -430,7 +430,7 @@ impl PodSync {
         let mut out = Vec::new();
         for (audience, expiration) in token_sources(pod) {
             let name = crate::pod::volume::token_secret_name(&uid, audience.as_deref(), expiration);
-            let stored = crate::pod::env::Objects::secret(&*self.mgr, &ns, &name);
+            let stored = crate::pod::env::Objects::secret(&**self.mgr, &ns, &name);
             let due = stored
                 .as_ref()
                 .and_then(|s| s.metadata.annotations.as_ref()?.get(REFRESH_AFTER).cloned())

@@ -116,6 +116,12 @@ impl ImageService {
         Ok(record)
     }
 
+    /// Records an image as if it had been pulled (the pod tests' images).
+    #[cfg(test)]
+    pub fn insert(&self, record: &ImageRecord) -> Result<()> {
+        Ok(self.store.put(Table::Images, &record.reference, record)?)
+    }
+
     /// The record for a reference, if it was pulled.
     pub fn get(&self, reference: &Reference) -> Result<Option<ImageRecord>> {
         Ok(self.store.get(Table::Images, &reference.to_string())?)

@@ -29,6 +29,9 @@ pub mod view;
 pub mod volume;
 mod worker;
 
+#[cfg(test)]
+mod tests;
+
 use state::{ContainerPlan, Plan, PodStatus, PullPolicy, RestartPolicy, Role};
 
 #[derive(Debug, thiserror::Error)]
@@ -155,8 +158,10 @@ pub enum ExecError {
     Runtime(#[from] wasmlet_runtime::Error),
 }
 
-/// Runs the pods.
-pub struct Manager {
+/// What a pod's worker needs, and nothing more: the stores, the runtimes, the node, the
+/// pod directories, and where changes and events go. The [`Manager`] adds admission,
+/// objects, workloads and images on top.
+pub struct Core {
     store: Store,
     images: Arc<ImageService>,
     runtime: Arc<Runtimes>,
@@ -185,7 +190,7 @@ pub trait Observer: Send + Sync {
     fn event(&self, uid: &str, event: &Event);
 }
 
-impl env::Objects for Manager {
+impl env::Objects for Core {
     fn config_map(&self, namespace: &str, name: &str) -> Option<ConfigMap> {
         self.store.get(Table::Objects, &format!("ConfigMap/{namespace}/{name}")).ok().flatten()
     }
@@ -194,9 +199,127 @@ impl env::Objects for Manager {
     }
 }
 
-impl std::fmt::Debug for Manager {
+impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Manager").finish_non_exhaustive()
+        f.debug_struct("Core").finish_non_exhaustive()
+    }
+}
+
+/// Runs the pods.
+#[derive(Debug)]
+pub struct Manager {
+    core: Arc<Core>,
+}
+
+impl std::ops::Deref for Manager {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+impl Core {
+    fn save(&self, rec: &PodRecord) -> Result<()> {
+        self.store.put(Table::Pods, &rec.key(), rec)?;
+        if let Some(o) = self.observer.get() {
+            o.pod_changed(&rec.key());
+        }
+        if rec.pod.metadata.owner_references.is_some() {
+            self.workloads.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Records an event; a repeat of the last one with the same reason and message
+    /// counts up instead.
+    fn event(&self, rec: &PodRecord, kind: &str, reason: &str, message: &str) {
+        self.event_for(&rec.uid, &rec.key(), kind, reason, message)
+    }
+
+    /// As [`Manager::event`], for the pod with `uid` and key `pod`.
+    fn event_for(&self, uid: &str, pod: &str, kind: &str, reason: &str, message: &str) {
+        self.record_event(uid, pod, None, kind, reason, message)
+    }
+
+    fn record_event(&self, uid: &str, pod: &str, object: Option<String>, kind: &str, reason: &str, message: &str) {
+        let now = crate::time::now_ms();
+        let prefix = format!("{uid}/");
+        let last = self
+            .store
+            .scan::<Event>(Table::Events, &prefix)
+            .ok()
+            .and_then(|v| v.into_iter().rev().find(|(_, e)| e.reason == reason && e.message == message));
+        let result = match last {
+            Some((k, mut e)) => {
+                e.count += 1;
+                e.last_seen = now;
+                if let Some(o) = self.observer.get() {
+                    o.event(uid, &e);
+                }
+                self.store.put(Table::Events, &k, &e)
+            }
+            None => self.store.next_id().and_then(|id| {
+                let e = Event {
+                    kind: kind.into(),
+                    reason: reason.into(),
+                    message: message.into(),
+                    count: 1,
+                    first_seen: now,
+                    last_seen: now,
+                    pod: pod.to_string(),
+                    object,
+                };
+                if let Some(o) = self.observer.get() {
+                    o.event(uid, &e);
+                }
+                self.store.put(Table::Events, &format!("{prefix}{id:020}"), &e)
+            }),
+        };
+        if let Err(e) = result {
+            tracing::warn!(pod = %pod, error = %e, "cannot record event");
+        }
+    }
+
+    /// A warning about the container with `id` (`<pod uid>-<name>-<instance>`).
+    fn container_event(&self, id: &str, reason: &str, message: &str) {
+        let uid = id.get(..36).unwrap_or(id);
+        let key = self.keys.lock().unwrap_or_else(|e| e.into_inner()).get(uid).cloned();
+        if let Some(key) = key {
+            self.event_for(uid, &key, "Warning", reason, message);
+        }
+    }
+
+    async fn teardown(&self, rec: &PodRecord) -> Result<()> {
+        volume::unmount_all(&self.pod_dir(&rec.uid).join("volumes"));
+        let _ = std::fs::remove_dir_all(self.pod_dir(&rec.uid));
+        self.store.remove(Table::Pods, &rec.key())?;
+        self.store.remove_prefix(Table::Events, &format!("{}/", rec.uid))?;
+        self.store.flush().await?;
+        self.workers.lock().unwrap_or_else(|e| e.into_inner()).remove(&rec.key());
+        self.keys.lock().unwrap_or_else(|e| e.into_inner()).remove(&rec.uid);
+        if rec.pod.metadata.owner_references.is_some() {
+            self.workloads.notify_one();
+        }
+        if let Some(o) = self.observer.get() {
+            o.pod_changed(&rec.key());
+        }
+        Ok(())
+    }
+
+    fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.pods_dir.join(uid)
+    }
+
+    /// Where a container instance's log is.
+    pub fn log_path(&self, rec: &PodRecord, container: &str, instance: u32) -> PathBuf {
+        self.pod_dir(&rec.uid).join("logs").join(container).join(format!("{instance}.log"))
+    }
+
+    /// Called when a pod first has every container running.
+    fn started(&self, uid: &str) {
+        if let Some(t) = self.accepted.lock().unwrap_or_else(|e| e.into_inner()).remove(uid) {
+            self.start_latencies.lock().unwrap_or_else(|e| e.into_inner()).push(t.elapsed());
+        }
     }
 }
 
@@ -208,7 +331,7 @@ impl Manager {
         runtime: Arc<Runtimes>,
         state_dir: &std::path::Path,
     ) -> Result<Arc<Self>> {
-        let mgr = Arc::new(Manager {
+        let core = Arc::new(Core {
             store,
             images,
             runtime,
@@ -223,12 +346,13 @@ impl Manager {
             observer: std::sync::OnceLock::new(),
         });
         // refusals the Wasm runtime reports (a denied connect, say) become pod events
-        let weak = Arc::downgrade(&mgr);
-        mgr.runtime.set_event_sink(Arc::new(move |id: &str, reason: &str, message: &str| {
+        let weak = Arc::downgrade(&core);
+        core.runtime.set_event_sink(Arc::new(move |id: &str, reason: &str, message: &str| {
             if let Some(m) = weak.upgrade() {
                 m.container_event(id, reason, message);
             }
         }));
+        let mgr = Arc::new(Manager { core });
         let records: Vec<(String, PodRecord)> = mgr.store.scan(Table::Pods, "")?;
         let now = crate::time::now_ms();
         for (_, mut rec) in records {
@@ -242,8 +366,6 @@ impl Manager {
         }
         mgr.store.flush().await?;
         mgr.remove_orphans().await;
-        tokio::spawn(crate::workload::run(mgr.clone()));
-        mgr.workloads.notify_one();
         tracing::info!("pods resumed");
         Ok(mgr)
     }
@@ -448,7 +570,7 @@ impl Manager {
             for v in rec.pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
                 if volume::is_projected(v) && root.join(&v.name).join("..data").exists() {
                     let _guard = self.volume_lock.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Err(e) = volume::setup(self, &rec, &self.node, v, &root) {
+                    if let Err(e) = volume::setup(&*self.core, &rec, &self.node, v, &root) {
                         tracing::warn!(pod = %rec.key(), volume = %v.name, error = %e.message, "cannot update volume");
                     }
                 }
@@ -482,7 +604,7 @@ impl Manager {
             let owned: Vec<String> = self
                 .list()?
                 .into_iter()
-                .filter(|r| crate::workload::controller_of(&r.pod).is_some_and(|o| o.uid == uid))
+                .filter(|r| crate::spec::workload::controller_of(&r.pod).is_some_and(|o| o.uid == uid))
                 .map(|r| r.key())
                 .collect();
             let mut tasks = tokio::task::JoinSet::new();
@@ -548,6 +670,11 @@ impl Manager {
     }
 
     /// The controller's wake-up: resolves once a workload or an owned pod changed.
+    /// Wakes the Deployment and Job controller.
+    pub fn wake_workloads(&self) {
+        self.workloads.notify_one();
+    }
+
     pub(crate) fn workloads_changed(&self) -> tokio::sync::futures::Notified<'_> {
         self.workloads.notified()
     }
@@ -612,13 +739,6 @@ impl Manager {
 
     pub fn events(&self, uid_prefix: &str) -> Result<Vec<Event>> {
         Ok(self.store.scan(Table::Events, uid_prefix)?.into_iter().map(|(_, e)| e).collect())
-    }
-
-    /// Called when a pod first has every container running.
-    fn started(&self, uid: &str) {
-        if let Some(t) = self.accepted.lock().unwrap_or_else(|e| e.into_inner()).remove(uid) {
-            self.start_latencies.lock().unwrap_or_else(|e| e.into_inner()).push(t.elapsed());
-        }
     }
 
     /// Pod start latencies measured so far (accepted → all containers running).
@@ -707,15 +827,6 @@ impl Manager {
         &self.images
     }
 
-    /// Where a container instance's log is.
-    pub fn log_path(&self, rec: &PodRecord, container: &str, instance: u32) -> PathBuf {
-        self.pod_dir(&rec.uid).join("logs").join(container).join(format!("{instance}.log"))
-    }
-
-    fn pod_dir(&self, uid: &str) -> PathBuf {
-        self.pods_dir.join(uid)
-    }
-
     /// What plan container `i` of a pod uses now, if it runs.
     pub fn usage(&self, rec: &PodRecord, i: usize) -> Option<wasmlet_runtime::Usage> {
         let kind = rec.runtimes.get(i).copied().flatten()?;
@@ -737,99 +848,12 @@ impl Manager {
         &self.node
     }
 
-    fn save(&self, rec: &PodRecord) -> Result<()> {
-        self.store.put(Table::Pods, &rec.key(), rec)?;
-        if let Some(o) = self.observer.get() {
-            o.pod_changed(&rec.key());
-        }
-        if rec.pod.metadata.owner_references.is_some() {
-            self.workloads.notify_one();
-        }
-        Ok(())
-    }
-
-    /// Records an event; a repeat of the last one with the same reason and message
-    /// counts up instead.
-    fn event(&self, rec: &PodRecord, kind: &str, reason: &str, message: &str) {
-        self.event_for(&rec.uid, &rec.key(), kind, reason, message)
-    }
-
-    /// As [`Manager::event`], for the pod with `uid` and key `pod`.
-    fn event_for(&self, uid: &str, pod: &str, kind: &str, reason: &str, message: &str) {
-        self.record_event(uid, pod, None, kind, reason, message)
-    }
-
-    fn record_event(&self, uid: &str, pod: &str, object: Option<String>, kind: &str, reason: &str, message: &str) {
-        let now = crate::time::now_ms();
-        let prefix = format!("{uid}/");
-        let last = self
-            .store
-            .scan::<Event>(Table::Events, &prefix)
-            .ok()
-            .and_then(|v| v.into_iter().rev().find(|(_, e)| e.reason == reason && e.message == message));
-        let result = match last {
-            Some((k, mut e)) => {
-                e.count += 1;
-                e.last_seen = now;
-                if let Some(o) = self.observer.get() {
-                    o.event(uid, &e);
-                }
-                self.store.put(Table::Events, &k, &e)
-            }
-            None => self.store.next_id().and_then(|id| {
-                let e = Event {
-                    kind: kind.into(),
-                    reason: reason.into(),
-                    message: message.into(),
-                    count: 1,
-                    first_seen: now,
-                    last_seen: now,
-                    pod: pod.to_string(),
-                    object,
-                };
-                if let Some(o) = self.observer.get() {
-                    o.event(uid, &e);
-                }
-                self.store.put(Table::Events, &format!("{prefix}{id:020}"), &e)
-            }),
-        };
-        if let Err(e) = result {
-            tracing::warn!(pod = %pod, error = %e, "cannot record event");
-        }
-    }
-
-    /// A warning about the container with `id` (`<pod uid>-<name>-<instance>`).
-    fn container_event(&self, id: &str, reason: &str, message: &str) {
-        let uid = id.get(..36).unwrap_or(id);
-        let key = self.keys.lock().unwrap_or_else(|e| e.into_inner()).get(uid).cloned();
-        if let Some(key) = key {
-            self.event_for(uid, &key, "Warning", reason, message);
-        }
-    }
-
-    fn spawn(self: &Arc<Self>, rec: PodRecord) {
+    fn spawn(&self, rec: PodRecord) {
         self.keys.lock().unwrap_or_else(|e| e.into_inner()).insert(rec.uid.clone(), rec.key());
         let (tx, rx) = mpsc::unbounded_channel();
         self.workers.lock().unwrap_or_else(|e| e.into_inner()).insert(rec.key(), tx.clone());
-        let mgr = self.clone();
-        tokio::spawn(async move { worker::run(mgr, rec, tx, rx).await });
-    }
-
-    async fn teardown(&self, rec: &PodRecord) -> Result<()> {
-        volume::unmount_all(&self.pod_dir(&rec.uid).join("volumes"));
-        let _ = std::fs::remove_dir_all(self.pod_dir(&rec.uid));
-        self.store.remove(Table::Pods, &rec.key())?;
-        self.store.remove_prefix(Table::Events, &format!("{}/", rec.uid))?;
-        self.store.flush().await?;
-        self.workers.lock().unwrap_or_else(|e| e.into_inner()).remove(&rec.key());
-        self.keys.lock().unwrap_or_else(|e| e.into_inner()).remove(&rec.uid);
-        if rec.pod.metadata.owner_references.is_some() {
-            self.workloads.notify_one();
-        }
-        if let Some(o) = self.observer.get() {
-            o.pod_changed(&rec.key());
-        }
-        Ok(())
+        let core = self.core.clone();
+        tokio::spawn(async move { worker::run(core, rec, tx, rx).await });
     }
 }
 
@@ -846,7 +870,7 @@ fn workload_revision(
         new["metadata"]["uid"] = new_uid().into();
         new["metadata"]["generation"] = 1.into();
         new["metadata"]["creationTimestamp"] =
-            serde_json::to_value(crate::workload::time(crate::time::now_ms())).expect("serialises");
+            serde_json::to_value(crate::time::to_k8s(crate::time::now_ms())).expect("serialises");
         return Ok(("created", new));
     };
     let same_meta = ["labels", "annotations"].iter().all(|f| old["metadata"][f] == new["metadata"][f]);

@@ -5,11 +5,7 @@ use serde_json::{Value, json};
 use crate::pod::PodRecord;
 use crate::pod::state::{ContainerStatus, Phase, Role, State, Terminated};
 
-/// RFC 3339 with seconds, as the API server writes times.
-pub(crate) fn time(ms: u64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-    chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
+use crate::time::rfc3339 as time;
 
 fn terminated(t: &Terminated) -> Value {
     json!({"terminated": {

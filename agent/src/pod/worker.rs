@@ -13,7 +13,7 @@ use tracing::Instrument;
 
 use super::probe::{self, Outcome};
 use super::state::{self, Action, Event, PullPolicy, Role, Terminated};
-use super::{Manager, Msg, PodRecord, env, volume};
+use super::{Core, Msg, PodRecord, env, volume};
 use wasmlet_runtime::{Artifact, ContainerConfig, ContainerState, Mount, PortMapping, RuntimeKind, SandboxConfig};
 
 use crate::time::now_ms;
@@ -22,7 +22,7 @@ use crate::time::now_ms;
 type Probes = HashMap<usize, AbortHandle>;
 
 pub(super) async fn run(
-    mgr: Arc<Manager>,
+    mgr: Arc<Core>,
     mut rec: PodRecord,
     tx: mpsc::UnboundedSender<Msg>,
     mut rx: mpsc::UnboundedReceiver<Msg>,
@@ -163,10 +163,16 @@ fn running(rec: &PodRecord) -> impl Iterator<Item = usize> + '_ {
         .map(|(i, _)| i)
 }
 
-fn save(mgr: &Manager, rec: &PodRecord) {
+fn save(mgr: &Core, rec: &PodRecord) {
     if let Err(e) = mgr.save(rec) {
         tracing::error!(error = %e, "cannot save pod state");
     }
+}
+
+/// Saves the record and makes it durable (flushed to disk).
+async fn persist(mgr: &Core, rec: &PodRecord) -> Result<(), String> {
+    mgr.save(rec).map_err(|e| e.to_string())?;
+    mgr.store.flush().await.map_err(|e| format!("the pod's state could not be made durable: {e}"))
 }
 
 fn apply(rec: &mut PodRecord, event: Event) {
@@ -174,7 +180,7 @@ fn apply(rec: &mut PodRecord, event: Event) {
     rec.status.apply(&plan, event);
 }
 
-async fn pull(mgr: &Manager, rec: &mut PodRecord, i: usize) {
+async fn pull(mgr: &Core, rec: &mut PodRecord, i: usize) {
     let spec = rec.plan.containers[i].clone();
     let reference: registry_client::Reference = match spec.image.parse() {
         Ok(r) => r,
@@ -241,7 +247,7 @@ async fn pull(mgr: &Manager, rec: &mut PodRecord, i: usize) {
 /// `reference`, most specific first, and the names of secrets that are missing or
 /// unreadable. A credential never goes to a registry its key does not name.
 fn pull_credentials(
-    mgr: &Manager,
+    mgr: &Core,
     rec: &PodRecord,
     reference: &registry_client::Reference,
 ) -> (Vec<registry_client::Credential>, Vec<String>) {
@@ -295,7 +301,7 @@ pub(super) fn container_id(uid: &str, name: &str, instance: u32) -> String {
 }
 
 /// The container's configuration could not be built: it waits and is retried.
-fn config_error(mgr: &Manager, rec: &mut PodRecord, i: usize, e: volume::VolumeError) {
+fn config_error(mgr: &Core, rec: &mut PodRecord, i: usize, e: volume::VolumeError) {
     let message = if e.event == "Failed" { format!("Error: {}", e.message) } else { e.message.clone() };
     mgr.event(rec, "Warning", e.event, &message);
     apply(rec, Event::ConfigError { container: i, reason: e.reason.into(), message: e.message, at: now_ms() });
@@ -306,13 +312,7 @@ fn config_failed(message: String) -> volume::VolumeError {
     volume::VolumeError { reason: "CreateContainerConfigError", event: "Failed", message }
 }
 
-async fn start(
-    mgr: &Arc<Manager>,
-    rec: &mut PodRecord,
-    i: usize,
-    tx: &mpsc::UnboundedSender<Msg>,
-    probes: &mut Probes,
-) {
+async fn start(mgr: &Arc<Core>, rec: &mut PodRecord, i: usize, tx: &mpsc::UnboundedSender<Msg>, probes: &mut Probes) {
     let t0 = std::time::Instant::now();
     let Some(c) = rec.container(i).cloned() else { return };
     let image = match image_of(mgr, &c) {
@@ -383,10 +383,11 @@ async fn start(
     }
     let restarting = rec.status.containers[i].instances > 0;
     apply(rec, Event::Starting { container: i, at: now_ms() });
-    save(mgr, rec);
-    if restarting {
+    if !restarting {
+        save(mgr, rec);
+    } else if let Err(e) = persist(mgr, rec).await {
         // the new instance and the advanced back-off are durable before it runs
-        let _ = mgr.store.flush().await;
+        return start_failed(mgr, rec, i, "CreateContainerError", e);
     }
     rec.runtimes[i] = Some(kind);
     let id = config.id.clone();
@@ -424,11 +425,14 @@ async fn start(
     if let Ok(r) = rec.plan.containers[i].image.parse() {
         mgr.images.touch(&r);
     }
-    if kind == RuntimeKind::Linux {
-        // a Linux container outlives the agent: its record must too, or a restarted
-        // agent would start a second one beside it
-        save(mgr, rec);
-        let _ = mgr.store.flush().await;
+    // a Linux container outlives the agent: its record must too, or a restarted agent
+    // would start a second one beside it; one no durable record names does not run
+    if kind == RuntimeKind::Linux
+        && let Err(e) = persist(mgr, rec).await
+    {
+        let _ = mgr.runtime.stop_container(kind, &id, Duration::ZERO).await;
+        let _ = mgr.runtime.remove_container(kind, &id).await;
+        return start_failed(mgr, rec, i, "RunContainerError", e);
     }
     tracing::debug!(
         container = %c.name,
@@ -448,7 +452,7 @@ async fn start(
 }
 
 /// Where handlers of this pod act: its IP, or loopback for a pod without one.
-fn target(mgr: &Manager, rec: &PodRecord, kind: RuntimeKind, id: &str) -> probe::Target {
+fn target(mgr: &Core, rec: &PodRecord, kind: RuntimeKind, id: &str) -> probe::Target {
     probe::Target {
         runtime: mgr.runtime.clone(),
         kind,
@@ -459,7 +463,7 @@ fn target(mgr: &Manager, rec: &PodRecord, kind: RuntimeKind, id: &str) -> probe:
 
 /// Starts the probe loop of a running instance, if it has probes.
 fn start_probes(
-    mgr: &Manager,
+    mgr: &Core,
     rec: &PodRecord,
     i: usize,
     instance: u32,
@@ -490,7 +494,7 @@ fn start_probes(
 }
 
 /// A probe result for instance `instance` of container `i`.
-fn probed(mgr: &Arc<Manager>, rec: &mut PodRecord, i: usize, instance: u32, outcome: Outcome) {
+fn probed(mgr: &Arc<Core>, rec: &mut PodRecord, i: usize, instance: u32, outcome: Outcome) {
     let current = rec
         .status
         .containers
@@ -530,7 +534,7 @@ fn grace_seconds(rec: &PodRecord, over: Option<i64>) -> u64 {
 }
 
 /// Reports the instance's exit to the worker.
-fn watch(mgr: &Manager, rec: &PodRecord, i: usize, instance: u32, tx: &mpsc::UnboundedSender<Msg>) {
+fn watch(mgr: &Core, rec: &PodRecord, i: usize, instance: u32, tx: &mpsc::UnboundedSender<Msg>) {
     let Some(kind) = rec.runtimes[i] else { return };
     let id = container_id(&rec.uid, &rec.plan.containers[i].name, instance);
     let (runtime, tx) = (mgr.runtime.clone(), tx.clone());
@@ -558,7 +562,7 @@ fn host_ports(spec: &k8s_openapi::api::core::v1::PodSpec) -> Vec<PortMapping> {
         .collect()
 }
 
-fn start_failed(mgr: &Manager, rec: &mut PodRecord, i: usize, reason: &str, message: String) {
+fn start_failed(mgr: &Core, rec: &mut PodRecord, i: usize, reason: &str, message: String) {
     mgr.event(rec, "Warning", "Failed", &format!("Error: {reason}: {message}"));
     let now = now_ms();
     let term = Terminated {
@@ -572,7 +576,7 @@ fn start_failed(mgr: &Manager, rec: &mut PodRecord, i: usize, reason: &str, mess
     save(mgr, rec);
 }
 
-async fn exited(mgr: &Manager, rec: &mut PodRecord, i: usize, instance: u32, state: ContainerState) {
+async fn exited(mgr: &Core, rec: &mut PodRecord, i: usize, instance: u32, state: ContainerState) {
     if rec.status.containers.get(i).is_none_or(|c| c.instances != instance) {
         return; // a stale report from an instance already replaced
     }
@@ -593,14 +597,16 @@ async fn exited(mgr: &Manager, rec: &mut PodRecord, i: usize, instance: u32, sta
     if let Some(kind) = rec.runtimes[i] {
         let _ = mgr.runtime.remove_container(kind, &container_id(&rec.uid, &name, instance)).await;
     }
-    save(mgr, rec);
-    let _ = mgr.store.flush().await;
+    if let Err(e) = persist(mgr, rec).await {
+        tracing::error!(pod = %rec.key(), "{e}");
+        mgr.event(rec, "Warning", "FailedToPersist", &e);
+    }
 }
 
 /// The message of an ended instance: what it wrote to its termination-message file,
 /// else (with `FallbackToLogsOnError` and a failure) the end of its log; at most
 /// 4096 bytes. `None` leaves the runtime's message.
-fn termination_message(mgr: &Manager, rec: &PodRecord, i: usize, instance: u32, exit_code: i32) -> Option<String> {
+fn termination_message(mgr: &Core, rec: &PodRecord, i: usize, instance: u32, exit_code: i32) -> Option<String> {
     const MAX: usize = 4096;
     let c = rec.container(i)?;
     let kind = rec.runtimes.get(i).copied().flatten()?;
@@ -640,7 +646,7 @@ const DEFAULT_TERMINATION_PATH: &str = "/dev/termination-log";
 /// file for Linux, a directory holding it for Wasm, whose mounts are directories) and
 /// the file itself.
 fn termination_paths(
-    mgr: &Manager,
+    mgr: &Core,
     rec: &PodRecord,
     c: &Container,
     instance: u32,
@@ -657,7 +663,7 @@ fn termination_paths(
 
 /// Stops one container: its preStop hook first (within the grace period), then the
 /// stop signal with what is left of it (at least 2 s after a hook, as the kubelet).
-async fn stop_one(mgr: &Manager, rec: &PodRecord, i: usize, grace: Duration) {
+async fn stop_one(mgr: &Core, rec: &PodRecord, i: usize, grace: Duration) {
     let (Some(c), Some(kind)) = (rec.container(i), rec.runtimes.get(i).copied().flatten()) else { return };
     let st = &rec.status.containers[i];
     if st.instances == 0 {
@@ -684,7 +690,7 @@ async fn stop_one(mgr: &Manager, rec: &PodRecord, i: usize, grace: Duration) {
 
 /// Stops every running container: app (and init) containers together, then sidecars
 /// one by one in reverse order, as the kubelet does. `grace` overrides the pod's.
-async fn stop_all(mgr: &Arc<Manager>, rec: &PodRecord, grace: Option<u64>) {
+async fn stop_all(mgr: &Arc<Core>, rec: &PodRecord, grace: Option<u64>) {
     let grace = Duration::from_secs(grace.unwrap_or_else(|| grace_seconds(rec, None)));
     let running: Vec<usize> = running(rec).collect();
     for &i in &running {
@@ -700,7 +706,7 @@ async fn stop_all(mgr: &Arc<Manager>, rec: &PodRecord, grace: Option<u64>) {
     }
 }
 
-async fn stop_and_teardown(mgr: &Arc<Manager>, rec: &mut PodRecord) {
+async fn stop_and_teardown(mgr: &Arc<Core>, rec: &mut PodRecord) {
     stop_all(mgr, rec, None).await;
     for (i, c) in rec.status.containers.iter().enumerate() {
         let Some(kind) = rec.runtimes.get(i).copied().flatten() else { continue };
@@ -720,7 +726,7 @@ async fn stop_and_teardown(mgr: &Arc<Manager>, rec: &mut PodRecord) {
 
 /// Whether any of the pod's containers has a Linux image already pulled (all app
 /// images are pulled before the first app container starts).
-fn pod_has_linux(mgr: &Manager, rec: &PodRecord) -> bool {
+fn pod_has_linux(mgr: &Core, rec: &PodRecord) -> bool {
     let spec = rec.pod.spec.as_ref();
     let all = spec.into_iter().flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers));
     all.filter_map(|c| image_of(mgr, c).ok()).any(|(kind, ..)| kind == RuntimeKind::Linux)
@@ -729,7 +735,7 @@ fn pod_has_linux(mgr: &Manager, rec: &PodRecord) -> bool {
 /// Which runtime runs the container's image, what it runs and the image's config.
 type ImageParts = (RuntimeKind, Artifact, registry_client::manifest::ContainerConfig, String);
 
-fn image_of(mgr: &Manager, c: &Container) -> Result<ImageParts, String> {
+fn image_of(mgr: &Core, c: &Container) -> Result<ImageParts, String> {
     let reference: registry_client::Reference =
         c.image.as_deref().unwrap_or_default().parse().map_err(|e| format!("{e}"))?;
     let image = mgr.images.get(&reference).map_err(|e| e.to_string())?.ok_or("image is not pulled")?;
@@ -756,7 +762,7 @@ fn image_of(mgr: &Manager, c: &Container) -> Result<ImageParts, String> {
 
 /// The runtime's view of one container instance: argv, env, mounts, limits.
 fn container_config(
-    mgr: &Manager,
+    mgr: &Core,
     rec: &PodRecord,
     c: &Container,
     instance: u32,
@@ -887,7 +893,7 @@ fn argv(kind: RuntimeKind, c: &Container, entrypoint: Option<&[String]>, cmd: Op
 
 /// The container's volume mounts on the host; volumes are made (or brought up to
 /// date) here, before the container starts.
-fn mounts(mgr: &Manager, rec: &PodRecord, c: &Container, kind: RuntimeKind) -> Result<Vec<Mount>, volume::VolumeError> {
+fn mounts(mgr: &Core, rec: &PodRecord, c: &Container, kind: RuntimeKind) -> Result<Vec<Mount>, volume::VolumeError> {
     let volumes = rec.pod.spec.as_ref().and_then(|s| s.volumes.clone()).unwrap_or_default();
     let root = mgr.pod_dir(&rec.uid).join("volumes");
     let mut out = Vec::new();

@@ -1,8 +1,6 @@
 //! Deployments and Jobs: the API server's defaults and validation. Their pod template
 //! is defaulted and validated as a pod, with errors under `spec.template`.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
@@ -225,21 +223,17 @@ fn selector(s: &LabelSelector, field: &str) -> Result<(), FieldError> {
     Ok(())
 }
 
-/// Whether `labels` satisfy the selector (every matchLabels pair and expression).
-pub fn matches(s: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let pairs = s.match_labels.iter().flatten().all(|(k, v)| labels.get(k) == Some(v));
-    pairs
-        && s.match_expressions.iter().flatten().all(|e| {
-            let values = e.values.as_deref().unwrap_or_default();
-            let value = labels.get(&e.key);
-            match e.operator.as_str() {
-                "In" => value.is_some_and(|v| values.contains(v)),
-                "NotIn" => value.is_none_or(|v| !values.contains(v)),
-                "Exists" => value.is_some(),
-                "DoesNotExist" => value.is_none(),
-                _ => false,
-            }
-        })
+pub use super::selector::matches;
+
+/// The controlling owner of a pod, if a Deployment or Job.
+pub fn controller_of(
+    pod: &k8s_openapi::api::core::v1::Pod,
+) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
+    pod.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true) && (o.kind == "Deployment" || o.kind == "Job"))
 }
 
 #[cfg(test)]
@@ -320,23 +314,6 @@ mod tests {
             err(&JOB.replace("spec:\n  template", "spec:\n  podFailurePolicy:\n    rules: []\n  template"))
                 .starts_with("spec.podFailurePolicy: Forbidden")
         );
-    }
-
-    #[test]
-    fn selectors_match_labels_and_expressions() {
-        let s: LabelSelector = serde_json::from_value(serde_json::json!({
-            "matchLabels": {"app": "web"},
-            "matchExpressions": [
-                {"key": "tier", "operator": "In", "values": ["a", "b"]},
-                {"key": "canary", "operator": "DoesNotExist"}
-            ]
-        }))
-        .unwrap();
-        let labels = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        assert!(matches(&s, &labels(&[("app", "web"), ("tier", "a")])));
-        assert!(!matches(&s, &labels(&[("app", "web"), ("tier", "c")])));
-        assert!(!matches(&s, &labels(&[("app", "web"), ("tier", "a"), ("canary", "1")])));
-        assert!(!matches(&s, &labels(&[("tier", "a")])));
     }
 
     #[test]

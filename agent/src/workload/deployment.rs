@@ -224,7 +224,7 @@ fn status(
         let last_progress = old_condition("Progressing")
             .filter(|_| !counts_changed)
             .and_then(|c| c.last_update_time)
-            .map_or(now, |t| u64::try_from(t.0.as_millisecond()).unwrap_or(now));
+            .map_or(now, |t| crate::time::from_k8s(&t));
         let deadline =
             last_progress + u64::try_from(spec.progress_deadline_seconds.unwrap_or(600)).unwrap_or(600) * 1000;
         if now >= deadline {

@@ -13,9 +13,7 @@ pub fn backoff(failures: u32) -> u64 {
     if failures == 0 { 0 } else { (10_000u64 << (failures - 1).min(10)).min(600_000) }
 }
 
-fn millis(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> u64 {
-    u64::try_from(t.0.as_millisecond()).unwrap_or(0)
-}
+use crate::time::from_k8s as millis;
 
 /// The Job's finished condition (`Complete` or `Failed`), if it has one.
 pub fn finished(status: &JobStatus) -> Option<&JobCondition> {

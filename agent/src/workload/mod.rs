@@ -16,7 +16,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
 use crate::pod::state::{Phase, Role, State};
 use crate::pod::{Manager, PodRecord};
@@ -75,9 +75,7 @@ impl<S> Step<S> {
     }
 }
 
-pub fn time(ms: u64) -> Time {
-    Time(k8s_openapi::jiff::Timestamp::from_millisecond(i64::try_from(ms).unwrap_or(i64::MAX)).unwrap_or_default())
-}
+pub use crate::time::to_k8s as time;
 
 /// The characters Kubernetes uses for generated name suffixes and template hashes (no
 /// vowels, no look-alikes).
@@ -116,13 +114,12 @@ pub fn bound_by_api_server(pod: &Pod) -> bool {
     pod.spec.as_ref().is_some_and(|s| s.node_name.as_deref().is_some_and(|n| !n.is_empty()))
 }
 
-/// The controlling owner of a pod, if a Deployment or Job.
-pub fn controller_of(pod: &Pod) -> Option<&OwnerReference> {
-    pod.metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true) && (o.kind == "Deployment" || o.kind == "Job"))
+pub use crate::spec::workload::controller_of;
+
+/// Starts the Deployment and Job controller beside the pod manager.
+pub fn start(mgr: &Arc<Manager>) {
+    tokio::spawn(run(mgr.clone()));
+    mgr.wake_workloads();
 }
 
 /// Runs the controller until the process ends.
