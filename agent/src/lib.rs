@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod http;
 pub mod image;
 pub mod node;
+pub mod objects;
 pub mod pod;
 pub mod spec;
 pub mod store;

@@ -52,7 +52,7 @@ async fn run_embedded(
     // a Deployment runs until interrupted; pods and Jobs until they end
     let runs_forever = workloads.iter().any(|(kind, _)| kind == "Deployment");
     let jobs_done = |mgr: &crate::pod::Manager| {
-        let jobs: Vec<k8s_openapi::api::batch::v1::Job> = mgr.workloads("Job").unwrap_or_default();
+        let jobs: Vec<k8s_openapi::api::batch::v1::Job> = mgr.workloads().unwrap_or_default();
         jobs.iter().all(|j| j.status.as_ref().and_then(crate::workload::job::finished).is_some())
     };
     let mut offsets: HashMap<std::path::PathBuf, u64> = HashMap::new();
@@ -86,7 +86,7 @@ async fn run_embedded(
         .filter(|r| r.status.phase == Phase::Failed)
         .map(|r| format!("pod/{}", r.name()))
         .collect::<Vec<_>>();
-    let jobs: Vec<k8s_openapi::api::batch::v1::Job> = mgr.workloads("Job").unwrap_or_default();
+    let jobs: Vec<k8s_openapi::api::batch::v1::Job> = mgr.workloads().unwrap_or_default();
     for j in &jobs {
         if j.status.as_ref().and_then(crate::workload::job::finished).is_some_and(|c| c.type_ == "Failed") {
             failed.push(format!("job/{}", j.metadata.name.as_deref().unwrap_or_default()));

@@ -163,6 +163,8 @@ pub enum ExecError {
 /// objects, workloads and images on top.
 pub struct Core {
     store: Store,
+    /// ConfigMaps, Secrets, Deployments and Jobs.
+    objects: crate::objects::Objects,
     images: Arc<ImageService>,
     runtime: Arc<Runtimes>,
     pods_dir: PathBuf,
@@ -192,10 +194,10 @@ pub trait Observer: Send + Sync {
 
 impl env::Objects for Core {
     fn config_map(&self, namespace: &str, name: &str) -> Option<ConfigMap> {
-        self.store.get(Table::Objects, &format!("ConfigMap/{namespace}/{name}")).ok().flatten()
+        self.objects.get(namespace, name).ok().flatten()
     }
     fn secret(&self, namespace: &str, name: &str) -> Option<Secret> {
-        self.store.get(Table::Objects, &format!("Secret/{namespace}/{name}")).ok().flatten()
+        self.objects.get(namespace, name).ok().flatten()
     }
 }
 
@@ -332,6 +334,7 @@ impl Manager {
         state_dir: &std::path::Path,
     ) -> Result<Arc<Self>> {
         let core = Arc::new(Core {
+            objects: crate::objects::Objects::new(store.clone()),
             store,
             images,
             runtime,
@@ -447,8 +450,7 @@ impl Manager {
                 Object::Deployment(d) => serde_json::to_value(d).expect("serialises"),
                 Object::Job(j) => serde_json::to_value(j).expect("serialises"),
             };
-            let k = format!("{kind}/{key}");
-            let old: Option<serde_json::Value> = self.store.get(Table::Objects, &k)?;
+            let old = self.objects.get_json(kind, &key)?;
             let (action, value) = match kind {
                 "Deployment" | "Job" => workload_revision(kind, &key, old, value)?,
                 _ => match old {
@@ -457,13 +459,13 @@ impl Manager {
                     None => ("created", value),
                 },
             };
-            writes.push((kind, key, k, action, value));
+            writes.push((kind, key, action, value));
         }
         let mut changed_namespaces = std::collections::BTreeSet::new();
         let mut workloads = false;
-        for (kind, key, k, action, value) in writes {
+        for (kind, key, action, value) in writes {
             if action != "unchanged" {
-                self.store.put(Table::Objects, &k, &value)?;
+                self.objects.put_json(kind, &key, &value)?;
                 match kind {
                     "Deployment" | "Job" => workloads = true,
                     _ => {
@@ -581,23 +583,16 @@ impl Manager {
         }
     }
 
-    /// Stored ConfigMaps (`kind` "ConfigMap") or Secrets, as API objects.
+    /// Stored ConfigMaps (`kind` "ConfigMap"), Secrets, Deployments or Jobs, as API objects.
     pub fn objects(&self, kind: &str) -> Result<Vec<serde_json::Value>> {
-        Ok(self
-            .store
-            .scan::<serde_json::Value>(Table::Objects, &format!("{kind}/"))?
-            .into_iter()
-            .map(|(_, v)| v)
-            .collect())
+        Ok(self.objects.list_json(kind)?)
     }
 
     /// Forgets a ConfigMap, Secret, Deployment or Job; false when there was none. The
     /// pods a Deployment or Job owns are deleted with it (each within its grace
     /// period), and this waits for them, as `kubectl delete --cascade=foreground` does.
     pub async fn delete_object(self: &Arc<Self>, kind: &str, namespace: &str, name: &str) -> Result<bool> {
-        let k = format!("{kind}/{namespace}/{name}");
-        let Some(old) = self.store.get::<serde_json::Value>(Table::Objects, &k)? else { return Ok(false) };
-        self.store.remove(Table::Objects, &k)?;
+        let Some(old) = self.objects.remove(kind, namespace, name)? else { return Ok(false) };
         self.store.flush().await?;
         if let Some(uid) = old["metadata"]["uid"].as_str() {
             self.store.remove_prefix(Table::Events, &format!("{uid}/"))?;
@@ -622,27 +617,17 @@ impl Manager {
     }
 
     /// Stored Deployments or Jobs, typed.
-    pub fn workloads<T: serde::de::DeserializeOwned>(&self, kind: &str) -> Result<Vec<T>> {
-        Ok(self.store.scan::<T>(Table::Objects, &format!("{kind}/"))?.into_iter().map(|(_, v)| v).collect())
+    pub fn workloads<K: crate::objects::Kind>(&self) -> Result<Vec<K>> {
+        Ok(self.objects.list::<K>()?)
     }
 
     /// Writes a Deployment's or Job's status back (flushed by [`Manager::flush`]).
-    pub(crate) fn put_workload<T: Serialize>(
+    pub(crate) fn put_workload<K: crate::objects::Kind>(
         &self,
-        kind: &str,
         meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-        object: &T,
+        object: &K,
     ) -> Result<()> {
-        let k = format!(
-            "{kind}/{}/{}",
-            meta.namespace.as_deref().unwrap_or("default"),
-            meta.name.as_deref().unwrap_or_default()
-        );
-        // the object may have been deleted since the controller read it
-        if self.store.get::<serde_json::Value>(Table::Objects, &k)?.is_some() {
-            self.store.put(Table::Objects, &k, object)?;
-        }
-        Ok(())
+        Ok(self.objects.update(object, meta)?)
     }
 
     /// Forgets a Deployment or Job (its pods are the caller's to delete).
@@ -651,12 +636,11 @@ impl Manager {
         kind: &str,
         meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
     ) -> Result<()> {
-        let k = format!(
-            "{kind}/{}/{}",
+        self.objects.remove(
+            kind,
             meta.namespace.as_deref().unwrap_or("default"),
-            meta.name.as_deref().unwrap_or_default()
-        );
-        self.store.remove(Table::Objects, &k)?;
+            meta.name.as_deref().unwrap_or_default(),
+        )?;
         if let Some(uid) = &meta.uid {
             self.store.remove_prefix(Table::Events, &format!("{uid}/"))?;
         }

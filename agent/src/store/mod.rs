@@ -48,7 +48,7 @@ pub enum Table {
     Pods,
     Images,
     Events,
-    /// ConfigMaps and Secrets, keyed `ConfigMap/<ns>/<name>`.
+    /// ConfigMaps, Secrets, Deployments and Jobs, keyed `<Kind>/<ns>/<name>` (see `objects`).
     Objects,
 }
 

@@ -148,8 +148,8 @@ pub async fn run(mgr: Arc<Manager>) {
 
 async fn pass(mgr: &Arc<Manager>, memory: &mut Memory) -> crate::pod::Result<Option<u64>> {
     let now = now_ms();
-    let deployments: Vec<Deployment> = mgr.workloads("Deployment")?;
-    let jobs: Vec<Job> = mgr.workloads("Job")?;
+    let deployments: Vec<Deployment> = mgr.workloads()?;
+    let jobs: Vec<Job> = mgr.workloads()?;
     let records = mgr.list()?;
     let mut owned: HashMap<String, Vec<Owned>> = HashMap::new();
     let mut present = HashSet::new();
@@ -193,7 +193,7 @@ async fn pass(mgr: &Arc<Manager>, memory: &mut Memory) -> crate::pod::Result<Opt
         wake = earliest(wake, step.wake_at);
         if d.status.as_ref() != Some(&step.status) {
             d.status = Some(step.status);
-            mgr.put_workload("Deployment", &d.metadata, &d)?;
+            mgr.put_workload(&d.metadata, &d)?;
         }
     }
     for mut j in jobs {
@@ -235,7 +235,7 @@ async fn pass(mgr: &Arc<Manager>, memory: &mut Memory) -> crate::pod::Result<Opt
         wake = earliest(wake, step.wake_at);
         if j.status.as_ref() != Some(&step.status) {
             j.status = Some(step.status);
-            mgr.put_workload("Job", &j.metadata, &j)?;
+            mgr.put_workload(&j.metadata, &j)?;
         }
     }
     // pods whose owner is gone (deleted while the agent was down) go too, as the
