@@ -36,5 +36,7 @@ mod tests {
         assert_eq!(super::from_k8s(&super::to_k8s(ms)), ms);
         let nano = wasmlet_runtime::log::rfc3339_nano(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms));
         assert_eq!(super::parse_rfc3339(&nano), Some(ms));
+        // the API server's precision: whole seconds
+        assert_eq!(serde_json::to_value(super::to_k8s(ms + 123)).unwrap(), "2026-11-18T11:06:40Z");
     }
 }

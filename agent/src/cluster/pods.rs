@@ -700,13 +700,10 @@ impl PodSync {
 
     /// What the API server should show as the pod's status.
     fn status_of(&self, rec: &PodRecord) -> Value {
-        let mut status = crate::pod::view::pod(rec)["status"].take();
-        status["hostIP"] = json!(self.cfg.node_ip);
-        status["hostIPs"] = json!([{"ip": self.cfg.node_ip}]);
-        if let Some(m) = status.as_object_mut() {
-            m.retain(|_, v| !v.is_null());
-        }
-        status
+        let mut status = crate::pod::view::pod(rec).status.unwrap_or_default();
+        status.host_ip = Some(self.cfg.node_ip.clone());
+        status.host_ips = Some(vec![k8s_openapi::api::core::v1::HostIP { ip: self.cfg.node_ip.clone() }]);
+        serde_json::to_value(status).expect("a status serialises")
     }
 
     async fn report_loop(self: Arc<Self>) {

@@ -1,38 +1,56 @@
 //! Our records as the Kubernetes API would show them: a `v1/Pod` with `status`.
 
-use serde_json::{Value, json};
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
+    ContainerStatus as K8sContainerStatus, Pod, PodCondition, PodIP, PodStatus,
+};
 
 use crate::pod::PodRecord;
 use crate::pod::state::{ContainerStatus, Phase, Role, State, Terminated};
+use crate::time::to_k8s as time;
 
-use crate::time::rfc3339 as time;
-
-fn terminated(t: &Terminated) -> Value {
-    json!({"terminated": {
-        "exitCode": t.exit_code, "reason": t.reason, "message": (!t.message.is_empty()).then_some(&t.message),
-        "startedAt": time(t.started_at), "finishedAt": time(t.finished_at),
-    }})
+fn some_text(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
 }
 
-fn container_status(c: &ContainerStatus, uid: &str) -> Value {
+fn terminated(t: &Terminated) -> ContainerState {
+    ContainerState {
+        terminated: Some(ContainerStateTerminated {
+            exit_code: t.exit_code,
+            reason: Some(t.reason.clone()),
+            message: some_text(&t.message),
+            started_at: Some(time(t.started_at)),
+            finished_at: Some(time(t.finished_at)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn container_status(c: &ContainerStatus, uid: &str) -> K8sContainerStatus {
     let state = match &c.state {
-        State::Waiting { reason, message } => {
-            json!({"waiting": {"reason": reason, "message": (!message.is_empty()).then_some(message)}})
-        }
-        State::Running { started_at } => json!({"running": {"startedAt": time(*started_at)}}),
+        State::Waiting { reason, message } => ContainerState {
+            waiting: Some(ContainerStateWaiting { reason: Some(reason.clone()), message: some_text(message) }),
+            ..Default::default()
+        },
+        State::Running { started_at } => ContainerState {
+            running: Some(ContainerStateRunning { started_at: Some(time(*started_at)) }),
+            ..Default::default()
+        },
         State::Terminated(t) => terminated(t),
     };
-    json!({
-        "name": c.name,
-        "image": c.image,
-        "imageID": c.image_id.clone().unwrap_or_default(),
-        "containerID": (c.instances > 0).then(|| format!("wasmlet://{uid}-{}-{}", c.name, c.instances)),
-        "state": state,
-        "lastState": c.last_state.as_ref().map(terminated).unwrap_or_else(|| json!({})),
-        "ready": c.ready,
-        "started": c.started,
-        "restartCount": c.restart_count,
-    })
+    K8sContainerStatus {
+        name: c.name.clone(),
+        image: c.image.clone(),
+        image_id: c.image_id.clone().unwrap_or_default(),
+        container_id: (c.instances > 0).then(|| format!("wasmlet://{uid}-{}-{}", c.name, c.instances)),
+        state: Some(state),
+        last_state: Some(c.last_state.as_ref().map(terminated).unwrap_or_default()),
+        ready: c.ready,
+        started: Some(c.started),
+        restart_count: i32::try_from(c.restart_count).unwrap_or(i32::MAX),
+        ..Default::default()
+    }
 }
 
 fn phase(p: Phase) -> &'static str {
@@ -44,21 +62,28 @@ fn phase(p: Phase) -> &'static str {
     }
 }
 
-fn condition(kind: &str, ok: bool, reason: Option<&str>, message: Option<String>, since: u64) -> Value {
-    json!({
-        "type": kind, "status": if ok { "True" } else { "False" }, "reason": reason, "message": message,
-        "lastTransitionTime": time(since),
-    })
+fn condition(kind: &str, ok: bool, reason: Option<&str>, message: Option<String>, since: u64) -> PodCondition {
+    PodCondition {
+        type_: kind.into(),
+        status: (if ok { "True" } else { "False" }).into(),
+        reason: reason.map(str::to_string),
+        message,
+        last_transition_time: Some(time(since)),
+        ..Default::default()
+    }
+}
+
+/// The pod as the API server would show it, as JSON (`apiVersion` and `kind` included).
+pub fn pod_json(rec: &PodRecord) -> serde_json::Value {
+    serde_json::to_value(pod(rec)).expect("a pod serialises")
 }
 
 /// The pod object with its status.
-pub fn pod(rec: &PodRecord) -> Value {
-    let mut v = serde_json::to_value(&rec.pod).expect("pod serialises");
-    v["apiVersion"] = json!("v1");
-    v["kind"] = json!("Pod");
-    v["metadata"]["creationTimestamp"] = json!(time(rec.created_at));
+pub fn pod(rec: &PodRecord) -> Pod {
+    let mut pod = rec.pod.clone();
+    pod.metadata.creation_timestamp = Some(time(rec.created_at));
     if rec.deleting {
-        v["metadata"]["deletionTimestamp"] = json!(time(crate::time::now_ms()));
+        pod.metadata.deletion_timestamp = Some(time(crate::time::now_ms()));
     }
     let s = &rec.status;
     let terminal = s.phase.is_terminal();
@@ -97,21 +122,45 @@ pub fn pod(rec: &PodRecord) -> Value {
         condition("ContainersReady", ready, (!ready).then_some(not_ready.as_str()), message, rec.created_at),
         condition("PodScheduled", true, None, None, rec.created_at),
     ];
-    let statuses = |want: &dyn Fn(Role) -> bool| -> Vec<Value> {
+    let statuses = |want: &dyn Fn(Role) -> bool| -> Vec<K8sContainerStatus> {
         pairs().filter(|(r, _)| want(**r)).map(|(_, c)| container_status(c, &rec.uid)).collect()
     };
     let init = statuses(&|r| r != Role::App);
-    v["status"] = json!({
-        "phase": phase(s.phase),
-        "reason": s.reason,
-        "message": s.message,
-        "conditions": conditions,
-        "startTime": s.start_time.map(time),
-        "podIP": rec.pod_ip,
-        "podIPs": rec.pod_ip.as_ref().map(|ip| vec![json!({"ip": ip})]),
-        "qosClass": crate::pod::qos_class(&rec.pod),
-        "initContainerStatuses": (!init.is_empty()).then_some(init),
-        "containerStatuses": statuses(&|r| r == Role::App),
+    pod.status = Some(PodStatus {
+        phase: Some(phase(s.phase).into()),
+        reason: s.reason.clone(),
+        message: s.message.clone(),
+        conditions: Some(conditions),
+        start_time: s.start_time.map(time),
+        pod_ip: rec.pod_ip.clone(),
+        pod_ips: rec.pod_ip.as_ref().map(|ip| vec![PodIP { ip: ip.clone() }]),
+        qos_class: Some(crate::pod::qos_class(&rec.pod).into()),
+        init_container_statuses: (!init.is_empty()).then_some(init),
+        container_statuses: Some(statuses(&|r| r == Role::App)),
+        ..Default::default()
     });
-    v
+    pod
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_new_pod_shows_as_the_api_server_would() {
+        let yaml = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  containers:\n  - name: c\n    image: x\n";
+        let Some(crate::spec::Object::Pod(pod)) = crate::spec::parse(yaml).unwrap().pop() else { panic!() };
+        let mut rec = super::super::new_record(*pod);
+        rec.pod_ip = Some("10.88.0.7".into());
+        let v = super::pod_json(&rec);
+        assert_eq!((v["apiVersion"].as_str(), v["kind"].as_str()), (Some("v1"), Some("Pod")));
+        let s = &v["status"];
+        assert_eq!(s["phase"], "Pending");
+        assert_eq!(s["qosClass"], "BestEffort");
+        assert_eq!(s["podIPs"], serde_json::json!([{"ip": "10.88.0.7"}]));
+        assert_eq!(s["containerStatuses"][0]["state"]["waiting"]["reason"], "ContainerCreating");
+        assert_eq!(s["containerStatuses"][0]["lastState"], serde_json::json!({}));
+        assert!(s.get("reason").is_none() && s.get("initContainerStatuses").is_none(), "absent, not null: {s}");
+        let ready = s["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
+        assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("ContainersNotReady")));
+        assert!(v["metadata"]["creationTimestamp"].as_str().unwrap().ends_with('Z'));
+    }
 }
