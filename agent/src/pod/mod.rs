@@ -18,12 +18,14 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::image::ImageService;
 use crate::node::Node;
-use crate::spec::Object;
 use crate::store::{Store, Table};
 use wasmlet_runtime::{ContainerState, Runtime, RuntimeKind, Runtimes};
 
+mod apply;
 pub mod env;
+mod events;
 mod probe;
+mod qos;
 pub mod state;
 pub mod view;
 pub mod volume;
@@ -32,7 +34,10 @@ mod worker;
 #[cfg(test)]
 mod tests;
 
-use state::{ContainerPlan, Plan, PodStatus, PullPolicy, RestartPolicy, Role};
+pub use events::Event;
+pub use qos::{qos_class, requests};
+
+use state::{Plan, PodStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -97,22 +102,6 @@ impl PodRecord {
 
 pub fn key(namespace: &str, name: &str) -> String {
     format!("{namespace}/{name}")
-}
-
-/// A recorded event, with the upstream reason strings.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Event {
-    pub kind: String,
-    pub reason: String,
-    pub message: String,
-    pub count: u32,
-    pub first_seen: u64,
-    pub last_seen: u64,
-    /// `namespace/name` of the object (a pod unless `object` says otherwise).
-    pub pod: String,
-    /// The object's kind when it is not a pod: "deployment" or "job".
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub object: Option<String>,
 }
 
 /// What `apply` did with each object.
@@ -230,65 +219,6 @@ impl Core {
             self.workloads.notify_one();
         }
         Ok(())
-    }
-
-    /// Records an event; a repeat of the last one with the same reason and message
-    /// counts up instead.
-    fn event(&self, rec: &PodRecord, kind: &str, reason: &str, message: &str) {
-        self.event_for(&rec.uid, &rec.key(), kind, reason, message)
-    }
-
-    /// As [`Manager::event`], for the pod with `uid` and key `pod`.
-    fn event_for(&self, uid: &str, pod: &str, kind: &str, reason: &str, message: &str) {
-        self.record_event(uid, pod, None, kind, reason, message)
-    }
-
-    fn record_event(&self, uid: &str, pod: &str, object: Option<String>, kind: &str, reason: &str, message: &str) {
-        let now = crate::time::now_ms();
-        let prefix = format!("{uid}/");
-        let last = self
-            .store
-            .scan::<Event>(Table::Events, &prefix)
-            .ok()
-            .and_then(|v| v.into_iter().rev().find(|(_, e)| e.reason == reason && e.message == message));
-        let result = match last {
-            Some((k, mut e)) => {
-                e.count += 1;
-                e.last_seen = now;
-                if let Some(o) = self.observer.get() {
-                    o.event(uid, &e);
-                }
-                self.store.put(Table::Events, &k, &e)
-            }
-            None => self.store.next_id().and_then(|id| {
-                let e = Event {
-                    kind: kind.into(),
-                    reason: reason.into(),
-                    message: message.into(),
-                    count: 1,
-                    first_seen: now,
-                    last_seen: now,
-                    pod: pod.to_string(),
-                    object,
-                };
-                if let Some(o) = self.observer.get() {
-                    o.event(uid, &e);
-                }
-                self.store.put(Table::Events, &format!("{prefix}{id:020}"), &e)
-            }),
-        };
-        if let Err(e) = result {
-            tracing::warn!(pod = %pod, error = %e, "cannot record event");
-        }
-    }
-
-    /// A warning about the container with `id` (`<pod uid>-<name>-<instance>`).
-    fn container_event(&self, id: &str, reason: &str, message: &str) {
-        let uid = id.get(..36).unwrap_or(id);
-        let key = self.keys.lock().unwrap_or_else(|e| e.into_inner()).get(uid).cloned();
-        if let Some(key) = key {
-            self.event_for(uid, &key, "Warning", reason, message);
-        }
     }
 
     async fn teardown(&self, rec: &PodRecord) -> Result<()> {
@@ -424,161 +354,6 @@ impl Manager {
                 tracing::warn!(container = %id, "removing a container no pod runs");
                 let _ = self.runtime.stop_container(RuntimeKind::Linux, &id, std::time::Duration::ZERO).await;
                 let _ = self.runtime.remove_container(RuntimeKind::Linux, &id).await;
-            }
-        }
-    }
-
-    /// Accepts objects: ConfigMaps and Secrets first (a pod may refer to them), then
-    /// Deployments and Jobs, then pods. Each is stored (durably) before this returns;
-    /// pods are then started. An unchanged object is left alone; a changed pod is
-    /// replaced, a changed ConfigMap or Secret reaches the volumes of running pods and
-    /// wakes pods waiting for it, a changed Deployment rolls out. Nothing is stored if
-    /// any object may not be applied.
-    pub async fn apply(self: &Arc<Self>, objects: Vec<Object>) -> Result<Vec<Applied>> {
-        let mut out = Vec::new();
-        let mut pods = Vec::new();
-        let mut writes = Vec::new();
-        for o in objects {
-            let (kind, key) = (o.kind(), o.key());
-            let value = match o {
-                Object::Pod(p) => {
-                    pods.push(*p);
-                    continue;
-                }
-                Object::ConfigMap(c) => serde_json::to_value(c).expect("serialises"),
-                Object::Secret(s) => serde_json::to_value(s).expect("serialises"),
-                Object::Deployment(d) => serde_json::to_value(d).expect("serialises"),
-                Object::Job(j) => serde_json::to_value(j).expect("serialises"),
-            };
-            let old = self.objects.get_json(kind, &key)?;
-            let (action, value) = match kind {
-                "Deployment" | "Job" => workload_revision(kind, &key, old, value)?,
-                _ => match old {
-                    Some(old) if old == value => ("unchanged", value),
-                    Some(_) => ("configured", value),
-                    None => ("created", value),
-                },
-            };
-            writes.push((kind, key, action, value));
-        }
-        let mut changed_namespaces = std::collections::BTreeSet::new();
-        let mut workloads = false;
-        for (kind, key, action, value) in writes {
-            if action != "unchanged" {
-                self.objects.put_json(kind, &key, &value)?;
-                match kind {
-                    "Deployment" | "Job" => workloads = true,
-                    _ => {
-                        changed_namespaces.insert(key.split('/').next().unwrap_or("default").to_string());
-                    }
-                }
-            }
-            out.push(Applied { kind: kind.into(), pod: key, action: action.into() });
-        }
-        let mut fresh = Vec::new();
-        // what admitted pods request, read only once a pod requests something
-        let mut used: Option<(u64, u64)> = None;
-        for pod in pods {
-            let k = key(
-                pod.metadata.namespace.as_deref().unwrap_or("default"),
-                pod.metadata.name.as_deref().unwrap_or_default(),
-            );
-            let existing: Option<PodRecord> = self.store.get(Table::Pods, &k)?;
-            let action = match existing {
-                Some(old) if same_manifest(&old.pod, &pod) && !old.deleting => {
-                    out.push(Applied { kind: "Pod".into(), pod: k, action: "unchanged".into() });
-                    continue;
-                }
-                Some(_) => {
-                    self.delete(&k).await?;
-                    "configured"
-                }
-                None => "created",
-            };
-            let mut rec = new_record(pod);
-            let wants = requests(&rec.pod);
-            if wants != (0, 0) {
-                let u = match used {
-                    Some(u) => u,
-                    None => self.requested()?,
-                };
-                match self.admit(wants, u) {
-                    Some((reason, message)) => {
-                        let fail = state::Event::Fail { reason: reason.clone(), message: message.clone() };
-                        rec.status.apply(&rec.plan.clone(), fail);
-                        self.event(&rec, "Warning", &reason, &message);
-                        used = Some(u);
-                    }
-                    None => used = Some((u.0.saturating_add(wants.0), u.1.saturating_add(wants.1))),
-                }
-            }
-            self.save(&rec)?;
-            fresh.push(rec);
-            out.push(Applied { kind: "Pod".into(), pod: k, action: action.into() });
-        }
-        self.store.flush().await?;
-        for ns in changed_namespaces {
-            self.config_changed(&ns);
-        }
-        if workloads {
-            self.workloads.notify_one();
-        }
-        let now = std::time::Instant::now();
-        self.accepted.lock().unwrap_or_else(|e| e.into_inner()).extend(fresh.iter().map(|r| (r.uid.clone(), now)));
-        for rec in fresh {
-            self.spawn(rec);
-        }
-        Ok(out)
-    }
-
-    /// CPU (millicores) and memory (bytes) requested by the pods that hold the node.
-    fn requested(&self) -> Result<(u64, u64)> {
-        let (mut cpu, mut mem) = (0u64, 0u64);
-        for r in self.list()?.iter().filter(|r| !r.deleting && !r.status.phase.is_terminal()) {
-            let (c, m) = requests(&r.pod);
-            cpu = cpu.saturating_add(c);
-            mem = mem.saturating_add(m);
-        }
-        Ok((cpu, mem))
-    }
-
-    /// The node's admission: a pod whose requests (CPU millicores, memory bytes) do not
-    /// fit what is left of the allocatable (`used`: what admitted pods request) is
-    /// refused with the kubelet's reason and message.
-    fn admit(&self, (cpu, mem): (u64, u64), (cpu_used, mem_used): (u64, u64)) -> Option<(String, String)> {
-        for (name, want, used, capacity) in
-            [("cpu", cpu, cpu_used, self.node.cpu_millis), ("memory", mem, mem_used, self.node.memory_bytes)]
-        {
-            if want > 0 && used.saturating_add(want) > capacity {
-                return Some((
-                    format!("OutOf{name}"),
-                    format!(
-                        "Pod was rejected: Node didn't have enough resource: {name}, requested: {want}, used: {used}, capacity: {capacity}"
-                    ),
-                ));
-            }
-        }
-        None
-    }
-
-    /// A ConfigMap or Secret of `namespace` changed: volumes that show it are
-    /// rewritten (atomically) and waiting pods try again.
-    fn config_changed(&self, namespace: &str) {
-        for rec in self.list().unwrap_or_default() {
-            if rec.namespace() != namespace || rec.deleting || rec.status.phase.is_terminal() {
-                continue;
-            }
-            let root = self.pod_dir(&rec.uid).join("volumes");
-            for v in rec.pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
-                if volume::is_projected(v) && root.join(&v.name).join("..data").exists() {
-                    let _guard = self.volume_lock.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Err(e) = volume::setup(&*self.core, &rec, &self.node, v, &root) {
-                        tracing::warn!(pod = %rec.key(), volume = %v.name, error = %e.message, "cannot update volume");
-                    }
-                }
-            }
-            if let Some(tx) = self.workers.lock().unwrap_or_else(|e| e.into_inner()).get(&rec.key()) {
-                let _ = tx.send(Msg::ConfigChanged);
             }
         }
     }
@@ -839,183 +614,4 @@ impl Manager {
         let core = self.core.clone();
         tokio::spawn(async move { worker::run(core, rec, tx, rx).await });
     }
-}
-
-/// A Deployment or Job as it is to be stored: a new one gets a uid, generation 1 and a
-/// creation time; a changed one keeps them (generation + 1 when its spec changed) and
-/// its status. A Job's pod template, completions and completion mode are immutable.
-fn workload_revision(
-    kind: &str,
-    key: &str,
-    old: Option<serde_json::Value>,
-    mut new: serde_json::Value,
-) -> Result<(&'static str, serde_json::Value)> {
-    let Some(old) = old else {
-        new["metadata"]["uid"] = new_uid().into();
-        new["metadata"]["generation"] = 1.into();
-        new["metadata"]["creationTimestamp"] =
-            serde_json::to_value(crate::time::to_k8s(crate::time::now_ms())).expect("serialises");
-        return Ok(("created", new));
-    };
-    let same_meta = ["labels", "annotations"].iter().all(|f| old["metadata"][f] == new["metadata"][f]);
-    let same_spec = old["spec"] == new["spec"];
-    if same_meta && same_spec {
-        return Ok(("unchanged", old));
-    }
-    if kind == "Job" {
-        for field in ["template", "completions", "completionMode"] {
-            if old["spec"][field] != new["spec"][field] {
-                let name = key.split_once('/').map_or(key, |(_, n)| n);
-                return Err(Error::Invalid(format!(
-                    "Job.batch {name:?} is invalid: spec.{field}: Invalid value: field is immutable"
-                )));
-            }
-        }
-    }
-    for f in ["uid", "creationTimestamp"] {
-        new["metadata"][f] = old["metadata"][f].clone();
-    }
-    let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
-    new["metadata"]["generation"] = (if same_spec { generation } else { generation + 1 }).into();
-    new["status"] = old["status"].clone();
-    Ok(("configured", new))
-}
-
-/// Whether two manifests are the same apart from what wasmlet filled in (the uid). A
-/// pod from an API server is the same pod while its uid is: the kubelet does not restart
-/// a pod for a change of its labels or annotations.
-fn same_manifest(stored: &Pod, applied: &Pod) -> bool {
-    if applied.metadata.uid.is_some() {
-        return stored.metadata.uid == applied.metadata.uid;
-    }
-    let mut stored = stored.clone();
-    stored.metadata.uid = None;
-    &stored == applied
-}
-
-fn new_record(pod: Pod) -> PodRecord {
-    let spec = pod.spec.clone().unwrap_or_default();
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-    // a pod from an API server keeps the uid it was given there
-    let uid = pod.metadata.uid.clone().filter(|u| u.len() == 36 && u.is_ascii()).unwrap_or_else(new_uid);
-    let plan = Plan {
-        pod: format!("{name}_{ns}({uid})"),
-        restart_policy: match spec.restart_policy.as_deref() {
-            Some("OnFailure") => RestartPolicy::OnFailure,
-            Some("Never") => RestartPolicy::Never,
-            _ => RestartPolicy::Always,
-        },
-        containers: spec
-            .init_containers
-            .iter()
-            .flatten()
-            .map(|c| (c, if c.restart_policy.as_deref() == Some("Always") { Role::Sidecar } else { Role::Init }))
-            .chain(spec.containers.iter().map(|c| (c, Role::App)))
-            .map(|(c, role)| ContainerPlan {
-                name: c.name.clone(),
-                image: c.image.clone().unwrap_or_default(),
-                pull_policy: match c.image_pull_policy.as_deref() {
-                    Some("Always") => PullPolicy::Always,
-                    Some("Never") => PullPolicy::Never,
-                    _ => PullPolicy::IfNotPresent,
-                },
-                role,
-                readiness_probe: c.readiness_probe.is_some(),
-                startup_probe: c.startup_probe.is_some(),
-            })
-            .collect(),
-    };
-    let mut pod = pod;
-    pod.metadata.uid = Some(uid.clone());
-    let status = PodStatus::new(&plan);
-    PodRecord {
-        uid,
-        pod,
-        plan,
-        status,
-        created_at: crate::time::now_ms(),
-        deleting: false,
-        runtimes: Vec::new(),
-        network: false,
-        pod_ip: None,
-    }
-}
-
-/// A pod's effective CPU (millicores) and memory (bytes) requests, as the scheduler
-/// counts them: the larger of the app containers' and sidecars' sum and any init
-/// container's; an unset request is the limit (the API server's default) or zero.
-pub fn requests(pod: &Pod) -> (u64, u64) {
-    let one = |c: &Container| {
-        let r = c.resources.as_ref();
-        let get = |what: &str| {
-            r.and_then(|r| r.requests.as_ref())
-                .and_then(|l| l.get(what))
-                .or_else(|| r.and_then(|r| r.limits.as_ref()).and_then(|l| l.get(what)))
-        };
-        (
-            get("cpu").and_then(|q| crate::spec::parse_millicores(&q.0)).unwrap_or(0),
-            get("memory").and_then(|q| crate::spec::parse_bytes(&q.0)).unwrap_or(0),
-        )
-    };
-    let Some(spec) = pod.spec.as_ref() else { return (0, 0) };
-    let init = spec.init_containers.iter().flatten();
-    let long_running = init.clone().filter(|c| c.restart_policy.as_deref() == Some("Always")).chain(&spec.containers);
-    let (mut cpu, mut mem) =
-        long_running.map(one).fold((0u64, 0u64), |a, b| (a.0.saturating_add(b.0), a.1.saturating_add(b.1)));
-    for c in init.filter(|c| c.restart_policy.as_deref() != Some("Always")) {
-        let (c, m) = one(c);
-        cpu = cpu.max(c);
-        mem = mem.max(m);
-    }
-    (cpu, mem)
-}
-
-/// The QoS class: Guaranteed when every container's CPU and memory requests equal its
-/// limits, BestEffort when nothing is requested or limited, else Burstable.
-pub fn qos_class(pod: &Pod) -> &'static str {
-    let Some(spec) = pod.spec.as_ref() else { return "BestEffort" };
-    let all: Vec<&Container> = spec.init_containers.iter().flatten().chain(&spec.containers).collect();
-    let any = all.iter().any(|c| {
-        c.resources.as_ref().is_some_and(|r| {
-            r.requests.as_ref().is_some_and(|m| m.keys().any(|k| k == "cpu" || k == "memory"))
-                || r.limits.as_ref().is_some_and(|m| m.keys().any(|k| k == "cpu" || k == "memory"))
-        })
-    });
-    if !any {
-        return "BestEffort";
-    }
-    let guaranteed = all.iter().all(|c| {
-        let r = c.resources.as_ref();
-        ["cpu", "memory"].iter().all(|k| {
-            let limit = r.and_then(|r| r.limits.as_ref()).and_then(|l| l.get(*k));
-            let request = r.and_then(|r| r.requests.as_ref()).and_then(|l| l.get(*k)).or(limit);
-            let (parse_l, parse_r) = match *k {
-                "cpu" => (
-                    limit.and_then(|q| crate::spec::parse_millicores(&q.0)),
-                    request.and_then(|q| crate::spec::parse_millicores(&q.0)),
-                ),
-                _ => (
-                    limit.and_then(|q| crate::spec::parse_bytes(&q.0)),
-                    request.and_then(|q| crate::spec::parse_bytes(&q.0)),
-                ),
-            };
-            parse_l.is_some() && parse_l == parse_r
-        })
-    });
-    if guaranteed { "Guaranteed" } else { "Burstable" }
-}
-
-/// A random RFC 4122 version-4 UUID.
-fn new_uid() -> String {
-    let mut b = [0u8; 16];
-    fastrand::fill(&mut b);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex(&b);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -148,7 +148,7 @@ mod tests {
     fn a_new_pod_shows_as_the_api_server_would() {
         let yaml = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  containers:\n  - name: c\n    image: x\n";
         let Some(crate::spec::Object::Pod(pod)) = crate::spec::parse(yaml).unwrap().pop() else { panic!() };
-        let mut rec = super::super::new_record(*pod);
+        let mut rec = super::super::apply::new_record(*pod);
         rec.pod_ip = Some("10.88.0.7".into());
         let v = super::pod_json(&rec);
         assert_eq!((v["apiVersion"].as_str(), v["kind"].as_str()), (Some("v1"), Some("Pod")));
