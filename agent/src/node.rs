@@ -58,3 +58,120 @@ pub fn processes() -> (u64, Option<u64>) {
     let max = std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse().ok());
     (count, max)
 }
+
+/// What this node lets pods ask for: the kubelet's `--seccomp-default`,
+/// `--allow-privileged` and `--allowed-unsafe-sysctls`, and which security modules the
+/// host has.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// RuntimeDefault for containers whose spec names no seccomp profile.
+    pub seccomp_default: bool,
+    /// Where `Localhost` seccomp profiles are found (`localhostProfile` is relative).
+    pub seccomp_profile_root: std::path::PathBuf,
+    pub allow_privileged: bool,
+    /// Names or `prefix*` patterns of unsafe (namespaced) sysctls pods may set.
+    pub allowed_unsafe_sysctls: Vec<String>,
+    /// AppArmor is enabled on the host.
+    pub apparmor: bool,
+}
+
+impl Policy {
+    /// The kubelet's defaults, profiles under `STATE_DIR/seccomp`.
+    pub fn new(state_dir: &std::path::Path) -> Policy {
+        Policy {
+            seccomp_default: false,
+            seccomp_profile_root: state_dir.join("seccomp"),
+            allow_privileged: true,
+            allowed_unsafe_sysctls: Vec::new(),
+            apparmor: std::fs::read_to_string("/sys/module/apparmor/parameters/enabled").is_ok_and(|v| v.trim() == "Y"),
+        }
+    }
+}
+
+/// The sysctls the kubelet counts as safe: namespaced, and unable to affect other pods.
+pub const SAFE_SYSCTLS: &[&str] = &[
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+    "net.ipv4.tcp_rmem",
+    "net.ipv4.tcp_wmem",
+];
+
+/// The namespace a sysctl lives in (`Ipc` or `Net`), or None when it is node-wide and
+/// no pod may set it.
+pub fn sysctl_namespace(name: &str) -> Option<&'static str> {
+    const IPC: &[&str] = &["kernel.shmall", "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced", "kernel.sem"];
+    if IPC.contains(&name) || name.starts_with("kernel.msg") || name.starts_with("fs.mqueue.") {
+        Some("Ipc")
+    } else if name.starts_with("net.") {
+        Some("Net")
+    } else {
+        None
+    }
+}
+
+/// A sysctl as the kernel names it under /proc/sys: `a/b.c` is written `a.b/c` too.
+pub fn normalize_sysctl(name: &str) -> String {
+    // the kubelet's rule: when the first separator is a slash, dots and slashes swap
+    match name.find(['.', '/']) {
+        Some(i) if name[i..].starts_with('/') => name
+            .chars()
+            .map(|c| match c {
+                '/' => '.',
+                '.' => '/',
+                c => c,
+            })
+            .collect(),
+        _ => name.into(),
+    }
+}
+
+impl Policy {
+    /// Why the node refuses sysctl `name` for a pod (with `host_network`/`host_ipc`),
+    /// in the kubelet's words; None when it is allowed.
+    pub fn refuse_sysctl(&self, name: &str, host_network: bool, host_ipc: bool) -> Option<String> {
+        let name = normalize_sysctl(name);
+        let allowed = SAFE_SYSCTLS.contains(&name.as_str())
+            || self.allowed_unsafe_sysctls.iter().any(|p| match p.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => *p == name,
+            });
+        if !allowed {
+            return Some(format!("forbidden sysctl: {name:?} not allowlisted"));
+        }
+        match sysctl_namespace(&name) {
+            None => Some(format!("forbidden sysctl: {name:?} is not namespaced")),
+            Some("Net") if host_network => {
+                Some(format!("forbidden sysctl: {name:?} not allowed with host net enabled"))
+            }
+            Some("Ipc") if host_ipc => Some(format!("forbidden sysctl: {name:?} not allowed with host ipc enabled")),
+            Some(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sysctls_follow_the_kubelets_rules() {
+        let mut p = Policy::new(std::path::Path::new("/tmp"));
+        assert_eq!(p.refuse_sysctl("net.ipv4.tcp_syncookies", false, false), None);
+        assert_eq!(p.refuse_sysctl("net/ipv4/tcp_syncookies", false, false), None, "slashes are accepted");
+        assert!(p.refuse_sysctl("net.core.somaxconn", false, false).unwrap().contains("not allowlisted"));
+        assert!(p.refuse_sysctl("net.ipv4.tcp_syncookies", true, false).unwrap().contains("host net"));
+        p.allowed_unsafe_sysctls = vec!["net.core.*".into(), "kernel.msgmax".into(), "vm.*".into()];
+        assert_eq!(p.refuse_sysctl("net.core.somaxconn", false, false), None);
+        assert_eq!(p.refuse_sysctl("kernel.msgmax", false, false), None);
+        assert!(p.refuse_sysctl("kernel.msgmax", false, true).unwrap().contains("host ipc"));
+        assert!(p.refuse_sysctl("vm.swappiness", false, false).unwrap().contains("not namespaced"));
+    }
+}

@@ -67,7 +67,7 @@ pub async fn lifecycle<R: Runtime>(rt: &R, hello: &Program, dir: &Path) {
         namespace: "ns".into(),
         name: "p".into(),
         hostname: "p".into(),
-        ports: Vec::new(),
+        ..SandboxConfig::default()
     };
     let made = rt.create_sandbox(&sandbox).await.unwrap();
     let status = rt.sandbox_status(&sandbox.id).await.unwrap();

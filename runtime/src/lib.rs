@@ -116,8 +116,37 @@ pub enum ConfigError {
     },
     #[error("mount {host} at {container}: {message}", host = .host.display())]
     Mount { host: PathBuf, container: String, message: String },
+    #[error("capability {0:?} is not a Linux capability")]
+    UnknownCapability(String),
+    #[error("seccomp profile {path}: {message}", path = .path.display())]
+    SeccompProfile { path: PathBuf, message: String },
     #[error("runtime spec: {0}")]
     Spec(#[from] oci_spec::OciSpecError),
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A Linux container's seccomp filter (`securityContext.seccompProfile`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Seccomp {
+    /// No filter: the kubelet's default unless it runs with `--seccomp-default`.
+    #[default]
+    Unconfined,
+    /// The runtime's default filter (see `linux::security`).
+    RuntimeDefault,
+    /// A profile file on the node, in OCI seccomp JSON.
+    Localhost(PathBuf),
+}
+
+/// `securityContext.capabilities`: names as Kubernetes writes them, `ALL` allowed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    #[serde(default)]
+    pub add: Vec<String>,
+    #[serde(default)]
+    pub drop: Vec<String>,
 }
 
 /// Which implementation runs a container.
@@ -138,7 +167,7 @@ impl std::fmt::Display for RuntimeKind {
 }
 
 /// The pod-level environment containers share.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct SandboxConfig {
     /// Pod UID.
     pub id: String,
@@ -148,6 +177,19 @@ pub struct SandboxConfig {
     /// `hostPort`s of all the pod's containers.
     #[serde(default)]
     pub ports: Vec<PortMapping>,
+    /// Linux: the pod shares the host's network (and UTS), PID or IPC namespace
+    /// (`hostNetwork`, `hostPID`, `hostIPC`). A host-network pod gets no CNI wiring;
+    /// its IP is the node's.
+    #[serde(default)]
+    pub host_network: bool,
+    #[serde(default)]
+    pub host_pid: bool,
+    #[serde(default)]
+    pub host_ipc: bool,
+    /// Linux: namespaced sysctls the pod sets (`securityContext.sysctls`), already
+    /// admitted by the node's policy.
+    #[serde(default)]
+    pub sysctls: Vec<(String, String)>,
 }
 
 /// A `hostPort` that publishes a pod's port on the node (CNI's `portMappings` form).
@@ -207,6 +249,25 @@ pub struct ContainerConfig {
     pub allow_privilege_escalation: bool,
     #[serde(default)]
     pub run_as_non_root: bool,
+    /// Linux: the seccomp filter and the capabilities' `add` and `drop`.
+    #[serde(default)]
+    pub seccomp: Seccomp,
+    #[serde(default)]
+    pub capabilities: Capabilities,
+    /// Linux: `privileged`: every capability, no seccomp filter, no masked paths, a
+    /// writable `/sys` and the host's devices.
+    #[serde(default)]
+    pub privileged: bool,
+    /// Linux: extra groups of the process (`supplementalGroups`, `fsGroup`)…
+    #[serde(default)]
+    pub supplemental_groups: Vec<u32>,
+    /// …and whether the groups the image's `/etc/group` gives the user are added too
+    /// (`supplementalGroupsPolicy: Merge`, the default) or not (`Strict`).
+    #[serde(default = "yes")]
+    pub image_groups: bool,
+    /// Linux: the AppArmor profile (loaded on the host) to run under, if any.
+    #[serde(default)]
+    pub apparmor_profile: Option<String>,
     /// The container's declared ports: a Wasm HTTP component serves on them.
     #[serde(default)]
     pub ports: Vec<ServePort>,
@@ -241,6 +302,12 @@ impl ContainerConfig {
             read_only_rootfs: false,
             allow_privilege_escalation: false,
             run_as_non_root: false,
+            seccomp: Seccomp::Unconfined,
+            capabilities: Capabilities::default(),
+            privileged: false,
+            supplemental_groups: Vec::new(),
+            image_groups: true,
+            apparmor_profile: None,
             ports: Vec::new(),
             http: HttpOptions::default(),
             netns: None,

@@ -14,7 +14,6 @@
 //! - **Stop** is the stop signal, the grace period, SIGKILL, then `runc delete` and the
 //!   rootfs unmount.
 
-use std::collections::HashSet;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -23,13 +22,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder,
+    LinuxBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder,
     LinuxNamespaceType, LinuxResourcesBuilder, Mount as OciMount, MountBuilder, ProcessBuilder, RootBuilder, Spec,
     UserBuilder,
 };
 use serde::{Deserialize, Serialize};
 
 mod pty;
+mod security;
 
 /// Where Debian's `containernetworking-plugins` puts the CNI plugins.
 pub use crate::cni::DEFAULT_PLUGIN_DIR as DEFAULT_CNI_PLUGIN_DIR;
@@ -37,26 +37,14 @@ pub use crate::cni::DEFAULT_PLUGIN_DIR as DEFAULT_CNI_PLUGIN_DIR;
 use crate::cni::{Network, NetworkConfig, NetworkError};
 use crate::{
     Artifact, ConfigError, ContainerConfig, ContainerState, Error, EventSink, ExecSession, ExitReason, Metrics,
-    PortMapping, Result, Runtime, RuntimeKind, SandboxConfig, SandboxStatus, TerminalSize, Usage, now_ms,
+    PortMapping, Result, Runtime, RuntimeKind, SandboxConfig, SandboxStatus, Seccomp, TerminalSize, Usage, now_ms,
 };
 
-/// The capabilities a container gets, as containerd and CRI-O grant by default.
-const DEFAULT_CAPS: &[Capability] = &[
-    Capability::Chown,
-    Capability::DacOverride,
-    Capability::Fsetid,
-    Capability::Fowner,
-    Capability::Mknod,
-    Capability::NetRaw,
-    Capability::Setgid,
-    Capability::Setuid,
-    Capability::Setfcap,
-    Capability::Setpcap,
-    Capability::NetBindService,
-    Capability::SysChroot,
-    Capability::Kill,
-    Capability::AuditWrite,
-];
+/// Whether `name` is a capability as a pod spec may name it (`NET_ADMIN`,
+/// `CAP_NET_ADMIN` or `ALL`).
+pub fn known_capability(name: &str) -> bool {
+    name.trim().eq_ignore_ascii_case("ALL") || security::capability(name).is_ok()
+}
 
 /// Where the Linux runtime finds its tools and keeps its state.
 #[derive(Clone, Debug)]
@@ -135,7 +123,8 @@ struct Meta {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct SandboxRecord {
     config: SandboxConfig,
-    netns: PathBuf,
+    /// None for a host-network pod.
+    netns: Option<PathBuf>,
     ip: Option<String>,
     ports: Vec<PortMapping>,
     /// CNI's ADD completed.
@@ -369,7 +358,7 @@ impl Runtime for LinuxRuntime {
     async fn create_sandbox(&self, config: &SandboxConfig) -> Result<SandboxStatus> {
         let pending = self.inner.wiring.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&config.id);
         match self.sandbox(&config.id) {
-            Some(rec) if rec.wired || pending => return Ok(SandboxStatus { ip: rec.ip, netns: Some(rec.netns) }),
+            Some(rec) if rec.wired || pending => return Ok(SandboxStatus { ip: rec.ip, netns: rec.netns }),
             Some(_) => self.remove_sandbox(&config.id).await?,
             None => {}
         }
@@ -379,8 +368,20 @@ impl Runtime for LinuxRuntime {
             let _ = std::fs::remove_dir_all(&files);
             Error::Network { id: config.id.clone(), source: Arc::new(e) }
         };
-        let netns = self.inner.network.prepare(&config.id, &config.ports).map_err(fail)?;
         let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        if config.host_network {
+            // the host's own files and name, as the kubelet gives a host-network pod
+            let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_else(|_| hosts_file("localhost", None));
+            let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            for (name, text) in [("hosts", hosts), ("resolv.conf", resolv), ("hostname", hostname)] {
+                let p = files.join(name);
+                std::fs::write(&p, text).map_err(|e| io_err("sandbox file", &p, e))?;
+            }
+            let rec = SandboxRecord { config: config.clone(), netns: None, ip: None, ports: Vec::new(), wired: true };
+            self.save_sandbox(&rec)?;
+            return Ok(SandboxStatus { ip: None, netns: None });
+        }
+        let netns = self.inner.network.prepare(&config.id, &config.ports).map_err(fail)?;
         for (name, text) in [
             ("hosts", hosts_file(&config.hostname, None)),
             ("resolv.conf", resolv),
@@ -390,7 +391,13 @@ impl Runtime for LinuxRuntime {
             std::fs::write(&p, text).map_err(|e| io_err("sandbox file", &p, e))?;
         }
         let netns_path = netns.clone();
-        let rec = SandboxRecord { config: config.clone(), netns, ip: None, ports: config.ports.clone(), wired: false };
+        let rec = SandboxRecord {
+            config: config.clone(),
+            netns: Some(netns),
+            ip: None,
+            ports: config.ports.clone(),
+            wired: false,
+        };
         self.save_sandbox(&rec)?;
         let this = self.clone();
         let wiring: futures_util::future::BoxFuture<'static, _> = Box::pin(async move {
@@ -426,13 +433,15 @@ impl Runtime for LinuxRuntime {
     async fn sandbox_status(&self, id: &str) -> Result<SandboxStatus> {
         self.wired(id).await?;
         let rec = self.sandbox(id).ok_or_else(|| Error::NotFound(id.into()))?;
-        Ok(SandboxStatus { ip: rec.ip, netns: Some(rec.netns) })
+        Ok(SandboxStatus { ip: rec.ip, netns: rec.netns })
     }
 
     async fn remove_sandbox(&self, id: &str) -> Result<()> {
         let _ = self.wired(id).await; // never DEL while an ADD runs
         let Some(rec) = self.sandbox(id) else { return Ok(()) };
-        if let Err(e) = self.inner.network.detach(id, &rec.ports).await {
+        if rec.netns.is_some()
+            && let Err(e) = self.inner.network.detach(id, &rec.ports).await
+        {
             tracing::warn!(sandbox = id, "{e}");
         }
         let _ = std::fs::remove_dir_all(self.inner.sandboxes.join(id));
@@ -458,7 +467,7 @@ impl Runtime for LinuxRuntime {
                 std::fs::create_dir_all(dir.join(sub)).map_err(|e| io_err("container directory", &dir, e))?;
             }
             mount_overlay(&dir, layers).map_err(|e| io_err("overlay mount", &dir.join("rootfs"), e))?;
-            let spec = build_spec(&config, sandbox.as_ref())
+            let spec = build_spec(&config, sandbox.as_ref().map(|s| (s, self.inner.sandboxes.join(&s.config.id))))
                 .map_err(|source| Error::InvalidConfig { id: id.clone(), source })?;
             let bundle = dir.join("config.json");
             let json = serde_json::to_vec_pretty(&spec).map_err(|e| io_err("bundle", &bundle, e.into()))?;
@@ -954,8 +963,33 @@ fn image_file(layers: &[PathBuf], name: &str) -> Option<String> {
     None
 }
 
-/// The bundle's `config.json`.
-fn build_spec(c: &ContainerConfig, sandbox: Option<&SandboxRecord>) -> std::result::Result<Spec, ConfigError> {
+/// The groups the image's `/etc/group` lists user `uid` in, by its `/etc/passwd` name
+/// (`supplementalGroupsPolicy: Merge`).
+fn image_groups(layers: &[PathBuf], uid: u32) -> Vec<u32> {
+    let entries = |text: String| -> Vec<Vec<String>> {
+        text.lines().filter(|l| !l.starts_with('#')).map(|l| l.split(':').map(str::to_string).collect()).collect()
+    };
+    let users = entries(image_file(layers, "passwd").unwrap_or_default());
+    let Some(name) = users
+        .iter()
+        .find(|e| e.get(2).and_then(|v| v.parse::<u32>().ok()) == Some(uid))
+        .and_then(|e| e.first().cloned())
+    else {
+        return Vec::new();
+    };
+    entries(image_file(layers, "group").unwrap_or_default())
+        .iter()
+        .filter(|e| e.get(3).is_some_and(|members| members.split(',').any(|m| m.trim() == name)))
+        .filter_map(|e| e.get(2)?.parse().ok())
+        .collect()
+}
+
+/// The bundle's `config.json`. `sandbox` is the pod's record and the directory of its
+/// hosts, resolv.conf and hostname files.
+fn build_spec(
+    c: &ContainerConfig,
+    sandbox: Option<(&SandboxRecord, PathBuf)>,
+) -> std::result::Result<Spec, ConfigError> {
     let e = ConfigError::Spec;
     let cwd = check_cwd(c.working_dir.as_deref().filter(|w| !w.is_empty()).unwrap_or("/"))?;
     let layers = match &c.artifact {
@@ -967,55 +1001,91 @@ fn build_spec(c: &ContainerConfig, sandbox: Option<&SandboxRecord>) -> std::resu
         // the kubelet's wording
         return Err(ConfigError::RunsAsRoot);
     }
+    let host = sandbox.as_ref().map(|(sb, _)| (sb.config.host_network, sb.config.host_pid, sb.config.host_ipc));
+    let (host_network, host_pid, host_ipc) = host.unwrap_or_default();
     let mut env: Vec<String> = Vec::new();
     if !c.env.iter().any(|(k, _)| k == "PATH") {
         env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
     }
-    if let Some(sb) = sandbox {
-        env.push(format!("HOSTNAME={}", sb.config.hostname));
+    if let Some((sb, files)) = &sandbox {
+        let name = if sb.config.host_network {
+            std::fs::read_to_string(files.join("hostname")).unwrap_or_default().trim().to_string()
+        } else {
+            sb.config.hostname.clone()
+        };
+        env.push(format!("HOSTNAME={name}"));
     }
     env.extend(c.env.iter().map(|(k, v)| format!("{k}={v}")));
-    let caps: HashSet<Capability> = DEFAULT_CAPS.iter().copied().collect();
-    let capabilities = LinuxCapabilitiesBuilder::default()
-        .bounding(caps.clone())
-        .effective(caps.clone())
-        .permitted(caps)
-        .build()
-        .map_err(e)?;
+    let mut caps = c.capabilities.clone();
+    if c.privileged {
+        caps.add = vec!["ALL".into()];
+    }
+    let capabilities = security::process_capabilities(&caps, uid)?;
+    let seccomp = match &c.seccomp {
+        _ if c.privileged => None,
+        Seccomp::Unconfined => None,
+        Seccomp::RuntimeDefault => Some(security::default_profile(&security::capability_set(&caps)?.0)),
+        Seccomp::Localhost(path) => Some(security::localhost_profile(path)?),
+    };
+    let mut groups: Vec<u32> = c.supplemental_groups.clone();
+    if c.image_groups {
+        groups.extend(image_groups(layers, uid));
+    }
+    groups.retain(|g| *g != gid);
+    groups.sort_unstable();
+    groups.dedup();
+    let user = UserBuilder::default().uid(uid).gid(gid).additional_gids(groups).build().map_err(e)?;
     let process = ProcessBuilder::default()
         .terminal(false)
         .args(c.args.clone())
         .env(env)
         .cwd(cwd)
-        .user(UserBuilder::default().uid(uid).gid(gid).build().map_err(e)?)
+        .user(user)
         .capabilities(capabilities)
-        .no_new_privileges(!c.allow_privilege_escalation)
+        .no_new_privileges(!c.allow_privilege_escalation && !c.privileged)
         .build()
         .map_err(e)?;
+    let mut process = process;
+    process.set_apparmor_profile(c.apparmor_profile.clone());
 
     let mut mounts: Vec<OciMount> = oci_spec::runtime::get_default_mounts();
+    if c.privileged {
+        // a writable /sys (and cgroup tree), as for a privileged container elsewhere
+        for m in &mut mounts {
+            if m.destination().starts_with("/sys")
+                && let Some(opts) = m.options().clone()
+            {
+                m.set_options(Some(opts.into_iter().map(|o| if o == "ro" { "rw".into() } else { o }).collect()));
+            }
+        }
+    }
     let bind = |src: &Path, dst: &str, ro: bool| {
         let mut opts = vec!["rbind".to_string(), "rprivate".to_string()];
         opts.push(if ro { "ro" } else { "rw" }.into());
         MountBuilder::default().destination(dst).typ("bind").source(src).options(opts).build().map_err(e)
     };
-    let mut namespaces = vec![
-        LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Pid).build().map_err(e)?,
-        LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Ipc).build().map_err(e)?,
-        LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Uts).build().map_err(e)?,
-        LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Mount).build().map_err(e)?,
-    ];
-    let mut net = LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network);
-    if let Some(sb) = sandbox {
-        net = net.path(sb.netns.clone());
-        let files = sb.netns.parent().and_then(Path::parent).map(|d| d.join("sandboxes").join(&sb.config.id));
-        if let Some(files) = files {
-            for name in ["hosts", "resolv.conf", "hostname"] {
-                mounts.push(bind(&files.join(name), &format!("/etc/{name}"), false)?);
-            }
+    let own = |typ: LinuxNamespaceType| LinuxNamespaceBuilder::default().typ(typ).build().map_err(e);
+    let mut namespaces = vec![own(LinuxNamespaceType::Mount)?];
+    if !host_pid {
+        namespaces.push(own(LinuxNamespaceType::Pid)?);
+    }
+    if !host_ipc {
+        namespaces.push(own(LinuxNamespaceType::Ipc)?);
+    }
+    if !host_network {
+        // a host-network pod has the host's name too
+        namespaces.push(own(LinuxNamespaceType::Uts)?);
+        let mut net = LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network);
+        if let Some(path) = sandbox.as_ref().and_then(|(sb, _)| sb.netns.clone()) {
+            net = net.path(path);
+        }
+        namespaces.push(net.build().map_err(e)?);
+    }
+    if let Some((_, files)) = &sandbox {
+        for name in ["hosts", "resolv.conf", "hostname"] {
+            mounts.push(bind(&files.join(name), &format!("/etc/{name}"), false)?);
         }
     }
-    namespaces.push(net.build().map_err(e)?);
     for m in &c.mounts {
         mounts.push(bind(&m.host_path, &m.container_path, m.read_only)?);
     }
@@ -1038,19 +1108,37 @@ fn build_spec(c: &ContainerConfig, sandbox: Option<&SandboxRecord>) -> std::resu
         cpu = cpu.shares(shares);
     }
     resources = resources.cpu(cpu.build().map_err(e)?).unified(unified);
-    let linux = LinuxBuilder::default()
+    let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .cgroups_path(cgroup_path(&c.sandbox_id, &c.id))
-        .resources(resources.build().map_err(e)?)
-        .masked_paths(oci_spec::runtime::get_default_maskedpaths())
-        .readonly_paths(oci_spec::runtime::get_default_readonly_paths())
         .build()
         .map_err(e)?;
+    if c.privileged {
+        // the host's devices, all of them usable
+        resources =
+            resources.devices(vec![LinuxDeviceCgroupBuilder::default().allow(true).access("rwm").build().map_err(e)?]);
+        linux.set_devices(Some(security::host_devices()));
+    } else {
+        linux.set_masked_paths(Some(oci_spec::runtime::get_default_maskedpaths()));
+        linux.set_readonly_paths(Some(oci_spec::runtime::get_default_readonly_paths()));
+    }
+    linux.set_resources(Some(resources.build().map_err(e)?));
+    linux.set_seccomp(seccomp);
+    if let Some((sb, _)) = &sandbox
+        && !sb.config.sysctls.is_empty()
+    {
+        linux.set_sysctl(Some(sb.config.sysctls.iter().cloned().collect()));
+    }
 
     let mut spec = Spec::default();
     spec.set_process(Some(process));
     spec.set_root(Some(RootBuilder::default().path("rootfs").readonly(c.read_only_rootfs).build().map_err(e)?));
-    spec.set_hostname(sandbox.map(|s| s.config.hostname.clone()).or_else(|| Some(c.name.clone())));
+    let hostname = match &sandbox {
+        _ if host_network => None,
+        Some((sb, _)) => Some(sb.config.hostname.clone()),
+        None => Some(c.name.clone()),
+    };
+    spec.set_hostname(hostname);
     spec.set_mounts(Some(mounts));
     spec.set_linux(Some(linux));
     Ok(spec)

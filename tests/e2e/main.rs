@@ -9,6 +9,7 @@ mod cluster;
 mod control_plane;
 mod crash;
 mod docs;
+mod hardened;
 mod harness;
 mod http;
 mod images;

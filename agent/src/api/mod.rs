@@ -91,12 +91,13 @@ async fn handle(mgr: Arc<Manager>, req: Request<Incoming>) -> Result<Response<Bo
             Ok(json_response(StatusCode::OK, &serde_json::to_value(applied).expect("json")))
         }
         (Method::GET, ["v1", "pods"]) => {
-            let pods: Vec<_> = mgr.list()?.iter().map(crate::pod::view::pod_json).collect();
+            let ip = &mgr.node().ip;
+            let pods: Vec<_> = mgr.list()?.iter().map(|r| crate::pod::view::pod_json(r, ip)).collect();
             Ok(json_response(StatusCode::OK, &json!(pods)))
         }
         (Method::GET, ["v1", "pods", ns, name]) => {
             let rec = mgr.get(&crate::pod::key(ns, name))?.ok_or_else(|| not_found(ns, name))?;
-            Ok(json_response(StatusCode::OK, &crate::pod::view::pod_json(&rec)))
+            Ok(json_response(StatusCode::OK, &crate::pod::view::pod_json(&rec, &mgr.node().ip)))
         }
         (Method::DELETE, ["v1", "pods", ns, name]) => {
             let grace = get(&query, "gracePeriodSeconds").and_then(|g| g.parse::<i64>().ok());

@@ -136,6 +136,21 @@ pub struct RuntimeArgs {
     /// bookworm's 1.1.5). Without it such a runc is refused, and Linux pods wait.
     #[arg(long)]
     pub allow_vulnerable_runtime: bool,
+    /// Run containers whose spec names no seccomp profile under RuntimeDefault instead
+    /// of Unconfined (the kubelet's --seccomp-default).
+    #[arg(long)]
+    pub seccomp_default: bool,
+    /// Where `Localhost` seccomp profiles are (default: STATE_DIR/seccomp, as the
+    /// kubelet's /var/lib/kubelet/seccomp).
+    #[arg(long, value_name = "DIR")]
+    pub seccomp_profile_root: Option<std::path::PathBuf>,
+    /// Whether pods may run privileged containers (--allow-privileged=false refuses them).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub allow_privileged: bool,
+    /// Unsafe sysctls (names, or patterns ending in `*`) pods may set beyond the safe
+    /// set, comma-separated: `net.core.somaxconn,kernel.msg*`.
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub allowed_unsafe_sysctls: Vec<String>,
     /// Disk usage (percent) of the state directory's filesystem above which unused
     /// images are removed, least recently used first…
     #[arg(long, default_value_t = 85, value_name = "PERCENT")]
@@ -176,7 +191,22 @@ pub async fn start_agent(global: &Global, max_wasm_instances: u32, rt: &RuntimeA
     }
     let runtime = Arc::new(Runtimes::new(WasmRuntime::new(wasm)?, linux));
     tracing::info!("runtime ready; resuming pods");
-    let mgr = Manager::start(store, images, runtime, dir).await?;
+    let mut policy = crate::node::Policy::new(dir);
+    policy.seccomp_default = rt.seccomp_default;
+    policy.allow_privileged = rt.allow_privileged;
+    policy.allowed_unsafe_sysctls = rt.allowed_unsafe_sysctls.iter().filter(|s| !s.is_empty()).cloned().collect();
+    if let Some(root) = &rt.seccomp_profile_root {
+        policy.seccomp_profile_root = root.clone();
+    }
+    for s in &policy.allowed_unsafe_sysctls {
+        let name = s.trim_end_matches('*');
+        if crate::node::sysctl_namespace(name).is_none() && !s.ends_with('*') {
+            anyhow::bail!(
+                "--allowed-unsafe-sysctls {s:?}: not a namespaced sysctl (kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*, net.*)"
+            );
+        }
+    }
+    let mgr = Manager::start(store, images, runtime, dir, policy).await?;
     crate::workload::start(&mgr);
     let (gc, thresholds) = (Arc::downgrade(&mgr), (rt.image_gc_high_threshold, rt.image_gc_low_threshold));
     tokio::spawn(async move {

@@ -350,7 +350,8 @@ impl KubeletApi {
         match (req.method().clone(), parts.as_slice()) {
             (Method::GET, ["healthz"]) | (Method::GET, ["healthz", "ping"]) => Ok(text(StatusCode::OK, "ok")),
             (Method::GET, ["pods"]) => {
-                let items: Vec<Value> = self.mgr.list()?.iter().map(crate::pod::view::pod_json).collect();
+                let ip = &self.cfg.node_ip;
+                let items: Vec<Value> = self.mgr.list()?.iter().map(|r| crate::pod::view::pod_json(r, ip)).collect();
                 Ok(json_response(
                     StatusCode::OK,
                     &json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}),

@@ -80,7 +80,11 @@ impl Manager {
             };
             let mut rec = new_record(pod);
             let wants = requests(&rec.pod);
-            if wants != (0, 0) {
+            if let Some((reason, message)) = self.admit_security(&rec.pod) {
+                let fail = state::Event::Fail { reason: reason.clone(), message: message.clone() };
+                rec.status.apply(&rec.plan.clone(), fail);
+                self.event(&rec, "Warning", &reason, &message);
+            } else if wants != (0, 0) {
                 let u = match used {
                     Some(u) => u,
                     None => self.requested()?,
@@ -139,6 +143,49 @@ impl Manager {
                         "Pod was rejected: Node didn't have enough resource: {name}, requested: {want}, used: {used}, capacity: {capacity}"
                     ),
                 ));
+            }
+        }
+        None
+    }
+
+    /// The node's security admission, in the kubelet's reasons: privileged containers
+    /// where they are not allowed, sysctls that are not allowlisted or not namespaced,
+    /// and AppArmor or SELinux settings the host cannot enforce.
+    pub(super) fn admit_security(&self, pod: &Pod) -> Option<(String, String)> {
+        let spec = pod.spec.as_ref()?;
+        let psc = spec.security_context.as_ref();
+        let containers = spec.init_containers.iter().flatten().chain(&spec.containers);
+        let reject = |reason: &str, message: String| Some((reason.to_string(), format!("Pod was rejected: {message}")));
+        for c in containers.clone() {
+            let sc = c.security_context.as_ref();
+            if sc.and_then(|s| s.privileged) == Some(true) && !self.policy.allow_privileged {
+                return reject(
+                    "Forbidden",
+                    format!(
+                        "container {:?} is privileged, and this node does not allow privileged containers (--allow-privileged=false)",
+                        c.name
+                    ),
+                );
+            }
+            let apparmor = sc
+                .and_then(|s| s.app_armor_profile.as_ref())
+                .or_else(|| psc.and_then(|s| s.app_armor_profile.as_ref()));
+            if apparmor.is_some_and(|p| p.type_ == "Localhost") && !self.policy.apparmor {
+                return reject("AppArmor", "Cannot enforce AppArmor: AppArmor is not enabled on the host".into());
+            }
+            let selinux =
+                sc.and_then(|s| s.se_linux_options.as_ref()).or_else(|| psc.and_then(|s| s.se_linux_options.as_ref()));
+            if selinux.is_some() && std::path::Path::new("/sys/fs/selinux/enforce").exists() {
+                return reject(
+                    "SELinux",
+                    "SELinux labels are not applied by wasmlet, and this host enforces SELinux".into(),
+                );
+            }
+        }
+        let (host_network, host_ipc) = (spec.host_network == Some(true), spec.host_ipc == Some(true));
+        for s in psc.and_then(|s| s.sysctls.as_ref()).into_iter().flatten() {
+            if let Some(why) = self.policy.refuse_sysctl(&s.name, host_network, host_ipc) {
+                return reject("SysctlForbidden", why);
             }
         }
         None

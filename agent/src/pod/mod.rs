@@ -163,6 +163,8 @@ pub struct Core {
     /// Pod start latencies: accepted (stored) to every container running.
     start_latencies: Mutex<Vec<std::time::Duration>>,
     node: Node,
+    /// What pods may ask for (seccomp default, privileged, sysctls).
+    policy: crate::node::Policy,
     /// Volume files are written by one writer at a time (workers and updates).
     volume_lock: Mutex<()>,
     /// Wakes the Deployment and Job controller.
@@ -262,6 +264,7 @@ impl Manager {
         images: Arc<ImageService>,
         runtime: Arc<Runtimes>,
         state_dir: &std::path::Path,
+        policy: crate::node::Policy,
     ) -> Result<Arc<Self>> {
         let core = Arc::new(Core {
             objects: crate::objects::Objects::new(store.clone()),
@@ -273,6 +276,7 @@ impl Manager {
             accepted: Mutex::new(HashMap::new()),
             start_latencies: Mutex::new(Vec::new()),
             node: Node::detect(state_dir),
+            policy,
             volume_lock: Mutex::new(()),
             workloads: tokio::sync::Notify::new(),
             keys: Mutex::new(HashMap::new()),

@@ -106,7 +106,9 @@ async fn start(dir: &std::path::Path, fake: &FakeRuntime, record_images: bool) -
         images.insert(&image(dir, WASM, false)).unwrap();
         images.insert(&image(dir, LINUX, true)).unwrap();
     }
-    Manager::start(store, Arc::new(images), Arc::new(Runtimes::fake(fake.clone())), dir).await.unwrap()
+    Manager::start(store, Arc::new(images), Arc::new(Runtimes::fake(fake.clone())), dir, crate::node::Policy::new(dir))
+        .await
+        .unwrap()
 }
 
 impl Rig {

@@ -74,8 +74,13 @@ fn condition(kind: &str, ok: bool, reason: Option<&str>, message: Option<String>
 }
 
 /// The pod as the API server would show it, as JSON (`apiVersion` and `kind` included).
-pub fn pod_json(rec: &PodRecord) -> serde_json::Value {
-    serde_json::to_value(pod(rec)).expect("a pod serialises")
+pub fn pod_json(rec: &PodRecord, node_ip: &str) -> serde_json::Value {
+    let mut pod = pod(rec);
+    if let Some(status) = &mut pod.status {
+        status.host_ip = Some(node_ip.into());
+        status.host_ips = Some(vec![k8s_openapi::api::core::v1::HostIP { ip: node_ip.into() }]);
+    }
+    serde_json::to_value(pod).expect("a pod serialises")
 }
 
 /// The pod object with its status.
@@ -150,12 +155,13 @@ mod tests {
         let Some(crate::spec::Object::Pod(pod)) = crate::spec::parse(yaml).unwrap().pop() else { panic!() };
         let mut rec = super::super::apply::new_record(*pod);
         rec.pod_ip = Some("10.88.0.7".into());
-        let v = super::pod_json(&rec);
+        let v = super::pod_json(&rec, "192.0.2.1");
         assert_eq!((v["apiVersion"].as_str(), v["kind"].as_str()), (Some("v1"), Some("Pod")));
         let s = &v["status"];
         assert_eq!(s["phase"], "Pending");
         assert_eq!(s["qosClass"], "BestEffort");
         assert_eq!(s["podIPs"], serde_json::json!([{"ip": "10.88.0.7"}]));
+        assert_eq!(s["hostIPs"], serde_json::json!([{"ip": "192.0.2.1"}]));
         assert_eq!(s["containerStatuses"][0]["state"]["waiting"]["reason"], "ContainerCreating");
         assert_eq!(s["containerStatuses"][0]["lastState"], serde_json::json!({}));
         assert!(s.get("reason").is_none() && s.get("initContainerStatuses").is_none(), "absent, not null: {s}");

@@ -53,6 +53,9 @@ pub fn setup(
     }
     let dir = root.join(&v.name);
     std::fs::create_dir_all(&dir).map_err(|e| io("create", e))?;
+    let psc = rec.pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let fs_group = psc.and_then(|s| s.fs_group).and_then(|g| u32::try_from(g).ok());
+    let on_root_mismatch = psc.and_then(|s| s.fs_group_change_policy.as_deref()) == Some("OnRootMismatch");
     if let Some(e) = &v.empty_dir {
         if e.medium.as_deref() == Some("Memory") {
             let size = e.size_limit.as_ref().and_then(|q| crate::spec::parse_bytes(&q.0)).unwrap_or(node.memory_bytes);
@@ -60,14 +63,61 @@ pub fn setup(
         } else {
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).map_err(|e| io("chmod", e))?;
         }
+        if let Some(gid) = fs_group {
+            set_ownership(&dir, gid, false, on_root_mismatch).map_err(|e| io("fsGroup", e))?;
+        }
         return Ok(dir);
     }
-    let payload = payload(objects, rec, node, v)?;
+    let mut payload = payload(objects, rec, node, v)?;
+    if fs_group.is_some() {
+        // the group may read every file (the modes fsGroup leads to, written at once)
+        payload.values_mut().for_each(|(_, mode)| *mode |= 0o440);
+    }
     if secret_bearing(v) {
         tmpfs(&dir, None, 0o755).map_err(|e| io("tmpfs", e))?;
     }
-    write_atomic(&dir, &payload).map_err(|e| io("write", e))?;
+    let written = write_atomic(&dir, &payload).map_err(|e| io("write", e))?;
+    if let Some(gid) = fs_group
+        && (written || !owned_by(&dir, gid, true))
+    {
+        set_ownership(&dir, gid, true, false).map_err(|e| io("fsGroup", e))?;
+    }
     Ok(dir)
+}
+
+/// Whether `dir` is already group `gid`'s, set-group-ID, with the group permissions
+/// `fsGroup` gives (`fsGroupChangePolicy: OnRootMismatch` then leaves it alone).
+fn owned_by(dir: &Path, gid: u32, read_only: bool) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let mask = if read_only { 0o550 } else { 0o770 };
+    std::fs::metadata(dir).is_ok_and(|m| m.gid() == gid && m.mode() & 0o2000 != 0 && m.mode() & mask == mask)
+}
+
+/// `fsGroup`, as the kubelet applies it: everything under `dir` becomes group `gid`'s,
+/// readable (and, unless `read_only`, writable) by the group, directories set-group-ID
+/// so new files inherit the group. Symlinks are re-grouped, never followed.
+fn set_ownership(dir: &Path, gid: u32, read_only: bool, on_root_mismatch: bool) -> std::io::Result<()> {
+    if on_root_mismatch && owned_by(dir, gid, read_only) {
+        return Ok(());
+    }
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path)?;
+        std::os::unix::fs::lchown(&path, None, Some(gid))?;
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        let mut mask = if read_only { 0o440 } else { 0o660 };
+        if meta.is_dir() {
+            mask |= 0o2110;
+            for e in std::fs::read_dir(&path)? {
+                stack.push(e?.path());
+            }
+        }
+        let mode = meta.permissions().mode() & 0o7777;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode | mask))?;
+    }
+    Ok(())
 }
 
 /// Volumes that may carry Secrets (service-account tokens among them): kept on tmpfs.

@@ -14,7 +14,9 @@ use tracing::Instrument;
 use super::probe::{self, Outcome};
 use super::state::{self, Action, Event, PullPolicy, Role, Terminated};
 use super::{Core, Msg, PodRecord, env, volume};
-use wasmlet_runtime::{Artifact, ContainerConfig, ContainerState, Mount, PortMapping, RuntimeKind, SandboxConfig};
+use wasmlet_runtime::{
+    Artifact, Capabilities, ContainerConfig, ContainerState, Mount, PortMapping, RuntimeKind, SandboxConfig, Seccomp,
+};
 
 use crate::time::now_ms;
 
@@ -325,14 +327,30 @@ async fn start(mgr: &Arc<Core>, rec: &mut PodRecord, i: usize, tx: &mpsc::Unboun
     let serves = kind == RuntimeKind::Wasm && c.ports.as_ref().is_some_and(|p| !p.is_empty());
     let joins = serves && mgr.runtime.has(RuntimeKind::Linux) && pod_has_linux(mgr, rec);
     let mut netns = None;
+    let host_network = rec.pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
+    if host_network && rec.pod_ip.is_none() {
+        // a host-network pod's IP is the node's, as in Kubernetes
+        rec.pod_ip = Some(mgr.node.ip.clone());
+    }
     if kind == RuntimeKind::Linux || joins {
         let spec = rec.pod.spec.clone().unwrap_or_default();
+        let sc = spec.security_context.as_ref();
         let sandbox = SandboxConfig {
             id: rec.uid.clone(),
             namespace: rec.namespace().into(),
             name: rec.name().into(),
             hostname: spec.hostname.clone().unwrap_or_else(|| rec.name().into()),
-            ports: host_ports(&spec),
+            // a host-network pod's ports are the host's own: nothing to map
+            ports: if host_network { Vec::new() } else { host_ports(&spec) },
+            host_network,
+            host_pid: spec.host_pid == Some(true),
+            host_ipc: spec.host_ipc == Some(true),
+            sysctls: sc
+                .and_then(|s| s.sysctls.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|s| (crate::node::normalize_sysctl(&s.name), s.value.clone()))
+                .collect(),
         };
         if !rec.network {
             // intent first: a crash in between leaves a sandbox that teardown removes
@@ -833,6 +851,7 @@ fn container_config(
     if non_root && kind == RuntimeKind::Linux && run_as_user == Some(0) {
         return Err(config_failed("container's runAsUser breaks non-root policy".into()));
     }
+    let security = security(&mgr.policy, rec, c, kind).map_err(config_failed)?;
     Ok(ContainerConfig {
         id: container_id(&rec.uid, &c.name, instance),
         sandbox_id: rec.uid.clone(),
@@ -851,6 +870,12 @@ fn container_config(
         read_only_rootfs: sc.and_then(|s| s.read_only_root_filesystem) == Some(true),
         allow_privilege_escalation: sc.and_then(|s| s.allow_privilege_escalation) == Some(true),
         run_as_non_root: non_root,
+        seccomp: security.seccomp,
+        capabilities: security.capabilities,
+        privileged: security.privileged,
+        supplemental_groups: security.groups,
+        image_groups: security.image_groups,
+        apparmor_profile: security.apparmor,
         ports: c
             .ports
             .iter()
@@ -867,6 +892,70 @@ fn container_config(
         http: crate::spec::annotations::http_options(rec.pod.metadata.annotations.as_ref()).unwrap_or_default(),
         netns: None,
     })
+}
+
+/// What a container may do, from its securityContext and the pod's.
+struct Security {
+    seccomp: Seccomp,
+    capabilities: Capabilities,
+    privileged: bool,
+    groups: Vec<u32>,
+    image_groups: bool,
+    apparmor: Option<String>,
+}
+
+/// The container's seccomp profile (its own, else the pod's, else the node's default),
+/// capabilities, privilege, groups and AppArmor profile. A Wasm guest makes no
+/// syscalls and holds no capabilities or uids, so what only takes away is accepted;
+/// what would grant it host power is refused.
+fn security(
+    policy: &crate::node::Policy,
+    rec: &PodRecord,
+    c: &Container,
+    kind: RuntimeKind,
+) -> Result<Security, String> {
+    let sc = c.security_context.as_ref();
+    let psc = rec.pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let privileged = sc.and_then(|s| s.privileged) == Some(true);
+    let caps = sc.and_then(|s| s.capabilities.as_ref());
+    let capabilities = Capabilities {
+        add: caps.and_then(|c| c.add.clone()).unwrap_or_default(),
+        drop: caps.and_then(|c| c.drop.clone()).unwrap_or_default(),
+    };
+    if kind == RuntimeKind::Wasm {
+        if privileged {
+            return Err(format!(
+                "container {:?} is privileged: a Wasm guest cannot hold host privileges; run it as a Linux image",
+                c.name
+            ));
+        }
+        if !capabilities.add.is_empty() {
+            return Err(format!(
+                "container {:?} adds capabilities {:?}: a Wasm guest makes no system calls a capability could allow",
+                c.name, capabilities.add
+            ));
+        }
+    }
+    let profile = sc.and_then(|s| s.seccomp_profile.as_ref()).or_else(|| psc.and_then(|s| s.seccomp_profile.as_ref()));
+    let seccomp = match profile.map(|p| (p.type_.as_str(), p.localhost_profile.as_deref())) {
+        Some(("RuntimeDefault", _)) => Seccomp::RuntimeDefault,
+        Some(("Localhost", Some(path))) => Seccomp::Localhost(policy.seccomp_profile_root.join(path)),
+        Some(_) => Seccomp::Unconfined,
+        None if policy.seccomp_default => Seccomp::RuntimeDefault,
+        None => Seccomp::Unconfined,
+    };
+    let apparmor =
+        sc.and_then(|s| s.app_armor_profile.as_ref()).or_else(|| psc.and_then(|s| s.app_armor_profile.as_ref()));
+    let apparmor = apparmor.filter(|p| p.type_ == "Localhost").and_then(|p| p.localhost_profile.clone());
+    let mut groups: Vec<u32> = psc
+        .and_then(|s| s.supplemental_groups.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|g| u32::try_from(*g).ok())
+        .collect();
+    groups.extend(psc.and_then(|s| s.fs_group).and_then(|g| u32::try_from(g).ok()));
+    let image_groups = psc.and_then(|s| s.supplemental_groups_policy.as_deref()) != Some("Strict");
+    Ok(Security { seccomp, capabilities, privileged, groups, image_groups, apparmor })
 }
 
 /// Kubernetes' rules: `command` replaces the image's ENTRYPOINT (and drops its CMD);

@@ -11,6 +11,7 @@ use serde_json::Value;
 pub mod annotations;
 mod pod;
 mod quantity;
+mod security;
 pub mod selector;
 pub mod support;
 pub mod workload;

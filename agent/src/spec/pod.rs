@@ -16,6 +16,7 @@ pub(super) fn default(pod: &mut Pod) {
     spec.restart_policy.get_or_insert_with(|| "Always".into());
     spec.termination_grace_period_seconds.get_or_insert(30);
     spec.dns_policy.get_or_insert_with(|| "ClusterFirst".into());
+    let host_network = spec.host_network == Some(true);
     let containers = spec.init_containers.iter_mut().flatten().chain(spec.containers.iter_mut());
     for c in containers {
         if c.image_pull_policy.is_none() {
@@ -34,6 +35,10 @@ pub(super) fn default(pod: &mut Pod) {
         }
         for p in c.ports.iter_mut().flatten() {
             p.protocol.get_or_insert_with(|| "TCP".into());
+            if host_network && p.host_port.is_none() {
+                // the API server's default: a host-network pod's port is its host port
+                p.host_port = Some(p.container_port);
+            }
         }
     }
     for v in spec.volumes.iter_mut().flatten() {
@@ -137,6 +142,7 @@ pub(super) fn validate_in(pod: &Pod, cluster: bool) -> Result<(), FieldError> {
         super::dns_subdomain(&r.name)
             .map_err(|m| FieldError::new(field, format!("Invalid value: {:?}: {m}", r.name)))?;
     }
+    super::security::validate_pod(spec)?;
     let volumes = validate_volumes(spec, cluster)?;
     let mut names = std::collections::HashSet::new();
     let init =

@@ -49,10 +49,19 @@ pub const FIELDS: &[(&str, Support)] = &[
         Honoured("dockerconfigjson and dockercfg Secrets; each credential goes only to the registry it names"),
     ),
     ("spec.ephemeralContainers", Rejected("ephemeral containers are not supported by wasmlet yet")),
-    ("spec.hostNetwork", Rejected("hostNetwork is not supported by wasmlet yet")),
-    ("spec.hostPID", Rejected("hostPID is not supported by wasmlet yet")),
-    ("spec.hostIPC", Rejected("hostIPC is not supported by wasmlet yet")),
-    ("spec.hostUsers", Rejected("user namespaces are not supported by wasmlet yet")),
+    (
+        "spec.hostNetwork",
+        Honoured(
+            "Linux: the host's network and UTS namespaces, /etc/hosts and resolv.conf; the pod IP is the node's and \
+             hostPort equals containerPort. Wasm: a server listens on the node's addresses at containerPort",
+        ),
+    ),
+    ("spec.hostPID", Honoured("Linux: the host's PID namespace; no effect on Wasm guests, which see no processes")),
+    ("spec.hostIPC", Honoured("Linux: the host's IPC namespace; no effect on Wasm guests, which have no IPC")),
+    (
+        "spec.hostUsers",
+        Honoured("true (the default) only: user namespaces (hostUsers: false) are refused, not supported yet"),
+    ),
     ("spec.hostAliases", Rejected("hostAliases are not supported by wasmlet yet")),
     ("spec.dnsConfig", Rejected("dnsConfig is not supported by wasmlet yet")),
     ("spec.readinessGates", Rejected("readiness gates need a controller; not supported")),
@@ -70,12 +79,48 @@ pub const FIELDS: &[(&str, Support)] = &[
     ("spec.securityContext.runAsUser", Honoured("Linux; the containers' default")),
     ("spec.securityContext.runAsGroup", Honoured("Linux; the containers' default")),
     ("spec.securityContext.runAsNonRoot", Honoured("a container that would run as uid 0 is not started")),
-    ("spec.securityContext.fsGroup", Rejected("not supported by wasmlet yet")),
-    ("spec.securityContext.supplementalGroups", Rejected("not supported by wasmlet yet")),
-    ("spec.securityContext.sysctls", Rejected("not supported by wasmlet yet")),
-    ("spec.securityContext.seccompProfile", Rejected("not supported by wasmlet yet")),
-    ("spec.securityContext.seLinuxOptions", Rejected("not supported by wasmlet yet")),
-    ("spec.securityContext.appArmorProfile", Rejected("not supported by wasmlet yet")),
+    (
+        "spec.securityContext.fsGroup",
+        Honoured(
+            "emptyDir, configMap, secret, downwardAPI and projected volumes are made group-owned (setgid directories, \
+             group rw) and Linux containers get the group; Wasm guests have no groups",
+        ),
+    ),
+    ("spec.securityContext.fsGroupChangePolicy", Honoured("Always (default) or OnRootMismatch")),
+    ("spec.securityContext.supplementalGroups", Honoured("Linux: extra groups of every container process")),
+    (
+        "spec.securityContext.supplementalGroupsPolicy",
+        Honoured("Linux: Merge (default) adds the image's /etc/group memberships; Strict does not"),
+    ),
+    (
+        "spec.securityContext.sysctls",
+        Honoured(
+            "Linux: the kubelet's safe set; other namespaced ones with --allowed-unsafe-sysctls (the pod fails \
+             SysctlForbidden otherwise); no effect on Wasm guests, which have no kernel",
+        ),
+    ),
+    (
+        "spec.securityContext.seccompProfile",
+        Honoured(
+            "Linux: RuntimeDefault (a moby-equivalent filter), Localhost (under --seccomp-profile-root), Unconfined \
+             (default unless --seccomp-default). Wasm: accepted, a guest makes no syscalls",
+        ),
+    ),
+    (
+        "spec.securityContext.seLinuxOptions",
+        NoEffect("containers are not labelled; refused at admission on a host where SELinux is enabled"),
+    ),
+    (
+        "spec.securityContext.seLinuxChangePolicy",
+        NoEffect("containers are not labelled; refused at admission on a host where SELinux is enabled"),
+    ),
+    (
+        "spec.securityContext.appArmorProfile",
+        Honoured(
+            "Linux: Localhost names a loaded profile (refused when the host has no AppArmor, as the kubelet does); \
+             RuntimeDefault and Unconfined run with no profile. Wasm: Unconfined/RuntimeDefault accepted",
+        ),
+    ),
     ("spec.containers[].name", Honoured("")),
     ("spec.containers[].image", Honoured("Wasm artifacts and Linux images from OCI registries")),
     ("spec.containers[].imagePullPolicy", Honoured("Always, IfNotPresent, Never; defaulted from the tag")),
@@ -98,17 +143,41 @@ pub const FIELDS: &[(&str, Support)] = &[
     ("spec.containers[].terminationMessagePolicy", Honoured("File and FallbackToLogsOnError")),
     ("spec.containers[].restartPolicy", Honoured("only `Always`, on init containers (sidecars)")),
     ("spec.containers[].securityContext", Honoured("see below")),
-    ("spec.containers[].securityContext.runAsUser", Honoured("Linux")),
-    ("spec.containers[].securityContext.runAsGroup", Honoured("Linux")),
+    ("spec.containers[].securityContext.runAsUser", Honoured("Linux; Wasm guests have no uid (no effect)")),
+    ("spec.containers[].securityContext.runAsGroup", Honoured("Linux; Wasm guests have no gid (no effect)")),
     ("spec.containers[].securityContext.runAsNonRoot", Honoured("a container that would run as uid 0 is not started")),
-    ("spec.containers[].securityContext.readOnlyRootFilesystem", Honoured("Linux")),
-    ("spec.containers[].securityContext.allowPrivilegeEscalation", Honoured("Linux; false is the default here")),
-    ("spec.containers[].securityContext.privileged", Rejected("not supported by wasmlet yet")),
-    ("spec.containers[].securityContext.capabilities", Rejected("not supported by wasmlet yet")),
-    ("spec.containers[].securityContext.seccompProfile", Rejected("not supported by wasmlet yet")),
-    ("spec.containers[].securityContext.seLinuxOptions", Rejected("not supported by wasmlet yet")),
-    ("spec.containers[].securityContext.appArmorProfile", Rejected("not supported by wasmlet yet")),
-    ("spec.containers[].securityContext.procMount", Rejected("not supported by wasmlet yet")),
+    (
+        "spec.containers[].securityContext.readOnlyRootFilesystem",
+        Honoured("Linux; a Wasm guest has no root filesystem to write (no effect)"),
+    ),
+    (
+        "spec.containers[].securityContext.allowPrivilegeEscalation",
+        Honoured("Linux: no_new_privs unless true (false is the default here); Wasm: no effect"),
+    ),
+    (
+        "spec.containers[].securityContext.privileged",
+        Honoured(
+            "Linux: every capability, no seccomp, no masked paths, writable /sys, the host's devices; refused \
+             with --allow-privileged=false. Wasm: refused (a guest cannot hold host privileges)",
+        ),
+    ),
+    (
+        "spec.containers[].securityContext.capabilities",
+        Honoured(
+            "Linux: add/drop (ALL too) over containerd's default set; a non-root process holds only what is added. \
+             Wasm: drop accepted, add refused",
+        ),
+    ),
+    ("spec.containers[].securityContext.seccompProfile", Honoured("as the pod's, and wins over it")),
+    (
+        "spec.containers[].securityContext.seLinuxOptions",
+        NoEffect("containers are not labelled; refused at admission on a host where SELinux is enabled"),
+    ),
+    ("spec.containers[].securityContext.appArmorProfile", Honoured("as the pod's, and wins over it")),
+    (
+        "spec.containers[].securityContext.procMount",
+        Honoured("Default: /proc is masked as the kubelet's runtimes mask it; Unmasked needs hostUsers: false"),
+    ),
     ("spec.containers[].stdin", Rejected("attach is not supported by wasmlet yet")),
     ("spec.containers[].stdinOnce", Rejected("attach is not supported by wasmlet yet")),
     ("spec.containers[].tty", Rejected("attach is not supported by wasmlet yet")),
