@@ -3,7 +3,8 @@
 //! - wasmlet: apply → Running (the agent's own `wasmlet_pod_start_duration_seconds`:
 //!   record stored, pod network by CNI, overlay rootfs, conmon + `runc create`,
 //!   `runc start`, record flushed), over `LINUX_PODS` busybox pods (default 200) applied
-//!   one at a time;
+//!   one at a time; and as many again under `seccompProfile: RuntimeDefault`,
+//!   interleaved with them, so the filter's cost is measured against the same noise;
 //! - peer: bare `runc run --detach` of an equivalent bundle (the same busybox rootfs and
 //!   command, no network, no monitor), median over 50 runs.
 
@@ -26,18 +27,24 @@ fn main() {
     let registry = common::Registry::start();
     let image = harness::push_busybox(&registry, "amd64", "latest");
     let agent = harness::Agent::start();
-    let pod = |name: &str| {
+    let pod_with = |name: &str, extra: &str| {
         format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: app\n    image: {image}\n    command: [\"sleep\", \"86400\"]\n"
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  terminationGracePeriodSeconds: 0\n{extra}  containers:\n  - name: app\n    image: {image}\n    command: [\"sleep\", \"86400\"]\n"
         )
     };
+    let pod = |name: &str| pod_with(name, "");
+    let filtered = |name: &str| pod_with(name, "  securityContext:\n    seccompProfile:\n      type: RuntimeDefault\n");
     // warm-up: the pull and unpack happen here
     agent.apply(&pod("warm"));
     agent.wait_pod("warm", "running", |p| harness::state(p).0 == "running");
+    // Unconfined and RuntimeDefault pods alternate: starts 1, 3, 5… and 2, 4, 6…
     for i in 0..n {
-        let name = format!("c{i}");
-        agent.apply(&pod(&name));
-        agent.wait_pod(&name, "running", |p| harness::state(p).0 == "running");
+        for (name, manifest) in
+            [(format!("c{i}"), pod(&format!("c{i}"))), (format!("s{i}"), filtered(&format!("s{i}")))]
+        {
+            agent.apply(&manifest);
+            agent.wait_pod(&name, "running", |p| harness::state(p).0 == "running");
+        }
     }
     let sock = agent.state_dir().join("wasmlet.sock");
     let out = Command::new("curl")
@@ -45,9 +52,11 @@ fn main() {
         .output()
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let mut ours: Vec<f64> =
-        v["microseconds"].as_array().unwrap()[1..].iter().map(|x| x.as_f64().unwrap() / 1e3).collect();
+    let all: Vec<f64> = v["microseconds"].as_array().unwrap()[1..].iter().map(|x| x.as_f64().unwrap() / 1e3).collect();
+    let mut ours: Vec<f64> = all.iter().step_by(2).copied().collect();
+    let mut seccomp: Vec<f64> = all.iter().skip(1).step_by(2).copied().collect();
     ours.sort_by(|a, b| a.total_cmp(b));
+    seccomp.sort_by(|a, b| a.total_cmp(b));
 
     // peer: runc run --detach on a bundle over the same unpacked layer
     let layer = std::fs::read_dir(agent.state_dir().join("layers")).unwrap().flatten().next().unwrap().path();
@@ -91,5 +100,12 @@ fn main() {
         "  agent overhead over bare runc (p50): {:.1} ms; ratio {:.2}x",
         pct(&ours, 0.5) - pct(&peer, 0.5),
         pct(&ours, 0.5) / pct(&peer, 0.5)
+    );
+    println!(
+        "  seccomp RuntimeDefault     p50 {:.1} ms  p99 {:.1} ms ({} pods, interleaved); ratio to Unconfined (p50) {:.2}x",
+        pct(&seccomp, 0.5),
+        pct(&seccomp, 0.99),
+        seccomp.len(),
+        pct(&seccomp, 0.5) / pct(&ours, 0.5)
     );
 }

@@ -100,7 +100,7 @@ impl Network {
         Ok(Network { config, chain })
     }
 
-    fn netns_path(&self, pod: &str) -> PathBuf {
+    pub(crate) fn netns_path(&self, pod: &str) -> PathBuf {
         self.config.netns_dir.join(pod)
     }
 

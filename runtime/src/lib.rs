@@ -186,10 +186,21 @@ pub struct SandboxConfig {
     pub host_pid: bool,
     #[serde(default)]
     pub host_ipc: bool,
+    /// Linux: the pod's own user namespace (`hostUsers: false`): its root is
+    /// `host_id` on the host.
+    #[serde(default)]
+    pub user_ns: Option<IdMap>,
     /// Linux: namespaced sysctls the pod sets (`securityContext.sysctls`), already
     /// admitted by the node's policy.
     #[serde(default)]
     pub sysctls: Vec<(String, String)>,
+}
+
+/// A range of host uids and gids a pod's user namespace maps from 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMap {
+    pub host_id: u32,
+    pub size: u32,
 }
 
 /// A `hostPort` that publishes a pod's port on the node (CNI's `portMappings` form).
@@ -265,6 +276,10 @@ pub struct ContainerConfig {
     /// (`supplementalGroupsPolicy: Merge`, the default) or not (`Strict`).
     #[serde(default = "yes")]
     pub image_groups: bool,
+    /// Linux: `procMount: Unmasked` (only in a user namespace): no masked or read-only
+    /// paths under /proc.
+    #[serde(default)]
+    pub proc_unmasked: bool,
     /// Linux: the AppArmor profile (loaded on the host) to run under, if any.
     #[serde(default)]
     pub apparmor_profile: Option<String>,
@@ -308,6 +323,7 @@ impl ContainerConfig {
             supplemental_groups: Vec::new(),
             image_groups: true,
             apparmor_profile: None,
+            proc_unmasked: false,
             ports: Vec::new(),
             http: HttpOptions::default(),
             netns: None,

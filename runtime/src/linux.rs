@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 mod pty;
 mod security;
+mod userns;
 
 /// Where Debian's `containernetworking-plugins` puts the CNI plugins.
 pub use crate::cni::DEFAULT_PLUGIN_DIR as DEFAULT_CNI_PLUGIN_DIR;
@@ -208,6 +209,41 @@ impl LinuxRuntime {
 
     /// Waits for the sandbox's network (if it is still being wired); fails if wiring
     /// failed, in which case the sandbox is gone and the next create makes it anew.
+    /// Where sandbox `id`'s user namespace is kept (`hostUsers: false`).
+    fn userns_file(&self, id: &str) -> PathBuf {
+        self.inner.sandboxes.join(format!("{id}.userns"))
+    }
+
+    /// A user-namespaced container's rootfs: each layer mounted idmapped into the pod's
+    /// range under `DIR/lower`, the overlay over them at [`userns::container_dir`]
+    /// with an upper directory the pod's root owns.
+    fn userns_rootfs(&self, id: &str, dir: &Path, layers: &[PathBuf], sandbox: &str, map: crate::IdMap) -> Result<()> {
+        let userns_file = self.userns_file(sandbox);
+        let mut lowers = Vec::new();
+        for (i, layer) in layers.iter().enumerate() {
+            let target = dir.join("lower").join(i.to_string());
+            std::fs::create_dir_all(&target).map_err(|e| io_err("container directory", &target, e))?;
+            userns::idmapped_mount(layer, &target, &userns_file).map_err(|e| io_err("idmapped layer", layer, e))?;
+            lowers.push(target);
+        }
+        for sub in ["upper", "work"] {
+            let p = dir.join(sub);
+            std::os::unix::fs::chown(&p, Some(map.host_id), Some(map.host_id)).map_err(|e| io_err("chown", &p, e))?;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let base = Path::new(userns::DIR);
+        std::fs::create_dir_all(base).map_err(|e| io_err("container directory", base, e))?;
+        std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o711))
+            .map_err(|e| io_err("container directory", base, e))?;
+        let own = userns::container_dir(id);
+        let rootfs = own.join("rootfs");
+        std::fs::create_dir_all(&rootfs).map_err(|e| io_err("container directory", &rootfs, e))?;
+        std::os::unix::fs::chown(&own, Some(0), Some(map.host_id)).map_err(|e| io_err("chown", &own, e))?;
+        std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o710))
+            .map_err(|e| io_err("container directory", &own, e))?;
+        mount_overlay(dir, &lowers, &rootfs).map_err(|e| io_err("overlay mount", &rootfs, e))
+    }
+
     async fn wired(&self, id: &str) -> Result<()> {
         let pending = self.inner.wiring.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned();
         if let Some(w) = pending {
@@ -366,6 +402,9 @@ impl Runtime for LinuxRuntime {
         std::fs::create_dir_all(&files).map_err(|e| io_err("sandbox", &files, e))?;
         let fail = |e: NetworkError| {
             let _ = std::fs::remove_dir_all(&files);
+            if config.user_ns.is_some() {
+                userns::remove(&self.userns_file(&config.id));
+            }
             Error::Network { id: config.id.clone(), source: Arc::new(e) }
         };
         let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
@@ -381,6 +420,14 @@ impl Runtime for LinuxRuntime {
             self.save_sandbox(&rec)?;
             return Ok(SandboxStatus { ip: None, netns: None });
         }
+        if let Some(map) = &config.user_ns {
+            // the pod's user namespace, and its network namespace owned by it
+            let netns = self.inner.network.netns_path(&config.id);
+            if let Err(e) = userns::create(map, &self.userns_file(&config.id), &netns) {
+                let _ = std::fs::remove_dir_all(&files);
+                return Err(io_err("user namespace", &self.userns_file(&config.id), e));
+            }
+        }
         let netns = self.inner.network.prepare(&config.id, &config.ports).map_err(fail)?;
         for (name, text) in [
             ("hosts", hosts_file(&config.hostname, None)),
@@ -389,6 +436,11 @@ impl Runtime for LinuxRuntime {
         ] {
             let p = files.join(name);
             std::fs::write(&p, text).map_err(|e| io_err("sandbox file", &p, e))?;
+            if let Some(map) = &config.user_ns {
+                // the pod's root owns its files, as through the kubelet's idmapped mounts
+                std::os::unix::fs::chown(&p, Some(map.host_id), Some(map.host_id))
+                    .map_err(|e| io_err("sandbox file", &p, e))?;
+            }
         }
         let netns_path = netns.clone();
         let rec = SandboxRecord {
@@ -445,6 +497,9 @@ impl Runtime for LinuxRuntime {
             tracing::warn!(sandbox = id, "{e}");
         }
         let _ = std::fs::remove_dir_all(self.inner.sandboxes.join(id));
+        if rec.config.user_ns.is_some() {
+            userns::remove(&self.userns_file(id));
+        }
         let _ = std::fs::remove_file(self.inner.sandboxes.join(format!("{id}.json")));
         Ok(())
     }
@@ -466,7 +521,11 @@ impl Runtime for LinuxRuntime {
             for sub in ["rootfs", "upper", "work", "exit", "persist", "sock", "empty"] {
                 std::fs::create_dir_all(dir.join(sub)).map_err(|e| io_err("container directory", &dir, e))?;
             }
-            mount_overlay(&dir, layers).map_err(|e| io_err("overlay mount", &dir.join("rootfs"), e))?;
+            match sandbox.as_ref().and_then(|s| s.config.user_ns.map(|m| (s, m))) {
+                Some((sb, map)) => self.userns_rootfs(&id, &dir, layers, &sb.config.id, map)?,
+                None => mount_overlay(&dir, layers, &dir.join("rootfs"))
+                    .map_err(|e| io_err("overlay mount", &dir.join("rootfs"), e))?,
+            }
             let spec = build_spec(&config, sandbox.as_ref().map(|s| (s, self.inner.sandboxes.join(&s.config.id))))
                 .map_err(|source| Error::InvalidConfig { id: id.clone(), source })?;
             let bundle = dir.join("config.json");
@@ -532,10 +591,20 @@ impl Runtime for LinuxRuntime {
         if let Ok(meta) = self.meta(id) {
             remove_pod_cgroups(&meta.config.sandbox_id);
         }
-        let rootfs = dir.join("rootfs");
-        match rustix::mount::unmount(&rootfs, rustix::mount::UnmountFlags::DETACH) {
-            Ok(()) | Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOENT) => {}
-            Err(e) => return Err(io_err("unmount", &rootfs, e.into())),
+        let userns_dir = userns::container_dir(id);
+        let mut mounts = vec![dir.join("rootfs"), userns_dir.join("rootfs")];
+        // a user-namespaced container's idmapped layers: unmounted before anything is
+        // deleted, or the removal would reach into the image's layers
+        let lower = dir.join("lower");
+        mounts.extend(std::fs::read_dir(&lower).into_iter().flatten().flatten().map(|e| e.path()));
+        for m in &mounts {
+            match rustix::mount::unmount(m, rustix::mount::UnmountFlags::DETACH) {
+                Ok(()) | Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOENT) => {}
+                Err(e) => return Err(io_err("unmount", m, e.into())),
+            }
+        }
+        if userns_dir.exists() {
+            std::fs::remove_dir_all(&userns_dir).map_err(|e| io_err("remove container", &userns_dir, e))?;
         }
         std::fs::remove_dir_all(&dir).map_err(|e| io_err("remove container", &dir, e))
     }
@@ -775,7 +844,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// The image layers (top first) as lowerdirs, this container's upper and work dirs.
-fn mount_overlay(dir: &Path, layers: &[PathBuf]) -> std::io::Result<()> {
+fn mount_overlay(dir: &Path, layers: &[PathBuf], target: &Path) -> std::io::Result<()> {
     let mut lower: Vec<String> = layers.iter().rev().map(|p| escape_overlay(&p.display().to_string())).collect();
     if lower.is_empty() {
         lower.push(escape_overlay(&dir.join("empty").display().to_string()));
@@ -790,13 +859,7 @@ fn mount_overlay(dir: &Path, layers: &[PathBuf]) -> std::io::Result<()> {
         return Err(std::io::Error::other(format!("{} layers make the overlay options too long", layers.len())));
     }
     let data = std::ffi::CString::new(data).map_err(std::io::Error::other)?;
-    rustix::mount::mount(
-        "overlay",
-        dir.join("rootfs"),
-        "overlay",
-        rustix::mount::MountFlags::empty(),
-        data.as_c_str(),
-    )?;
+    rustix::mount::mount("overlay", target, "overlay", rustix::mount::MountFlags::empty(), data.as_c_str())?;
     Ok(())
 }
 
@@ -1066,6 +1129,12 @@ fn build_spec(
     };
     let own = |typ: LinuxNamespaceType| LinuxNamespaceBuilder::default().typ(typ).build().map_err(e);
     let mut namespaces = vec![own(LinuxNamespaceType::Mount)?];
+    let user_ns = sandbox.as_ref().and_then(|(sb, files)| Some((sb.config.user_ns?, files)));
+    if let Some((_, files)) = &user_ns {
+        // the pod's user namespace (see `userns`), kept beside its files
+        let file = files.with_file_name(format!("{}.userns", files.file_name().unwrap_or_default().to_string_lossy()));
+        namespaces.push(LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::User).path(file).build().map_err(e)?);
+    }
     if !host_pid {
         namespaces.push(own(LinuxNamespaceType::Pid)?);
     }
@@ -1113,11 +1182,26 @@ fn build_spec(
         .cgroups_path(cgroup_path(&c.sandbox_id, &c.id))
         .build()
         .map_err(e)?;
+    if let Some((map, _)) = &user_ns {
+        let ids = oci_spec::runtime::LinuxIdMappingBuilder::default()
+            .container_id(0u32)
+            .host_id(map.host_id)
+            .size(map.size)
+            .build()
+            .map_err(e)?;
+        linux.set_uid_mappings(Some(vec![ids]));
+        linux.set_gid_mappings(Some(vec![ids]));
+    }
     if c.privileged {
         // the host's devices, all of them usable
         resources =
             resources.devices(vec![LinuxDeviceCgroupBuilder::default().allow(true).access("rwm").build().map_err(e)?]);
         linux.set_devices(Some(security::host_devices()));
+    }
+    // set either way: oci-spec's default Linux section masks paths of its own accord
+    if c.privileged || c.proc_unmasked {
+        linux.set_masked_paths(Some(Vec::new()));
+        linux.set_readonly_paths(Some(Vec::new()));
     } else {
         linux.set_masked_paths(Some(oci_spec::runtime::get_default_maskedpaths()));
         linux.set_readonly_paths(Some(oci_spec::runtime::get_default_readonly_paths()));
@@ -1132,7 +1216,9 @@ fn build_spec(
 
     let mut spec = Spec::default();
     spec.set_process(Some(process));
-    spec.set_root(Some(RootBuilder::default().path("rootfs").readonly(c.read_only_rootfs).build().map_err(e)?));
+    // a user-namespaced rootfs is where the pod's root can reach it (see `userns`)
+    let root = if user_ns.is_some() { userns::container_dir(&c.id).join("rootfs") } else { PathBuf::from("rootfs") };
+    spec.set_root(Some(RootBuilder::default().path(root).readonly(c.read_only_rootfs).build().map_err(e)?));
     let hostname = match &sandbox {
         _ if host_network => None,
         Some((sb, _)) => Some(sb.config.hostname.clone()),

@@ -132,7 +132,8 @@ fn capabilities_for_root_non_root_and_privileged_containers() {
     agent.apply(&pod("user-add", &image, &bind, "", &sc(add)));
     agent.apply(&pod("user-no-add", &image, &bind, "", &sc("      runAsUser: 1000\n")));
     let privileged = format!(
-        "{STATUS}; grep -q ' /sys sysfs rw' /proc/mounts && echo sys=rw; test -c /dev/kmsg && echo kmsg=yes; echo done"
+        "{STATUS}; grep -q ' /sys sysfs rw' /proc/mounts && echo sys=rw; test -c /dev/kmsg && echo kmsg=yes; \
+         echo masked=$(grep -c ' /proc/keys ' /proc/mounts)"
     );
     let seccomp = "      privileged: true\n      seccompProfile:\n        type: RuntimeDefault\n";
     agent.apply(&pod("privileged", &image, &privileged, "", &sc(seccomp)));
@@ -168,6 +169,7 @@ fn capabilities_for_root_non_root_and_privileged_containers() {
     assert_eq!(f["Seccomp"], "0", "privileged runs unconfined: {log}");
     assert_eq!(f.get("sys").map(String::as_str), Some("rw"), "{log}");
     assert_eq!(f.get("kmsg").map(String::as_str), Some("yes"), "host devices: {log}");
+    assert_eq!(f.get("masked").map(String::as_str), Some("0"), "no masked paths: {log}");
 
     let err =
         apply_err(&agent, &pod("bad", &image, "true", "", &sc("      capabilities:\n        add: [NOT_A_CAP]\n")));
@@ -375,4 +377,63 @@ fn wasm_guests_accept_what_takes_away_and_refuse_what_grants() {
         let message = container_state(&p, "app").1["message"].as_str().unwrap_or_default().to_string();
         assert!(message.contains(what), "{name}: {message}");
     }
+}
+
+#[test]
+fn a_pod_without_host_users_has_its_own_ids_and_cannot_touch_root_files() {
+    let (_r, image) = busybox();
+    let agent = Agent::start();
+    // a root-owned file only root may read, shared to both pods as a hostPath
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("secret"), "host-only\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(host.path().join("secret"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(host.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = "cat /proc/self/uid_map; echo uid=$(id -u); touch /data/made; echo made=$?; \
+                  echo x > /etc/probe && echo etc=writable; cat /host/secret 2>&1; echo read=$?; \
+                  grep -c ' /proc/keys ' /proc/mounts; true";
+    let volumes = format!(
+        "  volumes:\n  - name: data\n    emptyDir: {{}}\n  - name: host\n    hostPath:\n      path: {}\n",
+        host.path().display()
+    );
+    let mounts =
+        "    volumeMounts:\n    - name: data\n      mountPath: /data\n    - name: host\n      mountPath: /host\n";
+    agent.apply(&pod("own-ids", &image, script, &format!("  hostUsers: false\n{volumes}"), mounts));
+    agent.apply(&pod("host-ids", &image, script, &volumes, mounts));
+    let unmasked = format!("{mounts}    securityContext:\n      procMount: Unmasked\n");
+    agent.apply(&pod("unmasked", &image, script, &format!("  hostUsers: false\n{volumes}"), &unmasked));
+
+    let log = output(&agent, "own-ids");
+    let map: Vec<u64> = log.lines().next().unwrap().split_whitespace().map(|n| n.parse().unwrap()).collect();
+    assert_eq!(map[0], 0, "{log}");
+    assert!(map[1] >= 65_536 && map[1].is_multiple_of(65_536) && map[2] == 65_536, "a range of its own: {log}");
+    let f = fields(&log);
+    assert_eq!((f["uid"].as_str(), f["made"].as_str()), ("0", "0"), "root inside writes its emptyDir: {log}");
+    assert_eq!(f.get("etc").map(String::as_str), Some("writable"), "and its own rootfs: {log}");
+    assert!(log.contains("Permission denied") && f["read"] != "0", "but not a root-owned host file: {log}");
+    assert_eq!(log.lines().last(), Some("1"), "/proc (its keys, say) is masked by default: {log}");
+    // on the host, what it made belongs to the pod's range, not to root
+    let uid = agent.pod("own-ids")["metadata"]["uid"].as_str().unwrap().to_string();
+    let made = agent.state_dir().join("pods").join(&uid).join("volumes/data/made");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&made).unwrap().uid() as u64, map[1], "{}", made.display());
+
+    let log = output(&agent, "host-ids");
+    assert!(log.starts_with("         0          0 4294967295"), "{log}");
+    assert!(log.contains("host-only"), "root without a user namespace reads the same file: {log}");
+
+    let log = output(&agent, "unmasked");
+    assert_eq!(log.lines().last(), Some("0"), "procMount: Unmasked leaves /proc unmasked: {log}");
+
+    // deleting the pods leaves no mounts behind (idmapped layers, rootfs)
+    for name in ["own-ids", "unmasked"] {
+        agent.ok(&["delete", "pod", name]);
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&uid), "mounts of the pod left behind");
+    assert!(!mounts.contains(agent.state_dir().to_str().unwrap()) || !mounts.contains("/lower/"));
+
+    let bad = format!("{volumes}  hostUsers: false\n  hostNetwork: true\n");
+    let err = apply_err(&agent, &pod("bad", &image, "true", &bad, ""));
+    assert!(err.contains("spec.hostUsers: Forbidden: when `hostNetwork` is set"), "{err}");
 }

@@ -80,6 +80,13 @@ impl Manager {
             };
             let mut rec = new_record(pod);
             let wants = requests(&rec.pod);
+            if rec.pod.spec.as_ref().and_then(|s| s.host_users) == Some(false) {
+                // the pod's own range of host ids, stored with it before it starts
+                match self.allocate_userns() {
+                    Some(base) => rec.userns = Some(base),
+                    None => return Err(Error::Invalid("no free user namespace range left on this node".into())),
+                }
+            }
             if let Some((reason, message)) = self.admit_security(&rec.pod) {
                 let fail = state::Event::Fail { reason: reason.clone(), message: message.clone() };
                 rec.status.apply(&rec.plan.clone(), fail);
@@ -312,6 +319,7 @@ pub(super) fn new_record(pod: Pod) -> PodRecord {
         runtimes: Vec::new(),
         network: false,
         pod_ip: None,
+        userns: None,
     }
 }
 

@@ -74,7 +74,13 @@ pub struct PodRecord {
     pub network: bool,
     #[serde(default)]
     pub pod_ip: Option<String>,
+    /// `hostUsers: false`: the first host uid/gid of the pod's range (its root).
+    #[serde(default)]
+    pub userns: Option<u32>,
 }
+
+/// The ids each `hostUsers: false` pod gets, as the kubelet gives them.
+pub const USERNS_SIZE: u32 = 65_536;
 
 impl PodRecord {
     pub fn key(&self) -> String {
@@ -165,6 +171,8 @@ pub struct Core {
     node: Node,
     /// What pods may ask for (seccomp default, privileged, sysctls).
     policy: crate::node::Policy,
+    /// First host ids of the user-namespace ranges pods hold.
+    userns_ranges: Mutex<std::collections::BTreeSet<u32>>,
     /// Volume files are written by one writer at a time (workers and updates).
     volume_lock: Mutex<()>,
     /// Wakes the Deployment and Job controller.
@@ -229,6 +237,9 @@ impl Core {
         self.store.remove(Table::Pods, &rec.key())?;
         self.store.remove_prefix(Table::Events, &format!("{}/", rec.uid))?;
         self.store.flush().await?;
+        if let Some(base) = rec.userns {
+            self.userns_ranges.lock().unwrap_or_else(|e| e.into_inner()).remove(&base);
+        }
         self.workers.lock().unwrap_or_else(|e| e.into_inner()).remove(&rec.key());
         self.keys.lock().unwrap_or_else(|e| e.into_inner()).remove(&rec.uid);
         if rec.pod.metadata.owner_references.is_some() {
@@ -277,6 +288,7 @@ impl Manager {
             start_latencies: Mutex::new(Vec::new()),
             node: Node::detect(state_dir),
             policy,
+            userns_ranges: Mutex::new(std::collections::BTreeSet::new()),
             volume_lock: Mutex::new(()),
             workloads: tokio::sync::Notify::new(),
             keys: Mutex::new(HashMap::new()),
@@ -292,6 +304,10 @@ impl Manager {
         let mgr = Arc::new(Manager { core });
         let records: Vec<(String, PodRecord)> = mgr.store.scan(Table::Pods, "")?;
         let now = crate::time::now_ms();
+        mgr.userns_ranges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(records.iter().filter_map(|(_, r)| r.userns));
         for (_, mut rec) in records {
             for i in 0..rec.status.containers.len() {
                 if matches!(rec.status.containers[i].state, state::State::Running { .. }) {
@@ -305,6 +321,15 @@ impl Manager {
         mgr.remove_orphans().await;
         tracing::info!("pods resumed");
         Ok(mgr)
+    }
+
+    /// A free range of host ids for a `hostUsers: false` pod: the lowest multiple of
+    /// 65,536 above the host's own first range, below 2^31. None when all are taken.
+    pub(super) fn allocate_userns(&self) -> Option<u32> {
+        let mut taken = self.userns_ranges.lock().unwrap_or_else(|e| e.into_inner());
+        let base = (1..(1u32 << 31) / USERNS_SIZE).map(|k| k * USERNS_SIZE).find(|b| !taken.contains(b))?;
+        taken.insert(base);
+        Some(base)
     }
 
     /// A container that was running when the agent stopped: a Linux container whose

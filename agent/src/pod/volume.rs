@@ -54,7 +54,11 @@ pub fn setup(
     let dir = root.join(&v.name);
     std::fs::create_dir_all(&dir).map_err(|e| io("create", e))?;
     let psc = rec.pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
-    let fs_group = psc.and_then(|s| s.fs_group).and_then(|g| u32::try_from(g).ok());
+    // in a user namespace (hostUsers: false) the pod's ids are shifted by its range's
+    // base: its root owns the volumes wasmlet makes, as through the kubelet's idmapped
+    // mounts, and the fsGroup is the shifted group
+    let shift = rec.userns.unwrap_or(0);
+    let fs_group = psc.and_then(|s| s.fs_group).and_then(|g| u32::try_from(g).ok()).map(|g| g.saturating_add(shift));
     let on_root_mismatch = psc.and_then(|s| s.fs_group_change_policy.as_deref()) == Some("OnRootMismatch");
     if let Some(e) = &v.empty_dir {
         if e.medium.as_deref() == Some("Memory") {
@@ -62,6 +66,9 @@ pub fn setup(
             tmpfs(&dir, Some(size), 0o777).map_err(|e| io("tmpfs", e))?;
         } else {
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).map_err(|e| io("chmod", e))?;
+        }
+        if let Some(base) = rec.userns {
+            std::os::unix::fs::chown(&dir, Some(base), Some(base)).map_err(|e| io("chown", e))?;
         }
         if let Some(gid) = fs_group {
             set_ownership(&dir, gid, false, on_root_mismatch).map_err(|e| io("fsGroup", e))?;
@@ -77,12 +84,37 @@ pub fn setup(
         tmpfs(&dir, None, 0o755).map_err(|e| io("tmpfs", e))?;
     }
     let written = write_atomic(&dir, &payload).map_err(|e| io("write", e))?;
+    if let Some(base) = rec.userns
+        && (written || !owned_by_uid(&dir, base))
+    {
+        shift_owner(&dir, base).map_err(|e| io("chown", e))?;
+    }
     if let Some(gid) = fs_group
         && (written || !owned_by(&dir, gid, true))
     {
         set_ownership(&dir, gid, true, false).map_err(|e| io("fsGroup", e))?;
     }
     Ok(dir)
+}
+
+fn owned_by_uid(dir: &Path, uid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).is_ok_and(|m| m.uid() == uid)
+}
+
+/// Gives everything under `dir` to host uid and gid `base` (the root of a pod's user
+/// namespace); symlinks are re-owned, never followed.
+fn shift_owner(dir: &Path, base: u32) -> std::io::Result<()> {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        std::os::unix::fs::lchown(&path, Some(base), Some(base))?;
+        if std::fs::symlink_metadata(&path)?.is_dir() {
+            for e in std::fs::read_dir(&path)? {
+                stack.push(e?.path());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether `dir` is already group `gid`'s, set-group-ID, with the group permissions

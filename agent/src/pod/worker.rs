@@ -345,6 +345,7 @@ async fn start(mgr: &Arc<Core>, rec: &mut PodRecord, i: usize, tx: &mpsc::Unboun
             host_network,
             host_pid: spec.host_pid == Some(true),
             host_ipc: spec.host_ipc == Some(true),
+            user_ns: rec.userns.map(|host_id| wasmlet_runtime::IdMap { host_id, size: super::USERNS_SIZE }),
             sysctls: sc
                 .and_then(|s| s.sysctls.as_ref())
                 .into_iter()
@@ -813,8 +814,13 @@ fn container_config(
     let tm = c.termination_message_path.clone().unwrap_or_else(|| DEFAULT_TERMINATION_PATH.into());
     if kind == RuntimeKind::Linux || tm != DEFAULT_TERMINATION_PATH {
         let (host, file) = termination_paths(mgr, rec, c, instance, kind);
-        let made =
-            std::fs::create_dir_all(file.parent().expect("has a parent")).and_then(|_| std::fs::write(&file, b""));
+        let made = std::fs::create_dir_all(file.parent().expect("has a parent"))
+            .and_then(|_| std::fs::write(&file, b""))
+            .and_then(|_| match rec.userns {
+                // the pod's root writes it from inside its user namespace
+                Some(base) => std::os::unix::fs::chown(&file, Some(base), Some(base)),
+                None => Ok(()),
+            });
         made.map_err(|e| config_failed(format!("termination message file {}: {e}", file.display())))?;
         let container_path = match kind {
             RuntimeKind::Linux => tm,
@@ -876,6 +882,7 @@ fn container_config(
         supplemental_groups: security.groups,
         image_groups: security.image_groups,
         apparmor_profile: security.apparmor,
+        proc_unmasked: sc.and_then(|s| s.proc_mount.as_deref()) == Some("Unmasked"),
         ports: c
             .ports
             .iter()

@@ -39,11 +39,15 @@ fn sysctl_name(name: &str) -> bool {
 
 pub(super) fn validate_pod(spec: &PodSpec) -> Result<(), FieldError> {
     let at = |f: &str| format!("spec.securityContext.{f}");
-    if spec.host_users == Some(false) {
-        return Err(forbid(
-            "spec.hostUsers".into(),
-            "user namespaces (hostUsers: false) are not supported by wasmlet yet",
-        ));
+    let userns = spec.host_users == Some(false);
+    if userns {
+        // the API server's rule: a user namespace excludes the host's namespaces
+        for (field, set) in [("hostNetwork", spec.host_network), ("hostPID", spec.host_pid), ("hostIPC", spec.host_ipc)]
+        {
+            if set == Some(true) {
+                return Err(forbid("spec.hostUsers".into(), &format!("when `{field}` is set")));
+            }
+        }
     }
     if let Some(sc) = &spec.security_context {
         if let Some(p) = &sc.seccomp_profile {
@@ -101,7 +105,7 @@ pub(super) fn validate_pod(spec: &PodSpec) -> Result<(), FieldError> {
         }
     }
     for (path, c) in containers(spec) {
-        validate_container(c, &path)?;
+        validate_container(c, &path, userns)?;
     }
     Ok(())
 }
@@ -111,7 +115,7 @@ fn containers(spec: &PodSpec) -> impl Iterator<Item = (String, &Container)> {
     init.chain(spec.containers.iter().enumerate().map(|(i, c)| (format!("spec.containers[{i}]"), c)))
 }
 
-fn validate_container(c: &Container, path: &str) -> Result<(), FieldError> {
+fn validate_container(c: &Container, path: &str, userns: bool) -> Result<(), FieldError> {
     let Some(sc) = &c.security_context else { return Ok(()) };
     let at = |f: &str| format!("{path}.securityContext.{f}");
     if let Some(p) = &sc.seccomp_profile {
@@ -122,7 +126,7 @@ fn validate_container(c: &Container, path: &str) -> Result<(), FieldError> {
     }
     if let Some(p) = &sc.proc_mount {
         one_of(&at("procMount"), p, &["Default", "Unmasked"])?;
-        if p == "Unmasked" {
+        if p == "Unmasked" && !userns {
             return Err(forbid(at("procMount"), "`hostUsers` must be false to use `Unmasked`"));
         }
     }
@@ -141,6 +145,9 @@ fn validate_container(c: &Container, path: &str) -> Result<(), FieldError> {
                 ));
             }
         }
+    }
+    if userns && sc.privileged == Some(true) {
+        return Err(forbid(at("privileged"), "not allowed with `hostUsers: false`"));
     }
     if sc.allow_privilege_escalation == Some(false) {
         if sc.privileged == Some(true) {

@@ -60,7 +60,10 @@ pub const FIELDS: &[(&str, Support)] = &[
     ("spec.hostIPC", Honoured("Linux: the host's IPC namespace; no effect on Wasm guests, which have no IPC")),
     (
         "spec.hostUsers",
-        Honoured("true (the default) only: user namespaces (hostUsers: false) are refused, not supported yet"),
+        Honoured(
+            "Linux: false gives the pod a user namespace of its own (65,536 host ids; idmapped image layers; its \
+             volumes owned by its root); hostPath files stay the host's. No effect on Wasm guests, which have no uids",
+        ),
     ),
     ("spec.hostAliases", Rejected("hostAliases are not supported by wasmlet yet")),
     ("spec.dnsConfig", Rejected("dnsConfig is not supported by wasmlet yet")),
@@ -176,7 +179,9 @@ pub const FIELDS: &[(&str, Support)] = &[
     ("spec.containers[].securityContext.appArmorProfile", Honoured("as the pod's, and wins over it")),
     (
         "spec.containers[].securityContext.procMount",
-        Honoured("Default: /proc is masked as the kubelet's runtimes mask it; Unmasked needs hostUsers: false"),
+        Honoured(
+            "Default: /proc masked as the kubelet's runtimes mask it; Unmasked (with hostUsers: false) unmasks it",
+        ),
     ),
     ("spec.containers[].stdin", Rejected("attach is not supported by wasmlet yet")),
     ("spec.containers[].stdinOnce", Rejected("attach is not supported by wasmlet yet")),
