@@ -1276,4 +1276,21 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", upper.join("etc/passwd")).unwrap();
         assert!(resolve_user("web", &layers).is_err());
     }
+
+    #[test]
+    fn merged_groups_come_from_the_image_group_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = dir.path().join("l");
+        std::fs::create_dir_all(layer.join("etc")).unwrap();
+        std::fs::write(layer.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/:/bin/sh\n").unwrap();
+        std::fs::write(
+            layer.join("etc/group"),
+            "# comment\nroot:x:0:\nwheel:x:10:root, app\nstaff:x:50:appx\naudio:x:63:app\nbad:x:nan:app\n",
+        )
+        .unwrap();
+        let layers = [layer];
+        assert_eq!(image_groups(&layers, 1000), vec![10, 63], "listed by name, not by prefix; bad gids skipped");
+        assert_eq!(image_groups(&layers, 0), vec![10]);
+        assert!(image_groups(&layers, 4242).is_empty(), "a uid the image does not name has none");
+    }
 }

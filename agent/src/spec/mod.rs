@@ -374,10 +374,17 @@ mod tests {
             err(&format!("{GOOD}    readinessProbe:\n      httpGet:\n        port: web\n"))
                 .starts_with("spec.containers[0].readinessProbe.httpGet.port: Invalid value: \"web\"")
         );
-        assert!(err(&format!("{GOOD}  hostNetwork: true\n")).starts_with("spec.hostNetwork: Forbidden"));
         assert!(
-            err(&format!("{GOOD}    securityContext:\n      privileged: true\n"))
+            err(&format!("{GOOD}  hostNetwork: true\n  hostUsers: false\n"))
+                .starts_with("spec.hostUsers: Forbidden: when `hostNetwork` is set")
+        );
+        assert!(
+            err(&format!("{GOOD}    securityContext:\n      privileged: true\n  hostUsers: false\n"))
                 .starts_with("spec.containers[0].securityContext.privileged: Forbidden")
+        );
+        assert!(
+            err(&format!("{GOOD}    securityContext:\n      procMount: Unmasked\n"))
+                .starts_with("spec.containers[0].securityContext.procMount: Forbidden")
         );
         assert!(
             err(&format!("{GOOD}    restartPolicy: Always\n"))
