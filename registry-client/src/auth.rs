@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::reference::DOCKER_HUB;
 
 /// A username and password (or token) for one registry.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Credential {
     pub username: String,
     pub password: String,

@@ -27,25 +27,38 @@ impl Stream {
 }
 
 /// One container's log file, shared by its stdout and stderr writers.
+///
+/// The file is opened when there is something to write, not before: an idle guest holds
+/// no descriptor (thirty thousand sleeping pods would otherwise need thirty thousand).
+/// A writer keeps its file open between writes while fewer than [`KEEP_OPEN`] logs are
+/// open across the process, and closes it after each write beyond that.
 #[derive(Debug, Clone)]
 pub struct CriLog {
     inner: Arc<Mutex<Inner>>,
 }
 
+/// How many log files writers keep open between writes, process-wide.
+pub const KEEP_OPEN: usize = 512;
+
+static OPEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 #[derive(Debug)]
 struct Inner {
-    file: std::io::BufWriter<std::fs::File>,
+    path: std::path::PathBuf,
+    file: Option<std::fs::File>,
     pending: [Vec<u8>; 2],
+    /// Records made and not yet written.
+    out: Vec<u8>,
 }
 
 impl CriLog {
-    /// Opens (appending) the log file, creating its directory.
+    /// Creates the log file (and its directory) if it is not there; later writes append.
     pub fn open(path: &Path) -> std::io::Result<CriLog> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-        let inner = Inner { file: std::io::BufWriter::new(file), pending: [Vec::new(), Vec::new()] };
+        std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let inner = Inner { path: path.to_path_buf(), file: None, pending: [Vec::new(), Vec::new()], out: Vec::new() };
         Ok(CriLog { inner: Arc::new(Mutex::new(inner)) })
     }
 
@@ -56,37 +69,69 @@ impl CriLog {
         while let Some(i) = data.iter().position(|&b| b == b'\n') {
             let mut line = std::mem::take(&mut inner.pending[slot]);
             line.extend_from_slice(&data[..i]);
-            inner.record(stream, &line, true)?;
+            inner.record(stream, &line, true);
             data = &data[i + 1..];
         }
         inner.pending[slot].extend_from_slice(data);
         while inner.pending[slot].len() >= MAX_RECORD {
             let rest = inner.pending[slot].split_off(MAX_RECORD);
             let part = std::mem::replace(&mut inner.pending[slot], rest);
-            inner.record(stream, &part, false)?;
+            inner.record(stream, &part, false);
         }
-        inner.file.flush()
+        inner.flush()
     }
 
-    /// Writes what is left of unfinished lines as full records (the container ended).
+    /// Writes what is left of unfinished lines as full records (the container ended),
+    /// and closes the file.
     pub fn finish(&self) -> std::io::Result<()> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         for stream in [Stream::Stdout, Stream::Stderr] {
             let line = std::mem::take(&mut inner.pending[stream as usize]);
             if !line.is_empty() {
-                inner.record(stream, &line, true)?;
+                inner.record(stream, &line, true);
             }
         }
-        inner.file.flush()
+        let r = inner.flush();
+        inner.close();
+        r
     }
 }
 
 impl Inner {
-    fn record(&mut self, stream: Stream, line: &[u8], full: bool) -> std::io::Result<()> {
+    fn record(&mut self, stream: Stream, line: &[u8], full: bool) {
         let tag = if full { "F" } else { "P" };
-        write!(self.file, "{} {} {tag} ", rfc3339_nano(SystemTime::now()), stream.as_str())?;
-        self.file.write_all(line)?;
-        self.file.write_all(b"\n")
+        let _ = write!(self.out, "{} {} {tag} ", rfc3339_nano(SystemTime::now()), stream.as_str());
+        self.out.extend_from_slice(line);
+        self.out.push(b'\n');
+    }
+
+    /// Writes the records made so far, opening the file for them if it is closed.
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        if self.file.is_none() {
+            self.file = Some(std::fs::OpenOptions::new().append(true).open(&self.path)?);
+            OPEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let out = std::mem::take(&mut self.out);
+        let r = self.file.as_mut().expect("opened above").write_all(&out);
+        if r.is_err() || OPEN.load(std::sync::atomic::Ordering::Relaxed) > KEEP_OPEN {
+            self.close();
+        }
+        r
+    }
+
+    fn close(&mut self) {
+        if self.file.take().is_some() {
+            OPEN.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
@@ -176,6 +221,21 @@ mod tests {
         );
         assert_eq!(records[2].line, "world");
         assert!(records[0].time.ends_with('Z') && records[0].time.len() == 30, "{}", records[0].time);
+    }
+
+    #[test]
+    fn an_idle_log_holds_no_descriptor() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c/0.log");
+        let logs: Vec<CriLog> = (0..50).map(|_| CriLog::open(&path).unwrap()).collect();
+        assert!(path.exists(), "the file is there for `logs` to read");
+        assert!(logs.iter().all(|l| l.inner.lock().unwrap().file.is_none()), "nothing open before a write");
+        logs[0].write(Stream::Stdout, b"partial").unwrap();
+        assert!(logs[0].inner.lock().unwrap().file.is_none(), "an unfinished line writes nothing");
+        logs[0].write(Stream::Stdout, b" line\n").unwrap();
+        logs[0].finish().unwrap();
+        assert!(logs[0].inner.lock().unwrap().file.is_none(), "closed when the container ends");
+        assert_eq!(parse(std::fs::read_to_string(&path).unwrap().trim_end()).unwrap().line, "partial line");
     }
 
     #[test]

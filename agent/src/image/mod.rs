@@ -82,7 +82,14 @@ pub struct ImageService {
     /// When each image's `last_used` was last written, so that a burst of starts writes
     /// it once a minute rather than at every start (a pod start's hot path).
     touched: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// One pull at a time per reference and credential: a burst of pods that all want
+    /// the same image waits for the first pull rather than opening a connection each.
+    pulling: std::sync::Mutex<std::collections::HashMap<PullKey, Arc<tokio::sync::Mutex<()>>>>,
 }
+
+/// A reference and the credential a pull of it uses (so that a pull with one pod's
+/// secret is never reused for a pod without it).
+type PullKey = (String, Option<registry_client::Credential>);
 
 /// How stale a stored `last_used` may get: images are pruned by it over hours and days.
 const TOUCH_EVERY_MS: u64 = 60_000;
@@ -95,13 +102,38 @@ impl ImageService {
             layers: state_dir.join("layers"),
             store,
             touched: Default::default(),
+            pulling: Default::default(),
         })
     }
 
     /// Pulls `reference`, unpacking filesystem layers, and records it.
+    ///
+    /// Pulls of one reference with one credential run one at a time (the kubelet pulls
+    /// serially by default): a pull that waited for another returns what that one
+    /// stored if it finished after this call began; a failed pull is tried again.
     pub async fn pull(&self, reference: &Reference, mut opts: PullOptions) -> Result<ImageRecord> {
+        let asked = crate::time::now_ms();
+        let key: PullKey = (reference.to_string(), opts.credential.clone());
+        let gate = self.pulling.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone();
+        let result = async {
+            let _turn = gate.lock().await;
+            match self.get(reference)? {
+                Some(done) if done.pulled_at >= asked => Ok(done),
+                _ => self.pull_now(reference, &mut opts).await,
+            }
+        }
+        .await;
+        let mut pulling = self.pulling.lock().unwrap_or_else(|e| e.into_inner());
+        // the map holds one handle, this call another: no one else is waiting
+        if Arc::strong_count(&gate) == 2 {
+            pulling.remove(&key);
+        }
+        result
+    }
+
+    async fn pull_now(&self, reference: &Reference, opts: &mut PullOptions) -> Result<ImageRecord> {
         opts.unpack_to = Some(self.layers.clone());
-        let image = self.client.pull(reference, &opts).await?;
+        let image = self.client.pull(reference, opts).await?;
         let record = ImageRecord {
             reference: reference.to_string(),
             digest: image.digest.clone(),
