@@ -59,6 +59,85 @@ pub fn processes() -> (u64, Option<u64>) {
     (count, max)
 }
 
+/// How many pods this node takes (`pods` capacity and allocatable), and the limit that
+/// set the number, named in refusals.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodCapacity {
+    pub pods: u32,
+    pub limit: String,
+}
+
+/// Memory mappings one pod may add to the agent: an idle Wasm guest adds five
+/// (measured: linear memory, the rest of its slot, its image, instance and tables),
+/// a request-per-instance HTTP component briefly more.
+pub const MAPS_PER_POD: u64 = 8;
+/// Mappings kept free for everything else the agent does.
+const MAPS_RESERVE: u64 = 8192;
+/// Memory budgeted per pod when counting how many fit (an idle Wasm pod takes about
+/// 100 KiB of the agent; a Linux pod's container is charged to its own cgroup).
+const MEMORY_PER_POD: u64 = 256 << 10;
+/// Open files kept free for connections, pulls and the store; a pod that would leave
+/// fewer is refused.
+pub const FILES_RESERVE: u64 = 256;
+
+/// The pods this machine can hold: the least of `--max-pods` (when given), the Wasm
+/// instance pool, memory, and the memory mappings `vm.max_map_count` leaves beyond
+/// those already in use (`maps_in_use`, read once the pool is reserved).
+pub fn pod_capacity(max_pods: Option<u32>, wasm_instances: u32, max_map_count: u64, maps_in_use: u64) -> PodCapacity {
+    let by_maps = max_map_count.saturating_sub(maps_in_use + MAPS_RESERVE) / MAPS_PER_POD;
+    let by_memory = meminfo("MemTotal").unwrap_or(u64::MAX) / MEMORY_PER_POD;
+    let mut limits = vec![
+        (u64::from(wasm_instances), format!("the Wasm instance pool (--max-wasm-instances {wasm_instances})")),
+        (by_maps, format!("memory mappings (vm.max_map_count {max_map_count}, {maps_in_use} in use)")),
+        (by_memory, format!("memory ({} KiB per pod)", MEMORY_PER_POD >> 10)),
+    ];
+    if let Some(n) = max_pods {
+        limits.insert(0, (u64::from(n), format!("--max-pods {n}")));
+    }
+    let (pods, limit) = limits.into_iter().min_by_key(|(n, _)| *n).expect("at least one limit");
+    PodCapacity { pods: pods.min(u64::from(u32::MAX)) as u32, limit }
+}
+
+/// `vm.max_map_count`, and the mappings this process holds now.
+pub fn map_counts() -> (u64, u64) {
+    let max = std::fs::read_to_string("/proc/sys/vm/max_map_count").ok().and_then(|s| s.trim().parse().ok());
+    let used = std::fs::read("/proc/self/maps").map(|b| b.iter().filter(|&&c| c == b'\n').count() as u64);
+    (max.unwrap_or(65_530), used.unwrap_or(0))
+}
+
+/// Raises `vm.max_map_count` (as root; installers of search engines and databases do
+/// the same) so that `pods` pods fit beside the `used` mappings. Returns the value in
+/// force afterwards; says what to run when it cannot.
+pub fn raise_max_map_count(pods: u64, (max, used): (u64, u64)) -> u64 {
+    let needed = used + MAPS_RESERVE + pods * MAPS_PER_POD;
+    if max >= needed {
+        return max;
+    }
+    // a round figure, as distributions set it (1048576 on Fedora and Ubuntu)
+    let want = needed.next_power_of_two().max(262_144);
+    match std::fs::write("/proc/sys/vm/max_map_count", want.to_string()) {
+        Ok(()) => {
+            tracing::info!(from = max, to = want, "raised vm.max_map_count for the pod capacity");
+            eprintln!("wasmlet: raised vm.max_map_count from {max} to {want} for {pods} pods");
+            want
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, max, needed, "vm.max_map_count limits the pod capacity");
+            eprintln!(
+                "wasmlet: vm.max_map_count {max} limits this node's pods; `sysctl -w vm.max_map_count={want}` lifts it ({e})"
+            );
+            max
+        }
+    }
+}
+
+/// Open files now, and the soft limit.
+pub fn open_files() -> (u64, u64) {
+    let open = std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64).unwrap_or(0);
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(u64::MAX);
+    (open, limit)
+}
+
 /// What this node lets pods ask for: the kubelet's `--seccomp-default`,
 /// `--allow-privileged` and `--allowed-unsafe-sysctls`, and which security modules the
 /// host has.
@@ -73,6 +152,8 @@ pub struct Policy {
     pub allowed_unsafe_sysctls: Vec<String>,
     /// AppArmor is enabled on the host.
     pub apparmor: bool,
+    /// How many pods the node takes.
+    pub capacity: PodCapacity,
 }
 
 impl Policy {
@@ -84,6 +165,7 @@ impl Policy {
             allow_privileged: true,
             allowed_unsafe_sysctls: Vec::new(),
             apparmor: std::fs::read_to_string("/sys/module/apparmor/parameters/enabled").is_ok_and(|v| v.trim() == "Y"),
+            capacity: PodCapacity { pods: 110, limit: "the kubelet's default of 110".into() },
         }
     }
 }
@@ -173,5 +255,18 @@ mod tests {
         assert_eq!(p.refuse_sysctl("kernel.msgmax", false, false), None);
         assert!(p.refuse_sysctl("kernel.msgmax", false, true).unwrap().contains("host ipc"));
         assert!(p.refuse_sysctl("vm.swappiness", false, false).unwrap().contains("not namespaced"));
+    }
+
+    #[test]
+    fn the_pod_capacity_is_the_least_limit_and_names_it() {
+        let c = pod_capacity(None, 10_500, 1_048_576, 21_000);
+        assert_eq!((c.pods, c.limit.as_str()), (10_500, "the Wasm instance pool (--max-wasm-instances 10500)"));
+        let c = pod_capacity(Some(110), 10_500, 1_048_576, 21_000);
+        assert_eq!((c.pods, c.limit.as_str()), (110, "--max-pods 110"));
+        // the default map count, most of it taken by the pool
+        let c = pod_capacity(None, 10_500, 65_530, 21_110);
+        assert_eq!(c.pods as u64, (65_530 - 21_110 - MAPS_RESERVE) / MAPS_PER_POD);
+        assert!(c.limit.starts_with("memory mappings (vm.max_map_count 65530"), "{}", c.limit);
+        assert_eq!(pod_capacity(None, 10, 1_000, 5_000).pods, 0, "no room at all is a capacity of 0");
     }
 }

@@ -48,6 +48,11 @@ impl Agent {
         self.state.path()
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the agent is running").id()
+    }
+
     /// Starts (again) the daemon on the same state dir and waits until it answers.
     pub fn restart(&mut self) {
         self.stop();

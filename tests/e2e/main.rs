@@ -13,6 +13,7 @@ mod hardened;
 mod harness;
 mod http;
 mod images;
+mod limits;
 mod linux;
 mod pods;
 mod run;

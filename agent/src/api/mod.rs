@@ -44,8 +44,23 @@ pub async fn serve(socket: &Path, manager: Arc<Manager>) -> std::io::Result<()> 
     let listener = tokio::net::UnixListener::bind(socket)?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    let mut refusing = false;
     loop {
-        let (stream, _) = listener.accept().await?;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // out of descriptors or memory: the pods keep running, callers retry
+                if !std::mem::replace(&mut refusing, true) {
+                    tracing::warn!(error = %e, socket = %socket.display(), "cannot accept connections; retrying");
+                    eprintln!("wasmlet: cannot accept connections on {}: {e}; retrying", socket.display());
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if std::mem::replace(&mut refusing, false) {
+            tracing::info!(socket = %socket.display(), "accepting connections again");
+        }
         let mgr = manager.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {

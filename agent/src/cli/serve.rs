@@ -54,9 +54,6 @@ pub struct ClusterArgs {
     /// Taints the node registers with, KEY[=VALUE]:EFFECT; an empty value for none.
     #[arg(long, value_delimiter = ',', default_value = "wasmlet.dev/node=true:NoSchedule", value_name = "TAINT")]
     pub register_with_taints: Vec<String>,
-    /// The most pods the node takes (capacity and allocatable `pods`).
-    #[arg(long, default_value_t = 110)]
-    pub max_pods: u32,
     /// CA bundle for client certificates on the kubelet API (default: the cluster CA).
     #[arg(long, value_name = "FILE")]
     pub client_ca_file: Option<std::path::PathBuf>,
@@ -101,7 +98,6 @@ impl ClusterArgs {
             kubelet_port: self.port,
             labels,
             taints,
-            max_pods: self.max_pods,
             state_dir: state_dir.to_path_buf(),
             client_ca: self.client_ca_file.clone(),
             serving_csr: self.rotate_server_certificates,
@@ -114,6 +110,11 @@ impl ClusterArgs {
 /// How Linux containers are run and networked.
 #[derive(Clone, Debug, Args)]
 pub struct RuntimeArgs {
+    /// The most pods the node takes (capacity and allocatable `pods`). Default: what the
+    /// machine allows (the Wasm pool, memory mappings, memory); a pod beyond it fails
+    /// with `OutOfpods`.
+    #[arg(long, value_name = "N")]
+    pub max_pods: Option<u32>,
     /// The pod subnet, from which CNI's host-local gives each pod its IP.
     #[arg(long, default_value = "10.88.0.0/16", value_name = "CIDR")]
     pub pod_cidr: String,
@@ -190,8 +191,15 @@ pub async fn start_agent(global: &Global, max_wasm_instances: u32, rt: &RuntimeA
         eprintln!("wasmlet: Linux containers are unavailable: {why}");
     }
     let runtime = Arc::new(Runtimes::new(WasmRuntime::new(wasm)?, linux));
+    // the pool is reserved now: what is left of the mappings is what pods may use
+    let wanted = rt.max_pods.unwrap_or(max_wasm_instances).min(max_wasm_instances);
+    let (max_maps, used_maps) = crate::node::map_counts();
+    let max_maps = crate::node::raise_max_map_count(u64::from(wanted), (max_maps, used_maps));
+    let capacity = crate::node::pod_capacity(rt.max_pods, max_wasm_instances, max_maps, used_maps);
+    tracing::info!(pods = capacity.pods, limit = %capacity.limit, "pod capacity");
     tracing::info!("runtime ready; resuming pods");
     let mut policy = crate::node::Policy::new(dir);
+    policy.capacity = capacity;
     policy.seccomp_default = rt.seccomp_default;
     policy.allow_privileged = rt.allow_privileged;
     policy.allowed_unsafe_sysctls = rt.allowed_unsafe_sysctls.iter().filter(|s| !s.is_empty()).cloned().collect();
@@ -240,6 +248,8 @@ pub async fn run(global: &Global, args: ServeArgs) -> anyhow::Result<()> {
     let probe = crate::node::Node::detect(&global.state_dir);
     let cluster = args.cluster.config(&global.state_dir, &probe)?;
     let manager = start_agent(global, args.max_wasm_instances, &args.runtime).await?;
+    let capacity = manager.pod_capacity();
+    eprintln!("wasmlet: this node takes {} pods (set by {})", capacity.pods, capacity.limit);
     let socket = global.socket();
     tracing::info!(socket = %socket.display(), "serving");
     eprintln!("wasmlet: serving on {}", socket.display());

@@ -181,15 +181,19 @@ pub async fn serve(api: Arc<KubeletApi>, client_ca: &[u8], serving: (String, Str
     eprintln!("wasmlet: kubelet API on https://{addr}");
     tokio::spawn(KubeletApi::housekeeping(Arc::downgrade(&api)));
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let mut refusing = false;
     loop {
         let (tcp, _) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
+                if !std::mem::replace(&mut refusing, true) {
+                    tracing::warn!(error = %e, "cannot accept connections; retrying");
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
+        refusing = false;
         let (api, acceptor) = (api.clone(), acceptor.clone());
         tokio::spawn(async move {
             let tls = match acceptor.accept(tcp).await {

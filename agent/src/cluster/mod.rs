@@ -40,7 +40,6 @@ pub struct ClusterConfig {
     pub kubelet_port: u16,
     pub labels: std::collections::BTreeMap<String, String>,
     pub taints: Vec<Taint>,
-    pub max_pods: u32,
     pub state_dir: PathBuf,
     /// CA bundle that client certificates on the kubelet API must chain to (default: the
     /// cluster CA of the kubeconfig).

@@ -202,7 +202,7 @@ fn condition(kind: &str, status: bool, reason: &str, message: &str, now: &Time) 
 pub fn status(mgr: &Manager, cfg: &ClusterConfig, pressure: Pressure, ready: Result<(), String>) -> NodeStatus {
     let node = mgr.node();
     let now = Time(jiff::Timestamp::now());
-    let pods = cfg.max_pods.to_string();
+    let pods = mgr.pod_capacity().pods.to_string();
     let capacity = BTreeMap::from([
         ("cpu".to_string(), quantity(format!("{}m", node.cpu_millis))),
         ("memory".to_string(), quantity(format!("{}Ki", node.memory_bytes / 1024))),

@@ -636,6 +636,11 @@ impl Manager {
         &self.node
     }
 
+    /// How many pods the node takes, and what limits it.
+    pub fn pod_capacity(&self) -> &crate::node::PodCapacity {
+        &self.policy.capacity
+    }
+
     fn spawn(&self, rec: PodRecord) {
         self.keys.lock().unwrap_or_else(|e| e.into_inner()).insert(rec.uid.clone(), rec.key());
         let (tx, rx) = mpsc::unbounded_channel();

@@ -130,16 +130,20 @@ pub(super) async fn serve(
         accept.spawn(async move {
             // connections end with the server: the set aborts them when dropped
             let mut connections = tokio::task::JoinSet::new();
+            let mut refusing = false;
             loop {
                 let stream = match listener.accept().await {
                     Ok((stream, _)) => stream,
                     Err(e) => {
                         // out of descriptors, say: back off rather than spin
-                        tracing::warn!(error = %e, "accept failed");
+                        if !std::mem::replace(&mut refusing, true) {
+                            tracing::warn!(error = %e, "cannot accept connections; retrying");
+                        }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 };
+                refusing = false;
                 let _ = stream.set_nodelay(true);
                 let shared = shared.clone();
                 connections.spawn(async move {
