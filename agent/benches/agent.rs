@@ -17,7 +17,7 @@ mod support;
 use std::process::{Child, Command};
 
 use std::time::{Duration, Instant};
-use support::{WASMLET, cli, rss_kib, start_agent};
+use support::{WASMLET, cli, rss_kib};
 
 /// Every pod start latency the agent measured, in µs.
 fn start_samples(state: &std::path::Path) -> Vec<f64> {
@@ -84,7 +84,9 @@ fn main() {
     cli(state.path(), &["push", sleep.to_str().unwrap(), &image]);
 
     let size = std::fs::metadata(WASMLET).unwrap().len();
-    let mut agent: Child = start_agent(state.path());
+    // a pool with room for the largest density step (the default fits 10,500)
+    let pool = (density.iter().copied().max().unwrap_or(0) + 1).max(10_500).to_string();
+    let mut agent: Child = support::start_agent_with(state.path(), &["--max-wasm-instances", &pool]);
     std::thread::sleep(Duration::from_secs(1));
     let idle = rss_kib(agent.id());
 
@@ -141,7 +143,14 @@ fn main() {
     println!("Agent memory:");
     println!("  idle RSS, no pods: {:.1} MiB", idle as f64 / 1024.0);
     let mut live = 2 * start_pods + 1;
-    let mut rows = vec![(live, rss_kib(agent.id()))];
+    // open files and memory mappings of the agent: the limits that end density first
+    let counts = |pid: u32| {
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).map(|m| m.lines().count()).unwrap_or(0);
+        (fds, maps)
+    };
+    let (fds0, maps0) = counts(agent.id());
+    let mut rows = vec![(live, rss_kib(agent.id()), fds0, maps0)];
     for target in density.iter().copied() {
         if target <= live {
             continue;
@@ -152,12 +161,16 @@ fn main() {
         wait_running(state.path(), target);
         live = target;
         std::thread::sleep(Duration::from_secs(2));
-        rows.push((live, rss_kib(agent.id())));
+        let (fds, maps) = counts(agent.id());
+        rows.push((live, rss_kib(agent.id()), fds, maps));
     }
-    println!("  {:>8} {:>12} {:>16}   (target ≤ 256 KiB per pod)", "pods", "agent RSS", "per pod");
-    for (n, rss) in rows {
+    println!(
+        "  {:>8} {:>12} {:>16} {:>10} {:>10}   (target ≤ 64 KiB per pod; pool of {pool})",
+        "pods", "agent RSS", "per pod", "open fds", "mappings"
+    );
+    for (n, rss, fds, maps) in rows {
         println!(
-            "  {n:>8} {:>9.1} MiB {:>12.1} KiB",
+            "  {n:>8} {:>9.1} MiB {:>12.1} KiB {fds:>10} {maps:>10}",
             rss as f64 / 1024.0,
             (rss.saturating_sub(base)) as f64 / (n - 1) as f64
         );

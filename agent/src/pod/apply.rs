@@ -61,8 +61,6 @@ impl Manager {
         let mut fresh = Vec::new();
         // what admitted pods request, read only once a pod requests something
         let mut used: Option<(u64, u64)> = None;
-        // pods holding the node, counted only near its capacity
-        let mut holding: Option<usize> = None;
         let files = crate::node::open_files();
         for pod in pods {
             let k = key(
@@ -90,13 +88,7 @@ impl Manager {
                     None => return Err(Error::Invalid("no free user namespace range left on this node".into())),
                 }
             }
-            let refusal = self
-                .admit_pods(
-                    &mut holding,
-                    fresh.iter().filter(|r: &&PodRecord| !r.status.phase.is_terminal()).count(),
-                    files,
-                )?
-                .or_else(|| self.admit_security(&rec.pod));
+            let refusal = self.admit_pods(files).or_else(|| self.admit_security(&rec.pod));
             if let Some((reason, message)) = refusal {
                 let fail = state::Event::Fail { reason: reason.clone(), message: message.clone() };
                 rec.status.apply(&rec.plan.clone(), fail);
@@ -167,49 +159,29 @@ impl Manager {
 
     /// The node's pod-count admission: a pod beyond the node's `pods` capacity, or one
     /// that would leave the agent short of open files, is refused with the kubelet's
-    /// reason (`OutOfpods`) and a message naming the limit. `holding` caches the count
-    /// of pods holding the node (read from the store only near the capacity); `admitted`
-    /// is how many this apply has admitted so far; `files` the open files and their limit.
-    pub(super) fn admit_pods(
-        &self,
-        holding: &mut Option<usize>,
-        admitted: usize,
-        (open, limit): (u64, u64),
-    ) -> Result<Option<(String, String)>> {
+    /// reason (`OutOfpods`) and a message naming the limit. `files`: the open files and
+    /// their limit.
+    pub(super) fn admit_pods(&self, (open, limit): (u64, u64)) -> Option<(String, String)> {
         let cap = &self.policy.capacity;
-        let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner()).len();
-        if workers + admitted + 1 > cap.pods as usize {
-            let n = match *holding {
-                Some(n) => n,
-                // the store already holds the pods this apply admitted
-                None => *holding.insert(
-                    self.list()?
-                        .iter()
-                        .filter(|r| !r.deleting && !r.status.phase.is_terminal())
-                        .count()
-                        .saturating_sub(admitted),
+        let used = self.holding.lock().unwrap_or_else(|e| e.into_inner()).len();
+        if used + 1 > cap.pods as usize {
+            return Some((
+                "OutOfpods".into(),
+                format!(
+                    "Node didn't have enough resource: pods, requested: 1, used: {used}, capacity: {} (set by {})",
+                    cap.pods, cap.limit
                 ),
-            };
-            let used = n + admitted;
-            if used + 1 > cap.pods as usize {
-                return Ok(Some((
-                    "OutOfpods".into(),
-                    format!(
-                        "Node didn't have enough resource: pods, requested: 1, used: {used}, capacity: {} (set by {})",
-                        cap.pods, cap.limit
-                    ),
-                )));
-            }
+            ));
         }
         if open + crate::node::FILES_RESERVE > limit {
-            return Ok(Some((
+            return Some((
                 "OutOfpods".into(),
                 format!(
                     "Node didn't have enough resource: pods: the agent has {open} files open of its limit of {limit} (RLIMIT_NOFILE)"
                 ),
-            )));
+            ));
         }
-        Ok(None)
+        None
     }
 
     /// The node's security admission, in the kubelet's reasons: privileged containers

@@ -173,6 +173,9 @@ pub struct Core {
     policy: crate::node::Policy,
     /// First host ids of the user-namespace ranges pods hold.
     userns_ranges: Mutex<std::collections::BTreeSet<u32>>,
+    /// Keys of the pods that hold the node (stored, not deleting, not finished): what
+    /// the `pods` capacity counts, kept as records are saved.
+    holding: Mutex<std::collections::HashSet<String>>,
     /// Volume files are written by one writer at a time (workers and updates).
     volume_lock: Mutex<()>,
     /// Wakes the Deployment and Job controller.
@@ -222,6 +225,14 @@ impl std::ops::Deref for Manager {
 impl Core {
     fn save(&self, rec: &PodRecord) -> Result<()> {
         self.store.put(Table::Pods, &rec.key(), rec)?;
+        {
+            let mut holding = self.holding.lock().unwrap_or_else(|e| e.into_inner());
+            if rec.deleting || rec.status.phase.is_terminal() {
+                holding.remove(&rec.key());
+            } else if !holding.contains(&rec.key()) {
+                holding.insert(rec.key());
+            }
+        }
         if let Some(o) = self.observer.get() {
             o.pod_changed(&rec.key());
         }
@@ -241,6 +252,7 @@ impl Core {
             self.userns_ranges.lock().unwrap_or_else(|e| e.into_inner()).remove(&base);
         }
         self.workers.lock().unwrap_or_else(|e| e.into_inner()).remove(&rec.key());
+        self.holding.lock().unwrap_or_else(|e| e.into_inner()).remove(&rec.key());
         self.keys.lock().unwrap_or_else(|e| e.into_inner()).remove(&rec.uid);
         if rec.pod.metadata.owner_references.is_some() {
             self.workloads.notify_one();
@@ -289,6 +301,7 @@ impl Manager {
             node: Node::detect(state_dir),
             policy,
             userns_ranges: Mutex::new(std::collections::BTreeSet::new()),
+            holding: Mutex::new(std::collections::HashSet::new()),
             volume_lock: Mutex::new(()),
             workloads: tokio::sync::Notify::new(),
             keys: Mutex::new(HashMap::new()),
