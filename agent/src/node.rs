@@ -59,6 +59,13 @@ pub fn processes() -> (u64, Option<u64>) {
     (count, max)
 }
 
+/// The Wasm instance pool: the slots reserved, and how many were asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pool {
+    pub slots: u32,
+    pub asked: u32,
+}
+
 /// How many pods this node takes (`pods` capacity and allocatable), and the limit that
 /// set the number, named in refusals.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,11 +90,19 @@ pub const FILES_RESERVE: u64 = 256;
 /// The pods this machine can hold: the least of `--max-pods` (when given), the Wasm
 /// instance pool, memory, and the memory mappings `vm.max_map_count` leaves beyond
 /// those already in use (`maps_in_use`, read once the pool is reserved).
-pub fn pod_capacity(max_pods: Option<u32>, wasm_instances: u32, max_map_count: u64, maps_in_use: u64) -> PodCapacity {
+pub fn pod_capacity(max_pods: Option<u32>, pool: Pool, max_map_count: u64, maps_in_use: u64) -> PodCapacity {
     let by_maps = max_map_count.saturating_sub(maps_in_use + MAPS_RESERVE) / MAPS_PER_POD;
     let by_memory = meminfo("MemTotal").unwrap_or(u64::MAX) / MEMORY_PER_POD;
+    let pool_limit = if pool.slots < pool.asked {
+        format!(
+            "the Wasm instance pool ({} slots: the most the address space holds of --max-wasm-instances {})",
+            pool.slots, pool.asked
+        )
+    } else {
+        format!("the Wasm instance pool (--max-wasm-instances {})", pool.slots)
+    };
     let mut limits = vec![
-        (u64::from(wasm_instances), format!("the Wasm instance pool (--max-wasm-instances {wasm_instances})")),
+        (u64::from(pool.slots), pool_limit),
         (by_maps, format!("memory mappings (vm.max_map_count {max_map_count}, {maps_in_use} in use)")),
         (by_memory, format!("memory ({} KiB per pod)", MEMORY_PER_POD >> 10)),
     ];
@@ -259,14 +274,21 @@ mod tests {
 
     #[test]
     fn the_pod_capacity_is_the_least_limit_and_names_it() {
-        let c = pod_capacity(None, 10_500, 1_048_576, 21_000);
+        let c = pod_capacity(None, Pool { slots: 10_500, asked: 10_500 }, 1_048_576, 21_000);
         assert_eq!((c.pods, c.limit.as_str()), (10_500, "the Wasm instance pool (--max-wasm-instances 10500)"));
-        let c = pod_capacity(Some(110), 10_500, 1_048_576, 21_000);
+        let c = pod_capacity(Some(110), Pool { slots: 10_500, asked: 10_500 }, 1_048_576, 21_000);
         assert_eq!((c.pods, c.limit.as_str()), (110, "--max-pods 110"));
         // the default map count, most of it taken by the pool
-        let c = pod_capacity(None, 10_500, 65_530, 21_110);
+        let c = pod_capacity(None, Pool { slots: 10_500, asked: 10_500 }, 65_530, 21_110);
         assert_eq!(c.pods as u64, (65_530 - 21_110 - MAPS_RESERVE) / MAPS_PER_POD);
         assert!(c.limit.starts_with("memory mappings (vm.max_map_count 65530"), "{}", c.limit);
-        assert_eq!(pod_capacity(None, 10, 1_000, 5_000).pods, 0, "no room at all is a capacity of 0");
+        assert_eq!(
+            pod_capacity(None, Pool { slots: 10, asked: 10 }, 1_000, 5_000).pods,
+            0,
+            "no room at all is a capacity of 0"
+        );
+        let c = pod_capacity(None, Pool { slots: 15_000, asked: 30_000 }, 1_048_576, 40_000);
+        assert_eq!(c.pods, 15_000);
+        assert!(c.limit.contains("15000 slots: the most the address space holds of --max-wasm-instances 30000"));
     }
 }

@@ -190,12 +190,22 @@ pub async fn start_agent(global: &Global, max_wasm_instances: u32, rt: &RuntimeA
         tracing::warn!("Linux containers are unavailable: {why}");
         eprintln!("wasmlet: Linux containers are unavailable: {why}");
     }
-    let runtime = Arc::new(Runtimes::new(WasmRuntime::new(wasm)?, linux));
+    let wasm = WasmRuntime::new(wasm)?;
     // the pool is reserved now: what is left of the mappings is what pods may use
-    let wanted = rt.max_pods.unwrap_or(max_wasm_instances).min(max_wasm_instances);
+    let pool = match wasm.pool_slots() {
+        Some(n) if n < max_wasm_instances => {
+            eprintln!("wasmlet: the address space holds a Wasm instance pool of {n}, not {max_wasm_instances}");
+            crate::node::Pool { slots: n, asked: max_wasm_instances }
+        }
+        Some(n) => crate::node::Pool { slots: n, asked: n },
+        // on demand, each instance reserves its memory's range as a pooled slot would
+        None => crate::node::Pool { slots: max_wasm_instances, asked: max_wasm_instances },
+    };
+    let runtime = Arc::new(Runtimes::new(wasm, linux));
+    let wanted = rt.max_pods.unwrap_or(pool.slots).min(pool.slots);
     let (max_maps, used_maps) = crate::node::map_counts();
     let max_maps = crate::node::raise_max_map_count(u64::from(wanted), (max_maps, used_maps));
-    let capacity = crate::node::pod_capacity(rt.max_pods, max_wasm_instances, max_maps, used_maps);
+    let capacity = crate::node::pod_capacity(rt.max_pods, pool, max_maps, used_maps);
     tracing::info!(pods = capacity.pods, limit = %capacity.limit, "pod capacity");
     tracing::info!("runtime ready; resuming pods");
     let mut policy = crate::node::Policy::new(dir);

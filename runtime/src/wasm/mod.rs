@@ -90,6 +90,8 @@ struct Inner {
     events: std::sync::OnceLock<EventSink>,
     /// HTTP requests refused for being over a container's in-flight cap.
     rejected: Arc<std::sync::atomic::AtomicU64>,
+    /// Instance slots the pool reserved (None: instances allocated on demand).
+    pool: Option<u32>,
     /// Stops the epoch ticker when the runtime goes away.
     _ticker: Ticker,
 }
@@ -117,34 +119,60 @@ impl Drop for Ticker {
     }
 }
 
-fn engine(config: &WasmConfig) -> wasmtime::Result<Engine> {
+/// The engine, with a pool of `config.max_instances` slots where the address space has
+/// room for it, else the largest pool that fits (each slot reserves its memory's whole
+/// range), else on-demand allocation. Returns the slots reserved (None: on demand).
+fn engine(config: &WasmConfig) -> wasmtime::Result<(Engine, Option<u32>)> {
     let mut c = wasmtime::Config::new();
     c.epoch_interruption(true);
-    let mut pool = wasmtime::PoolingAllocationConfig::default();
-    pool.total_core_instances(config.max_instances)
-        .total_component_instances(config.max_instances)
-        .total_memories(config.max_instances)
-        .total_tables(config.max_instances)
-        .total_stacks(config.max_instances)
-        .max_memory_size(config.max_memory)
-        // Reuse without page faults or TLB shootdowns: a freed slot's dirty pages (found
-        // with PAGEMAP_SCAN on Linux ≥ 6.7) are reset with memset up to these sizes,
-        // rather than madvised away; decommits that remain are batched. An HTTP
-        // component makes an instance per request, so this is its hot path.
-        .linear_memory_keep_resident(KEEP_RESIDENT)
-        .table_keep_resident(64 << 10)
-        .pagemap_scan(wasmtime::Enabled::Auto)
-        .decommit_batch_size(16);
-    c.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
-    match Engine::new(&c) {
-        Ok(e) => Ok(e),
-        Err(err) => {
-            // A machine that cannot reserve the pool still runs guests, one mapping each.
-            tracing::warn!(error = %err, "pooling allocator unavailable, using on-demand allocation");
-            c.allocation_strategy(wasmtime::InstanceAllocationStrategy::OnDemand);
-            Engine::new(&c)
+    let pooled = |c: &mut wasmtime::Config, n: u32| {
+        let mut pool = wasmtime::PoolingAllocationConfig::default();
+        pool.total_core_instances(n)
+            .total_component_instances(n)
+            .total_memories(n)
+            .total_tables(n)
+            .total_stacks(n)
+            .max_memory_size(config.max_memory)
+            // Reuse without page faults or TLB shootdowns: a freed slot's dirty pages
+            // (found with PAGEMAP_SCAN on Linux ≥ 6.7) are reset with memset up to these
+            // sizes, rather than madvised away; decommits that remain are batched. An
+            // HTTP component makes an instance per request, so this is its hot path.
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(64 << 10)
+            .pagemap_scan(wasmtime::Enabled::Auto)
+            .decommit_batch_size(16);
+        c.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        Engine::new(c)
+    };
+    let wanted = config.max_instances;
+    let first = match pooled(&mut c, wanted) {
+        Ok(e) => return Ok((e, Some(wanted))),
+        Err(e) => e,
+    };
+    // the largest pool that fits: halve until one does, then search between
+    let (mut fits, mut fails) = (None, wanted);
+    let mut n = wanted / 2;
+    while n > 0 && fits.is_none() {
+        match pooled(&mut c, n) {
+            Ok(e) => fits = Some((e, n)),
+            Err(_) => (fails, n) = (n, n / 2),
         }
     }
+    if let Some((mut engine, mut lo)) = fits {
+        while fails - lo > (wanted / 64).max(1) {
+            let mid = lo + (fails - lo) / 2;
+            match pooled(&mut c, mid) {
+                Ok(e) => (engine, lo) = (e, mid),
+                Err(_) => fails = mid,
+            }
+        }
+        tracing::warn!(wanted, reserved = lo, error = %first, "the Wasm instance pool is smaller than asked");
+        return Ok((engine, Some(lo)));
+    }
+    // A machine that cannot reserve any pool still runs guests, one mapping each.
+    tracing::warn!(error = %first, "pooling allocator unavailable, using on-demand allocation");
+    c.allocation_strategy(wasmtime::InstanceAllocationStrategy::OnDemand);
+    Ok((Engine::new(&c)?, None))
 }
 
 impl WasmRuntime {
@@ -154,7 +182,7 @@ impl WasmRuntime {
             context: "engine",
             message: format!("{e:#}"),
         };
-        let engine = engine(&config).map_err(fail)?;
+        let (engine, pool) = engine(&config).map_err(fail)?;
         let mut p1 = wasmtime::Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut p1, |h: &mut P1Host| &mut h.wasi).map_err(fail)?;
         let mut p2 = wasmtime::component::Linker::new(&engine);
@@ -191,9 +219,16 @@ impl WasmRuntime {
                 containers: Mutex::new(HashMap::new()),
                 events: std::sync::OnceLock::new(),
                 rejected: Default::default(),
+                pool,
                 _ticker: Ticker(stop),
             }),
         })
+    }
+
+    /// Instance slots the pool reserved: the most Wasm containers that can run at once
+    /// (None: no pool could be reserved, instances are allocated on demand).
+    pub fn pool_slots(&self) -> Option<u32> {
+        self.inner.pool
     }
 
     /// Compiles (or loads from the cache) and pre-links a module or component.
