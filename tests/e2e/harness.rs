@@ -38,7 +38,11 @@ impl Agent {
     }
 
     pub fn start_with(flags: &[&str]) -> Agent {
-        let state = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), flags)
+    }
+
+    /// An agent on a state directory the test prepared (a small filesystem, say).
+    pub fn start_in(state: tempfile::TempDir, flags: &[&str]) -> Agent {
         let mut a = Agent { state, child: None, flags: flags.iter().map(|s| s.to_string()).collect() };
         a.restart();
         a

@@ -93,3 +93,74 @@ fn running_out_of_descriptors_never_ends_the_agent() {
     agent.apply(&sleepers(&apps, &["later"]));
     agent.wait_pod("later", "Running", |p| phase(p) == "Running");
 }
+
+/// A tmpfs of `size` mounted on a directory, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("mount (util-linux) is needed");
+        assert!(status.success(), "mounting a tmpfs on {} (the tests run as root)", dir.display());
+        Tmpfs(dir.to_path_buf())
+    }
+
+    fn free(&self) -> u64 {
+        let fs = rustix::fs::statvfs(&self.0).unwrap();
+        fs.f_bavail * fs.f_frsize
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_new_pods_keeps_the_running_ones_and_recovers() {
+    let apps = Apps::push(&["sleep"]);
+    let state = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(state.path(), "192m");
+    let manifests = tempfile::tempdir().unwrap();
+    let agent = Agent::start_in(state, &[]);
+    agent.apply(&sleepers(&apps, &["steady"]));
+    agent.wait_pod("steady", "Running", |p| phase(p) == "Running");
+
+    // fill the state filesystem to 16 MiB short of full
+    let filler = agent.state_dir().join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        while disk.free() > 16 << 20 {
+            f.write_all(&chunk).unwrap();
+        }
+        f.sync_all().unwrap();
+    }
+    let late = manifests.path().join("late.yaml");
+    std::fs::write(&late, sleepers(&apps, &["late"])).unwrap();
+    let out = agent.cli(&["apply", "-f", late.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a pod applied on a full disk: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(err.contains("no space for new state under") && err.contains("free some space"), "{err}");
+    // nothing half-stored, nothing lost
+    assert!(!agent.cli(&["get", "pods", "late"]).status.success(), "the refused pod is not there");
+    let steady = agent.pod("steady");
+    assert_eq!(
+        (phase(&steady), steady["status"]["containerStatuses"][0]["restartCount"].as_u64()),
+        ("Running", Some(0))
+    );
+
+    // space returns: the same apply goes through, and the state database still writes
+    std::fs::remove_file(&filler).unwrap();
+    agent.ok(&["apply", "-f", late.to_str().unwrap()]);
+    agent.wait_pod("late", "Running", |p| phase(p) == "Running");
+    agent.ok(&["delete", "pod", "steady"]);
+    assert!(!agent.cli(&["get", "pods", "steady"]).status.success());
+    drop(agent);
+    drop(disk);
+}

@@ -117,6 +117,7 @@ impl ImageService {
         let gate = self.pulling.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone();
         let result = async {
             let _turn = gate.lock().await;
+            self.store.room()?;
             match self.get(reference)? {
                 Some(done) if done.pulled_at >= asked => Ok(done),
                 _ => self.pull_now(reference, &mut opts).await,

@@ -18,6 +18,8 @@ impl Manager {
     /// wakes pods waiting for it, a changed Deployment rolls out. Nothing is stored if
     /// any object may not be applied.
     pub async fn apply(self: &Arc<Self>, objects: Vec<Object>) -> Result<Vec<Applied>> {
+        // refused before anything is written, rather than half-stored on a full disk
+        self.store.room()?;
         let mut out = Vec::new();
         let mut pods = Vec::new();
         let mut writes = Vec::new();

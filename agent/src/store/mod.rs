@@ -26,7 +26,18 @@ pub enum Error {
     Db(#[from] sled::Error),
     #[error("stored value {key:?} in {tree}: {reason}")]
     Corrupt { tree: &'static str, key: String, reason: String },
+    /// The state filesystem is short of space: new work is refused before the database
+    /// could fail a write (sled stops writing for good after an I/O error).
+    #[error(
+        "no space for new state under {dir}: {free} bytes free, and wasmlet keeps {FREE_FLOOR} free for the state of what runs; free some space and try again",
+        dir = .dir.display()
+    )]
+    Full { dir: PathBuf, free: u64 },
 }
+
+/// Free bytes the state filesystem must keep for the database's own writes (status
+/// changes and events of running pods) before new pods or pulls are taken.
+pub const FREE_FLOOR: u64 = 64 << 20;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -34,6 +45,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Clone, Debug)]
 pub struct Store {
     db: sled::Db,
+    dir: PathBuf,
     /// One flush at a time (see [`Store::flush`]).
     flushing: std::sync::Arc<tokio::sync::Mutex<()>>,
     pods: sled::Tree,
@@ -80,8 +92,20 @@ impl Store {
             events: db.open_tree("events")?,
             objects: db.open_tree("objects")?,
             db,
+            dir: dir.to_path_buf(),
             flushing: Default::default(),
         })
+    }
+
+    /// Refuses new work while the state filesystem has less than [`FREE_FLOOR`] free,
+    /// so that the writes of what already runs always find room.
+    pub fn room(&self) -> Result<()> {
+        let Ok(fs) = rustix::fs::statvfs(&self.dir) else { return Ok(()) };
+        let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+        if free < FREE_FLOOR {
+            return Err(Error::Full { dir: self.dir.clone(), free });
+        }
+        Ok(())
     }
 
     fn tree(&self, t: Table) -> &sled::Tree {
