@@ -51,3 +51,7 @@ bench: wasm-apps kube
 # a local registry, the example apps pushed and pulled back by wasmlet
 demo: wasm-apps
     scripts/demo.sh
+
+# the kill -9 churn test in its long mode (not run by CI): CYCLES cycles, 1,000 by default
+churn CYCLES="1000": wasm-apps
+    CRASH_CYCLES={{CYCLES}} cargo nextest run -p wasmlet --test e2e kill_9_during_churn --no-capture
