@@ -14,7 +14,10 @@ use crate::harness::{Agent, Apps, WASMLET, pod_yaml, restarts, state};
 fn kill_9_during_churn_loses_and_duplicates_nothing() {
     let cycles: usize = std::env::var("CRASH_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
     let apps = Apps::push(&["sleep", "exit"]);
-    let mut agent = Agent::start();
+    // room for every pod the churn leaves alive (the test pool of 200 would refuse them
+    // with OutOfpods past that)
+    let pool = (cycles + 100).max(200).to_string();
+    let mut agent = Agent::start_with(&["--max-wasm-instances", &pool]);
     let mut acked: BTreeSet<String> = BTreeSet::new();
     let mut deleted: BTreeSet<String> = BTreeSet::new();
     let mut seen_restarts: BTreeMap<String, u64> = BTreeMap::new();

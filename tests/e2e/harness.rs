@@ -63,7 +63,13 @@ impl Agent {
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.state_dir().join("serve.log")).unwrap();
         let child = Command::new(WASMLET)
-            .args(["--state-dir", self.state_dir().to_str().unwrap(), "serve", "--max-wasm-instances", "200"])
+            .args(["--state-dir", self.state_dir().to_str().unwrap(), "serve"])
+            // a small pool unless the test asks for another
+            .args(if self.flags.iter().any(|f| f == "--max-wasm-instances") {
+                &[][..]
+            } else {
+                &["--max-wasm-instances", "200"][..]
+            })
             .args(TEST_NETWORK)
             .args(&self.flags)
             .env("DOCKER_CONFIG", self.state_dir().join("no-docker-config"))
