@@ -83,13 +83,6 @@ impl Manager {
             };
             let mut rec = new_record(pod);
             let wants = requests(&rec.pod);
-            if rec.pod.spec.as_ref().and_then(|s| s.host_users) == Some(false) {
-                // the pod's own range of host ids, stored with it before it starts
-                match self.allocate_userns() {
-                    Some(base) => rec.userns = Some(base),
-                    None => return Err(Error::Invalid("no free user namespace range left on this node".into())),
-                }
-            }
             let refusal = self.admit_pods(files).or_else(|| self.admit_security(&rec.pod));
             if let Some((reason, message)) = refusal {
                 let fail = state::Event::Fail { reason: reason.clone(), message: message.clone() };
@@ -108,6 +101,14 @@ impl Manager {
                         used = Some(u);
                     }
                     None => used = Some((u.0.saturating_add(wants.0), u.1.saturating_add(wants.1))),
+                }
+            }
+            let admitted = !rec.status.phase.is_terminal();
+            if admitted && rec.pod.spec.as_ref().and_then(|s| s.host_users) == Some(false) {
+                // the pod's own range of host ids, stored with it before it starts
+                match self.allocate_userns() {
+                    Some(base) => rec.userns = Some(base),
+                    None => return Err(Error::Invalid("no free user namespace range left on this node".into())),
                 }
             }
             self.save(&rec)?;

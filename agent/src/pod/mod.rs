@@ -224,18 +224,18 @@ impl std::ops::Deref for Manager {
 
 impl Core {
     fn save(&self, rec: &PodRecord) -> Result<()> {
-        self.store.put(Table::Pods, &rec.key(), rec)?;
-        {
-            let mut holding = self.holding.lock().unwrap_or_else(|e| e.into_inner());
-            if rec.deleting || rec.status.phase.is_terminal() {
-                holding.remove(&rec.key());
-            } else if !holding.contains(&rec.key()) {
-                holding.insert(rec.key());
-            }
-        }
+        let key = rec.key();
+        self.store.put(Table::Pods, &key, rec)?;
         if let Some(o) = self.observer.get() {
-            o.pod_changed(&rec.key());
+            o.pod_changed(&key);
         }
+        let mut holding = self.holding.lock().unwrap_or_else(|e| e.into_inner());
+        if rec.deleting || rec.status.phase.is_terminal() {
+            holding.remove(&key);
+        } else {
+            holding.insert(key);
+        }
+        drop(holding);
         if rec.pod.metadata.owner_references.is_some() {
             self.workloads.notify_one();
         }
