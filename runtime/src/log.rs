@@ -140,27 +140,41 @@ pub fn rfc3339_nano(t: SystemTime) -> String {
     chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
 
-/// One parsed log record.
+/// One parsed log record. The header is ASCII; the line is what the container wrote,
+/// any bytes at all (not necessarily UTF-8, perhaps ending in `\r`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record<'a> {
     pub time: &'a str,
     pub stream: &'a str,
     pub full: bool,
-    pub line: &'a str,
+    pub line: &'a [u8],
 }
 
-/// Parses a CRI log line; `None` for anything malformed.
-pub fn parse(line: &str) -> Option<Record<'_>> {
-    let mut parts = line.splitn(4, ' ');
+/// Parses a CRI log record (a line of the file, without its `\n`); `None` for anything
+/// malformed.
+pub fn parse(record: &[u8]) -> Option<Record<'_>> {
+    let mut parts = record.splitn(4, |&b| b == b' ');
     let (time, stream, tag) = (parts.next()?, parts.next()?, parts.next()?);
-    let text = parts.next().unwrap_or("");
-    matches!(stream, "stdout" | "stderr").then_some(())?;
-    let full = match tag {
-        "F" => true,
-        "P" => false,
+    let line = parts.next().unwrap_or(b"");
+    let time = std::str::from_utf8(time).ok()?;
+    let stream = match stream {
+        b"stdout" => "stdout",
+        b"stderr" => "stderr",
         _ => return None,
     };
-    Some(Record { time, stream, full, line: text })
+    let full = match tag {
+        b"F" => true,
+        b"P" => false,
+        _ => return None,
+    };
+    Some(Record { time, stream, full, line })
+}
+
+/// The records of a log file's bytes: each `\n`-ended line; an unfinished last line
+/// (being written) is left out.
+pub fn records(log: &[u8]) -> impl Iterator<Item = Record<'_>> {
+    let complete = log.iter().rposition(|&b| b == b'\n').map_or(&log[..0], |i| &log[..i]);
+    complete.split(|&b| b == b'\n').filter(|_| !complete.is_empty()).filter_map(parse)
 }
 
 /// A `tokio::io::AsyncWrite` feeding one stream of a [`CriLog`], for WASI's stdout/stderr.
@@ -206,8 +220,9 @@ mod tests {
         log.write(Stream::Stdout, b"ld\n").unwrap();
         log.write(Stream::Stdout, &vec![b'x'; MAX_RECORD + 10]).unwrap();
         log.finish().unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
-        let records: Vec<Record> = text.lines().map(|l| parse(l).unwrap()).collect();
+        let bytes = std::fs::read(&path).unwrap();
+        let records: Vec<Record> = records(&bytes).collect();
+        assert_eq!(records.len(), bytes.iter().filter(|&&b| b == b'\n').count(), "every record parses");
         let got: Vec<(&str, bool, usize)> = records.iter().map(|r| (r.stream, r.full, r.line.len())).collect();
         assert_eq!(
             got,
@@ -219,7 +234,7 @@ mod tests {
                 ("stdout", true, 10)
             ]
         );
-        assert_eq!(records[2].line, "world");
+        assert_eq!(records[2].line, b"world");
         assert!(records[0].time.ends_with('Z') && records[0].time.len() == 30, "{}", records[0].time);
     }
 
@@ -235,7 +250,21 @@ mod tests {
         logs[0].write(Stream::Stdout, b" line\n").unwrap();
         logs[0].finish().unwrap();
         assert!(logs[0].inner.lock().unwrap().file.is_none(), "closed when the container ends");
-        assert_eq!(parse(std::fs::read_to_string(&path).unwrap().trim_end()).unwrap().line, "partial line");
+        assert_eq!(parse(std::fs::read(&path).unwrap().trim_ascii_end()).unwrap().line, b"partial line");
+    }
+
+    #[test]
+    fn what_a_container_writes_comes_back_byte_for_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c/0.log");
+        let log = CriLog::open(&path).unwrap();
+        let written: &[u8] = b"\xff\xfe not UTF-8\r\nsplit \xe2\x82";
+        log.write(Stream::Stdout, written).unwrap();
+        log.write(Stream::Stdout, b"\xac euro\n").unwrap();
+        log.finish().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let back: Vec<u8> = records(&bytes).flat_map(|r| [r.line, if r.full { b"\n" } else { b"" }].concat()).collect();
+        assert_eq!(back, b"\xff\xfe not UTF-8\r\nsplit \xe2\x82\xac euro\n");
     }
 
     #[test]

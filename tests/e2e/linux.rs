@@ -321,3 +321,18 @@ fn images_show_size_and_last_use_and_unused_ones_are_pruned() {
         !agent.ok(&["images"]).contains("apps/hello")
     });
 }
+
+/// `logs` gives back what the container wrote, byte for byte, as the kubelet does: bytes
+/// that are not UTF-8, `\r\n`, an unfinished last line. (One stray byte used to turn
+/// the whole log into an error, and stop `logs -f` for good.)
+#[test]
+fn logs_give_back_what_the_container_wrote_byte_for_byte() {
+    let (_r, image) = busybox();
+    let agent = Agent::start();
+    let script = r"printf '\377\376 not UTF-8\r\nsecond\n'; printf unfinished";
+    agent.apply(&sh_pod("bytes", &image, "Never", 1, script, ""));
+    agent.wait_pod("bytes", "Succeeded", |p| phase(p) == "Succeeded");
+    let out = agent.cli(&["logs", "bytes"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout, b"\xff\xfe not UTF-8\r\nsecond\nunfinished", "{}", String::from_utf8_lossy(&out.stdout));
+}

@@ -115,14 +115,14 @@ fn print_new(path: &std::path::Path, prefix: &str, offsets: &mut HashMap<std::pa
     if f.seek(SeekFrom::Start(*offset)).is_err() {
         return;
     }
-    let mut text = String::new();
-    let _ = f.read_to_string(&mut text);
-    let complete = text.rfind('\n').map_or(0, |i| i + 1);
+    let mut bytes = Vec::new();
+    let _ = f.read_to_end(&mut bytes);
+    let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     *offset += complete as u64;
     let mut out = std::io::stdout().lock();
-    for line in text[..complete].lines() {
-        if let Some(r) = wasmlet_runtime::log::parse(line) {
-            let _ = writeln!(out, "[{prefix}] {}", r.line);
-        }
+    for r in wasmlet_runtime::log::records(&bytes[..complete]) {
+        let _ = out.write_all(format!("[{prefix}] ").as_bytes());
+        let _ = out.write_all(r.line);
+        let _ = out.write_all(b"\n");
     }
 }

@@ -192,12 +192,22 @@ pub async fn start_agent(global: &Global, max_wasm_instances: u32, rt: &RuntimeA
     }
     let wasm = WasmRuntime::new(wasm)?;
     // the pool is reserved now: what is left of the mappings is what pods may use
-    let pool = match wasm.pool_slots() {
-        Some(n) if n < max_wasm_instances => {
-            eprintln!("wasmlet: the address space holds a Wasm instance pool of {n}, not {max_wasm_instances}");
-            crate::node::Pool { slots: n, asked: max_wasm_instances }
+    let pool = match wasm.pool() {
+        Some(p) if p.slots < max_wasm_instances => {
+            eprintln!("wasmlet: the address space holds a Wasm instance pool of {}, not {max_wasm_instances}", p.slots);
+            crate::node::Pool { slots: p.slots, asked: max_wasm_instances }
         }
-        Some(n) => crate::node::Pool { slots: n, asked: n },
+        Some(p) => {
+            if p.memory < WasmConfig::new(Default::default()).max_memory {
+                eprintln!(
+                    "wasmlet: each of the {} Wasm instance slots reserves {} MiB, so that all fit: \
+                     a guest's memory is capped there, and compiled code checks its bounds",
+                    p.slots,
+                    p.memory >> 20
+                );
+            }
+            crate::node::Pool { slots: p.slots, asked: p.slots }
+        }
         // on demand, each instance reserves its memory's range as a pooled slot would
         None => crate::node::Pool { slots: max_wasm_instances, asked: max_wasm_instances },
     };

@@ -239,31 +239,35 @@ where
     let Some((streams, _)) = open_streams(&mut rd, &codec, &out, want, &mut buf).await? else { return Ok(()) };
     // output from the moment of attaching: what the log gains from its current end
     let mut offset = std::fs::metadata(&t.path).map(|m| m.len()).unwrap_or(0);
-    let mut partial = String::new();
+    let mut partial = Vec::new();
     let mut chunk = vec![0u8; 4096];
     loop {
         let running = mgr.get(&t.key).ok().flatten().is_some_and(|r| {
             let c = &r.status.containers[t.idx];
             c.instances == t.instance && matches!(c.state, crate::pod::state::State::Running { .. })
         });
-        let mut text = String::new();
+        let mut fresh = Vec::new();
         if let Ok(mut f) = std::fs::File::open(&t.path) {
             use std::io::{Read, Seek};
             if f.seek(std::io::SeekFrom::Start(offset)).is_ok() {
-                let _ = f.read_to_string(&mut text);
+                let _ = f.read_to_end(&mut fresh);
             }
         }
-        offset += text.len() as u64;
-        partial.push_str(&text);
-        while let Some(i) = partial.find('\n') {
-            let line: String = partial.drain(..=i).collect();
-            let Some(r) = wasmlet_runtime::log::parse(line.trim_end_matches('\n')) else { continue };
+        offset += fresh.len() as u64;
+        partial.extend_from_slice(&fresh);
+        let complete = partial.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        for record in partial[..complete].split(|&b| b == b'\n') {
+            let Some(r) = wasmlet_runtime::log::parse(record) else { continue };
             let kind = if r.stream == "stderr" && streams.contains_key("stderr") { "stderr" } else { "stdout" };
             if let Some(&id) = streams.get(kind) {
-                let data = if r.full { format!("{}\n", r.line) } else { r.line.to_string() };
-                let _ = out.send(Frame::Data { id, flags: 0, data: data.into_bytes() }).await;
+                let mut data = r.line.to_vec();
+                if r.full {
+                    data.push(b'\n');
+                }
+                let _ = out.send(Frame::Data { id, flags: 0, data }).await;
             }
         }
+        partial.drain(..complete);
         if !running {
             if let Some(&id) = streams.get("error") {
                 let status = exit_status(0, &[]).to_string().into_bytes();

@@ -17,14 +17,15 @@ use wasmlet_runtime::log;
 
 /// Renders CRI records as the kubelet does: a `P` record continues on the next one, and a
 /// line the container never finished (`printf` with no newline, then exit) is still
-/// shown, without a newline. A timestamp, when asked for, starts each line.
-#[derive(Default)]
-struct Renderer {
-    timestamps: bool,
+/// shown, without a newline. A timestamp, when asked for, starts each line. What the
+/// container wrote comes back as it wrote it, bytes and all: not UTF-8, `\r\n`.
+#[derive(Debug, Default)]
+pub struct Renderer {
+    pub timestamps: bool,
     /// Lines from before this are left out (`sinceSeconds`, `sinceTime`).
-    since: Option<chrono::DateTime<chrono::Utc>>,
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
     /// The line being built from `P` records.
-    line: String,
+    line: Vec<u8>,
     /// The last record was partial: the next one continues its line.
     mid_line: bool,
     /// The line being built started before `since`.
@@ -32,32 +33,44 @@ struct Renderer {
 }
 
 impl Renderer {
-    fn feed(&mut self, record: &str, out: &mut Vec<String>) {
+    /// Adds one record (a line of the log file, without its `\n`); a malformed one is
+    /// passed over.
+    pub fn feed(&mut self, record: &[u8], out: &mut Vec<Vec<u8>>) {
         let Some(r) = log::parse(record) else { return };
         if !self.mid_line {
             self.skip =
                 self.since.is_some_and(|since| chrono::DateTime::parse_from_rfc3339(r.time).is_ok_and(|t| t < since));
             if self.timestamps && !self.skip {
-                self.line.push_str(r.time);
-                self.line.push(' ');
+                self.line.extend_from_slice(r.time.as_bytes());
+                self.line.push(b' ');
             }
         }
         self.mid_line = !r.full;
         if self.skip {
             return;
         }
-        self.line.push_str(r.line);
+        self.line.extend_from_slice(r.line);
         if r.full {
-            self.line.push('\n');
+            self.line.push(b'\n');
             out.push(std::mem::take(&mut self.line));
         }
     }
 
     /// What there is of an unfinished line; its continuation gets no second timestamp.
-    fn flush(&mut self, out: &mut Vec<String>) {
+    pub fn flush(&mut self, out: &mut Vec<Vec<u8>>) {
         if !self.line.is_empty() {
             out.push(std::mem::take(&mut self.line));
         }
+    }
+
+    /// The complete records of `log` (a log file's bytes), rendered; returns the length
+    /// of what was read, up to the end of the last complete record.
+    pub fn feed_file(&mut self, log: &[u8], out: &mut Vec<Vec<u8>>) -> usize {
+        let end = log.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        for record in log[..end].split(|&b| b == b'\n').filter(|r| !r.is_empty()) {
+            self.feed(record, out);
+        }
+        end
     }
 }
 
@@ -132,19 +145,15 @@ pub(crate) async fn respond(
         (None, None) => None,
     };
     let mut renderer = Renderer { timestamps: get(q, "timestamps") == Some("true"), since, ..Default::default() };
-    let mut file = std::fs::File::open(&path).ok();
-    let mut text = String::new();
-    if let Some(f) = file.as_mut() {
-        f.read_to_string(&mut text).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    }
-    let (complete, rest) = match text.rfind('\n') {
-        Some(i) => (&text[..=i], text[i + 1..].to_string()),
-        None => ("", text.clone()),
+    // a missing file is an empty log (the instance wrote nothing yet)
+    let text = match std::fs::read(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{}: {e}", path.display()))),
     };
     let mut lines = Vec::new();
-    for l in complete.lines() {
-        renderer.feed(l, &mut lines);
-    }
+    let read = renderer.feed_file(&text, &mut lines);
+    let rest = text[read..].to_vec();
     renderer.flush(&mut lines);
     if let Some(n) = tail {
         lines.drain(..lines.len().saturating_sub(n));
@@ -156,7 +165,7 @@ pub(crate) async fn respond(
     }
     if follow {
         let key = rec.key();
-        let offset = complete.len() as u64;
+        let offset = read as u64;
         tokio::spawn(follow_log(mgr, key, idx, instance, path, offset, rest, renderer, tx));
     }
     Ok(Response::builder()
@@ -173,7 +182,7 @@ async fn follow_log(
     instance: u32,
     path: std::path::PathBuf,
     mut offset: u64,
-    mut partial: String,
+    mut partial: Vec<u8>,
     mut renderer: Renderer,
     tx: tokio::sync::mpsc::UnboundedSender<Result<Frame<Bytes>, std::io::Error>>,
 ) {
@@ -182,19 +191,17 @@ async fn follow_log(
             let c = &r.status.containers[idx];
             c.instances == instance && matches!(c.state, State::Running { .. })
         });
-        let mut chunk = String::new();
+        let mut chunk = Vec::new();
         if let Ok(mut f) = std::fs::File::open(&path)
             && f.seek(SeekFrom::Start(offset)).is_ok()
         {
-            let _ = f.read_to_string(&mut chunk);
+            let _ = f.read_to_end(&mut chunk);
         }
         offset += chunk.len() as u64;
-        partial.push_str(&chunk);
+        partial.extend_from_slice(&chunk);
         let mut out = Vec::new();
-        while let Some(i) = partial.find('\n') {
-            let line: String = partial.drain(..=i).collect();
-            renderer.feed(line.trim_end_matches('\n'), &mut out);
-        }
+        let read = renderer.feed_file(&partial, &mut out);
+        partial.drain(..read);
         renderer.flush(&mut out);
         if !out.is_empty() && tx.send(Ok(Frame::data(Bytes::from(out.concat())))).is_err() {
             return; // the client went away
@@ -213,10 +220,10 @@ mod tests {
     fn render(r: &mut Renderer, records: &[&str]) -> String {
         let mut out = Vec::new();
         for rec in records {
-            r.feed(rec, &mut out);
+            r.feed(rec.as_bytes(), &mut out);
         }
         r.flush(&mut out);
-        out.concat()
+        String::from_utf8(out.concat()).unwrap()
     }
 
     #[test]

@@ -659,6 +659,6 @@ impl Manager {
         let (tx, rx) = mpsc::unbounded_channel();
         self.workers.lock().unwrap_or_else(|e| e.into_inner()).insert(rec.key(), tx.clone());
         let core = self.core.clone();
-        tokio::spawn(async move { worker::run(core, rec, tx, rx).await });
+        tokio::spawn(worker::run(core, Box::new(rec), tx, rx));
     }
 }

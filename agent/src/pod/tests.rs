@@ -336,3 +336,24 @@ fn after_a_crash_running_linux_containers_are_adopted_and_wasm_ones_restart() {
         let _ = guest;
     });
 }
+
+/// A pod's worker task lives as long as the pod: its future's size is memory every idle pod
+/// holds, so the rarely taken paths (pull, start, stop) are boxed, not inlined into it.
+#[tokio::test]
+async fn an_idle_pod_worker_is_small() {
+    let rig = rig().await;
+    let pods = crate::spec::parse(&pod("small", "Always", &container("app", WASM))).unwrap();
+    let Some(crate::spec::Object::Pod(p)) = pods.into_iter().next() else { panic!("not a pod") };
+    let rec = super::apply::new_record(*p);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let worker = super::worker::run(rig.mgr.core.clone(), Box::new(rec), tx, rx);
+    let size = std::mem::size_of_val(&worker);
+    eprintln!(
+        "pod worker future: {size} bytes; record {}; pod {}; plan {}; status {}",
+        std::mem::size_of::<PodRecord>(),
+        std::mem::size_of::<k8s_openapi::api::core::v1::Pod>(),
+        std::mem::size_of::<super::state::Plan>(),
+        std::mem::size_of::<super::state::PodStatus>()
+    );
+    assert!(size <= 1024, "the pod worker's future is {size} bytes");
+}

@@ -23,9 +23,13 @@ use crate::time::now_ms;
 /// Probe tasks of the running instances, by container index.
 type Probes = HashMap<usize, AbortHandle>;
 
+/// The pod's worker: lives as long as the pod, so what it holds while idle is held by
+/// every pod. The paths taken now and then (pull, start, exit, stop) are boxed while they
+/// run rather than inlined into this future, which would make every idle pod carry the
+/// largest of them (20 KiB).
 pub(super) async fn run(
     mgr: Arc<Core>,
-    mut rec: PodRecord,
+    mut rec: Box<PodRecord>,
     tx: mpsc::UnboundedSender<Msg>,
     mut rx: mpsc::UnboundedReceiver<Msg>,
 ) {
@@ -33,7 +37,7 @@ pub(super) async fn run(
         tracing::info_span!("pod_sync", pod.namespace = rec.namespace(), pod.name = rec.name(), pod.uid = %rec.uid);
     async move {
         if rec.deleting {
-            stop_and_teardown(&mgr, &mut rec).await;
+            Box::pin(stop_and_teardown(&mgr, &mut rec)).await;
             return;
         }
         let mut probes = Probes::new();
@@ -85,11 +89,11 @@ pub(super) async fn run(
             for action in actions {
                 match action {
                     Action::Pull(i) => {
-                        pull(&mgr, &mut rec, i).await;
+                        Box::pin(pull(&mgr, &mut rec, i)).await;
                         acted = true;
                     }
                     Action::Start(i) => {
-                        start(&mgr, &mut rec, i, &tx, &mut probes).await;
+                        Box::pin(start(&mgr, &mut rec, i, &tx, &mut probes)).await;
                         acted = true;
                     }
                     Action::WakeAt(t) => wake = Some(wake.map_or(t, |w: u64| w.min(t))),
@@ -113,7 +117,7 @@ pub(super) async fn run(
                     {
                         p.abort();
                     }
-                    exited(&mgr, &mut rec, container, instance, state).await
+                    Box::pin(exited(&mgr, &mut rec, container, instance, state)).await
                 }
                 Some(Msg::Probe { container, instance, outcome }) => {
                     probed(&mgr, &mut rec, container, instance, outcome);
@@ -127,7 +131,7 @@ pub(super) async fn run(
                     if let (Some(g), Some(spec)) = (grace, rec.pod.spec.as_mut()) {
                         spec.termination_grace_period_seconds = Some(g.max(0));
                     }
-                    stop_and_teardown(&mgr, &mut rec).await;
+                    Box::pin(stop_and_teardown(&mgr, &mut rec)).await;
                     let _ = done.send(());
                     return;
                 }
@@ -638,14 +642,15 @@ fn termination_message(mgr: &Core, rec: &PodRecord, i: usize, instance: u32, exi
     if c.termination_message_policy.as_deref() != Some("FallbackToLogsOnError") || exit_code == 0 {
         return None;
     }
-    let log = std::fs::read_to_string(mgr.log_path(rec, &c.name, instance)).ok()?;
-    let mut text = String::new();
-    for line in log.lines().filter_map(wasmlet_runtime::log::parse) {
-        text.push_str(line.line);
+    let log = std::fs::read(mgr.log_path(rec, &c.name, instance)).ok()?;
+    let mut bytes = Vec::new();
+    for line in wasmlet_runtime::log::records(&log) {
+        bytes.extend_from_slice(line.line);
         if line.full {
-            text.push('\n');
+            bytes.push(b'\n');
         }
     }
+    let text = String::from_utf8_lossy(&bytes);
     let lines: Vec<&str> = text.lines().collect();
     let mut tail = lines[lines.len().saturating_sub(80)..].join("\n");
     if tail.len() > 2048 {

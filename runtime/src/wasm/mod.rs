@@ -90,8 +90,8 @@ struct Inner {
     events: std::sync::OnceLock<EventSink>,
     /// HTTP requests refused for being over a container's in-flight cap.
     rejected: Arc<std::sync::atomic::AtomicU64>,
-    /// Instance slots the pool reserved (None: instances allocated on demand).
-    pool: Option<u32>,
+    /// What the pool reserved (None: instances allocated on demand).
+    pool: Option<PoolSize>,
     /// Stops the epoch ticker when the runtime goes away.
     _ticker: Ticker,
 }
@@ -119,20 +119,37 @@ impl Drop for Ticker {
     }
 }
 
-/// The engine, with a pool of `config.max_instances` slots where the address space has
-/// room for it, else the largest pool that fits (each slot reserves its memory's whole
-/// range), else on-demand allocation. Returns the slots reserved (None: on demand).
-fn engine(config: &WasmConfig) -> wasmtime::Result<(Engine, Option<u32>)> {
+/// The smallest linear-memory reservation a pool slot shrinks to before the pool takes
+/// fewer slots than asked.
+const MIN_RESERVATION: usize = 256 << 20;
+
+/// What the instance pool reserved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolSize {
+    /// Live instances it has room for.
+    pub slots: u32,
+    /// The largest linear memory a guest may have (each slot's reservation).
+    pub memory: usize,
+}
+
+/// The engine, with a pool of `config.max_instances` slots. Each slot reserves address
+/// space for its memory's whole range (4 GiB and a guard, so that compiled code needs
+/// no bounds checks); where the address space cannot hold that many slots, each slot's
+/// reservation is halved (down to 256 MiB: code then checks bounds, and a guest's memory
+/// is capped at the reservation) until it can, and only then are fewer slots taken.
+/// No pool at all: on-demand allocation. Returns what the pool reserved.
+fn engine(config: &WasmConfig) -> wasmtime::Result<(Engine, Option<PoolSize>)> {
     let mut c = wasmtime::Config::new();
     c.epoch_interruption(true);
-    let pooled = |c: &mut wasmtime::Config, n: u32| {
+    let pooled = |c: &mut wasmtime::Config, size: PoolSize| {
+        let n = size.slots;
         let mut pool = wasmtime::PoolingAllocationConfig::default();
         pool.total_core_instances(n)
             .total_component_instances(n)
             .total_memories(n)
             .total_tables(n)
             .total_stacks(n)
-            .max_memory_size(config.max_memory)
+            .max_memory_size(size.memory)
             // Reuse without page faults or TLB shootdowns: a freed slot's dirty pages
             // (found with PAGEMAP_SCAN on Linux ≥ 6.7) are reset with memset up to these
             // sizes, rather than madvised away; decommits that remain are batched. An
@@ -141,36 +158,48 @@ fn engine(config: &WasmConfig) -> wasmtime::Result<(Engine, Option<u32>)> {
             .table_keep_resident(64 << 10)
             .pagemap_scan(wasmtime::Enabled::Auto)
             .decommit_batch_size(16);
+        c.memory_reservation(size.memory as u64);
         c.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         Engine::new(c)
     };
     let wanted = config.max_instances;
-    let first = match pooled(&mut c, wanted) {
-        Ok(e) => return Ok((e, Some(wanted))),
+    let mut size = PoolSize { slots: wanted, memory: config.max_memory };
+    let first = match pooled(&mut c, size) {
+        Ok(e) => return Ok((e, Some(size))),
         Err(e) => e,
     };
-    // the largest pool that fits: halve until one does, then search between
-    let (mut fits, mut fails) = (None, wanted);
-    let mut n = wanted / 2;
-    while n > 0 && fits.is_none() {
-        match pooled(&mut c, n) {
-            Ok(e) => fits = Some((e, n)),
-            Err(_) => (fails, n) = (n, n / 2),
+    // smaller slots, as many of them
+    while size.memory / 2 >= MIN_RESERVATION {
+        size.memory /= 2;
+        if let Ok(e) = pooled(&mut c, size) {
+            tracing::warn!(slots = wanted, memory = size.memory, "Wasm instance pool slots shrunk to fit");
+            return Ok((e, Some(size)));
         }
     }
-    if let Some((mut engine, mut lo)) = fits {
+    // the largest pool of the smallest slots: halve until one fits, then search between.
+    // Each try's reservation is released before the next (two would not fit together).
+    let fits = |n: u32| {
+        let mut c = c.clone();
+        pooled(&mut c, PoolSize { slots: n, ..size }).is_ok()
+    };
+    let (mut lo, mut fails) = (0, wanted);
+    let mut n = wanted / 2;
+    while n > 0 && lo == 0 {
+        if fits(n) { lo = n } else { (fails, n) = (n, n / 2) }
+    }
+    if lo > 0 {
         while fails - lo > (wanted / 64).max(1) {
             let mid = lo + (fails - lo) / 2;
-            match pooled(&mut c, mid) {
-                Ok(e) => (engine, lo) = (e, mid),
-                Err(_) => fails = mid,
-            }
+            if fits(mid) { lo = mid } else { fails = mid }
         }
+        size.slots = lo;
+        let engine = pooled(&mut c, size)?;
         tracing::warn!(wanted, reserved = lo, error = %first, "the Wasm instance pool is smaller than asked");
-        return Ok((engine, Some(lo)));
+        return Ok((engine, Some(size)));
     }
     // A machine that cannot reserve any pool still runs guests, one mapping each.
     tracing::warn!(error = %first, "pooling allocator unavailable, using on-demand allocation");
+    c.memory_reservation(config.max_memory as u64);
     c.allocation_strategy(wasmtime::InstanceAllocationStrategy::OnDemand);
     Ok((Engine::new(&c)?, None))
 }
@@ -225,9 +254,10 @@ impl WasmRuntime {
         })
     }
 
-    /// Instance slots the pool reserved: the most Wasm containers that can run at once
-    /// (None: no pool could be reserved, instances are allocated on demand).
-    pub fn pool_slots(&self) -> Option<u32> {
+    /// What the instance pool reserved: the most Wasm containers that can run at once and
+    /// the largest memory each may have (None: no pool could be reserved, instances are
+    /// allocated on demand).
+    pub fn pool(&self) -> Option<PoolSize> {
         self.inner.pool
     }
 
