@@ -3,7 +3,9 @@
 //! - Wasm pod start with a cached image (accepted → Running, the agent's own
 //!   `wasmlet_pod_start_duration_seconds`), over `START_PODS` pods (default 1,000),
 //!   against `wasmtime run` of the same module as a process, from wasmtime's warm cache;
-//! - agent RSS per idle (sleeping) Wasm pod at 1,000, 5,000 and 10,000 pods (`DENSITY`);
+//! - agent RSS, open files and mappings per idle (sleeping) Wasm pod, and pod start
+//!   p50/p99 with that many pods live, at 1,000, 5,000, 10,000, 20,000 and 30,000 pods
+//!   (`DENSITY`); then one pod past the pool, and what refused it;
 //! - agent idle RSS; release binary size.
 //!
 //! The peer is wasmtime-cli 48 (`scripts/setup-bench.sh` installs it under
@@ -60,6 +62,13 @@ fn wait_running(state: &std::path::Path, n: usize) -> Duration {
     t.elapsed()
 }
 
+/// Pods started one at a time at each density step, for its start latencies.
+const PROBES: usize = 50;
+
+fn pct(v: &[f64], p: f64) -> f64 {
+    v[((v.len() as f64 * p).ceil() as usize).saturating_sub(1)]
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -68,7 +77,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() {
     let start_pods: usize = std::env::var("START_PODS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
     let density: Vec<usize> = std::env::var("DENSITY")
-        .unwrap_or_else(|_| "1000,5000,10000".into())
+        .unwrap_or_else(|_| "1000,5000,10000,20000,30000".into())
         .split(',')
         .filter_map(|v| v.parse().ok())
         .collect();
@@ -84,8 +93,9 @@ fn main() {
     cli(state.path(), &["push", sleep.to_str().unwrap(), &image]);
 
     let size = std::fs::metadata(WASMLET).unwrap().len();
-    // a pool with room for the largest density step (the default fits 10,500)
-    let pool = (density.iter().copied().max().unwrap_or(0) + 1).max(10_500).to_string();
+    // a pool of exactly the largest density step: the pod after it is refused
+    let most = density.iter().copied().max().unwrap_or(0).max(2 * start_pods + 1 + PROBES);
+    let pool = most.to_string();
     let mut agent: Child = support::start_agent_with(state.path(), &["--max-wasm-instances", &pool]);
     std::thread::sleep(Duration::from_secs(1));
     let idle = rss_kib(agent.id());
@@ -104,7 +114,6 @@ fn main() {
     let samples = start_samples(state.path());
     let mut one_by_one: Vec<f64> = samples[1..].iter().map(|us| us / 1e6).collect();
     one_by_one.sort_by(|a, b| a.total_cmp(b));
-    let pct = |v: &[f64], p: f64| v[((v.len() as f64 * p).ceil() as usize).saturating_sub(1)];
     let (p50, p99) = (pct(&one_by_one, 0.5), pct(&one_by_one, 0.99));
     // throughput: a batch of START_PODS pods in one manifest
     let t = Instant::now();
@@ -150,31 +159,56 @@ fn main() {
         (fds, maps)
     };
     let (fds0, maps0) = counts(agent.id());
-    let mut rows = vec![(live, rss_kib(agent.id()), fds0, maps0)];
+    let mut rows = vec![(live, rss_kib(agent.id()), fds0, maps0, None)];
     for target in density.iter().copied() {
-        if target <= live {
+        if target < live + PROBES {
             continue;
         }
-        for b in (live..target).step_by(500) {
-            apply(state.path(), &pods_yaml("d", b, (b + 500).min(target), &image, "[\"86400\"]"));
+        let bulk = target - PROBES;
+        for b in (live..bulk).step_by(500) {
+            apply(state.path(), &pods_yaml("d", b, (b + 500).min(bulk), &image, "[\"86400\"]"));
         }
-        wait_running(state.path(), target);
-        live = target;
+        wait_running(state.path(), bulk);
         std::thread::sleep(Duration::from_secs(2));
         let (fds, maps) = counts(agent.id());
-        rows.push((live, rss_kib(agent.id()), fds, maps));
+        let rss = rss_kib(agent.id());
+        // starts with this many pods live: PROBES pods one at a time
+        let before = start_samples(state.path()).len();
+        for i in 0..PROBES {
+            apply(state.path(), &pods_yaml(&format!("p{target}-"), i, i + 1, &image, "[\"86400\"]"));
+        }
+        wait_running(state.path(), target);
+        let mut starts: Vec<f64> = start_samples(state.path())[before..].iter().map(|us| us / 1e3).collect();
+        starts.sort_by(|a, b| a.total_cmp(b));
+        live = target;
+        rows.push((bulk, rss, fds, maps, Some((pct(&starts, 0.5), pct(&starts, 0.99)))));
     }
     println!(
-        "  {:>8} {:>12} {:>16} {:>10} {:>10}   (target ≤ 64 KiB per pod; pool of {pool})",
-        "pods", "agent RSS", "per pod", "open fds", "mappings"
+        "  {:>8} {:>12} {:>14} {:>9} {:>9} {:>16}   (targets ≤ 64 KiB per pod, start p99 ≤ 1 ms)",
+        "pods", "agent RSS", "per pod", "open fds", "mappings", "start p50/p99"
     );
-    for (n, rss, fds, maps) in rows {
+    for (n, rss, fds, maps, starts) in rows {
+        let starts = starts.map_or("-".to_string(), |(p50, p99)| format!("{p50:.3}/{p99:.3} ms"));
         println!(
-            "  {n:>8} {:>9.1} MiB {:>12.1} KiB {fds:>10} {maps:>10}",
+            "  {n:>8} {:>9.1} MiB {:>10.1} KiB {fds:>9} {maps:>9} {starts:>16}",
             rss as f64 / 1024.0,
             (rss.saturating_sub(base)) as f64 / (n - 1) as f64
         );
     }
+    // the node is full: one more pod, and what refused it
+    apply(state.path(), &pods_yaml("over", 0, 1, &image, "[\"86400\"]"));
+    let t = Instant::now();
+    let refusal = loop {
+        let p: serde_json::Value =
+            serde_json::from_str(&cli(state.path(), &["get", "pods", "over0", "-o", "json"])).unwrap_or_default();
+        let status = &p["status"];
+        if status["phase"] == "Failed" || status["containerStatuses"][0]["state"]["running"].is_object() {
+            break format!("{} {}: {}", status["phase"], status["reason"], status["message"]);
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "pod over0 neither refused nor running: {p}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    println!("  pod {} of a pool of {pool}: {refusal}", live + 1);
     println!();
     println!("Release binary: {:.1} MiB ({size} bytes)", size as f64 / (1 << 20) as f64);
     let _ = agent.kill();

@@ -124,11 +124,12 @@ fn pod_kind() -> String {
     "Pod".into()
 }
 
+/// What a pod's worker is told. Small: every pod's channel holds a block of 32 of them.
 enum Msg {
     Exited {
         container: usize,
         instance: u32,
-        state: wasmlet_runtime::ContainerState,
+        state: Box<wasmlet_runtime::ContainerState>,
     },
     Delete {
         done: oneshot::Sender<()>,
@@ -137,7 +138,7 @@ enum Msg {
     Probe {
         container: usize,
         instance: u32,
-        outcome: probe::Outcome,
+        outcome: Box<probe::Outcome>,
     },
     /// A ConfigMap or Secret of the pod's namespace changed.
     ConfigChanged,

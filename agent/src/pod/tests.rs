@@ -356,4 +356,6 @@ async fn an_idle_pod_worker_is_small() {
         std::mem::size_of::<super::state::PodStatus>()
     );
     assert!(size <= 1024, "the pod worker's future is {size} bytes");
+    // its channel allocates messages 32 at a time
+    assert!(std::mem::size_of::<super::Msg>() <= 32, "a worker message is {} bytes", std::mem::size_of::<super::Msg>());
 }

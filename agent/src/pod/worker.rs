@@ -117,10 +117,10 @@ pub(super) async fn run(
                     {
                         p.abort();
                     }
-                    Box::pin(exited(&mgr, &mut rec, container, instance, state)).await
+                    Box::pin(exited(&mgr, &mut rec, container, instance, *state)).await
                 }
                 Some(Msg::Probe { container, instance, outcome }) => {
-                    probed(&mgr, &mut rec, container, instance, outcome);
+                    probed(&mgr, &mut rec, container, instance, *outcome);
                 }
                 Some(Msg::ConfigChanged) => apply(&mut rec, Event::ConfigChanged),
                 Some(Msg::Delete { done, grace }) => {
@@ -509,7 +509,7 @@ fn start_probes(
     let target = target(mgr, rec, kind, &container_id(&rec.uid, &c.name, instance));
     let tx = tx.clone();
     let task = tokio::spawn(probe::probe_loop(startup, liveness, readiness, target, move |outcome| {
-        let _ = tx.send(Msg::Probe { container: i, instance, outcome });
+        let _ = tx.send(Msg::Probe { container: i, instance, outcome: Box::new(outcome) });
     }));
     if let Some(old) = probes.insert(i, task.abort_handle()) {
         old.abort();
@@ -563,7 +563,7 @@ fn watch(mgr: &Core, rec: &PodRecord, i: usize, instance: u32, tx: &mpsc::Unboun
     let (runtime, tx) = (mgr.runtime.clone(), tx.clone());
     tokio::spawn(async move {
         if let Ok(state) = runtime.wait_container(kind, &id).await {
-            let _ = tx.send(Msg::Exited { container: i, instance, state });
+            let _ = tx.send(Msg::Exited { container: i, instance, state: Box::new(state) });
         }
     });
 }
