@@ -1,6 +1,8 @@
-//! kill -9 at random points during pod churn. After every restart: each pod whose apply
-//! was acknowledged is there (once), each acknowledged delete stays deleted, no
-//! restartCount goes down, and every pod comes back to Running.
+//! kill -9 at random points during pod churn of Wasm and Linux pods. After every
+//! restart: each pod whose apply was acknowledged is there (once), each acknowledged
+//! delete stays deleted, no restartCount goes down, a running Linux container is adopted
+//! (never restarted, the same container), and every pod comes back to Running; at the
+//! end, runc runs exactly the containers of the live Linux pods (no orphans).
 //!
 //! `CRASH_CYCLES` sets the number of cycles (default 100, as in CI).
 
@@ -8,7 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::{Agent, Apps, WASMLET, pod_yaml, restarts, state};
+use crate::common::Registry;
+use crate::harness::{Agent, Apps, WASMLET, pod_yaml, push_busybox, restarts, state};
 
 #[test]
 fn kill_9_during_churn_loses_and_duplicates_nothing() {
@@ -22,12 +25,18 @@ fn kill_9_during_churn_loses_and_duplicates_nothing() {
     let mut deleted: BTreeSet<String> = BTreeSet::new();
     let mut seen_restarts: BTreeMap<String, u64> = BTreeMap::new();
     let (sleep, crasher) = (apps.image("sleep", "v1"), apps.image("exit", "v1"));
+    let registry = Registry::start();
+    let busybox = push_busybox(&registry, "amd64", "latest");
+    // the container each Linux pod ran when last seen Running
+    let mut linux_ids: BTreeMap<String, (String, u64)> = BTreeMap::new();
     for cycle in 0..cycles {
-        // churn: an apply (a sleeper, or a crasher every fourth cycle) and maybe a delete,
-        // racing a SIGKILL after a random delay
+        // churn: an apply (a Wasm sleeper, a crasher every fourth cycle, a Linux sleeper
+        // every fifth) and maybe a delete, racing a SIGKILL after a random delay
         let name = format!("p{cycle}");
-        let manifest = if cycle % 4 == 3 {
+        let manifest = if is_crasher(&name) {
             pod_yaml(&name, &crasher, "Always", "    args: [\"1\"]\n")
+        } else if is_linux(&name) {
+            pod_yaml(&name, &busybox, "Always", "    command: [\"sleep\", \"3600\"]\n")
         } else {
             pod_yaml(&name, &sleep, "Always", "")
         };
@@ -72,6 +81,17 @@ fn kill_9_during_churn_loses_and_duplicates_nothing() {
             let r = restarts(p);
             let before = seen_restarts.insert(n.clone(), r).unwrap_or(0);
             assert!(r >= before, "cycle {cycle}: {n} restartCount went from {before} to {r}");
+            // a Linux container seen running is never replaced: the restarted agent adopts
+            // it (a start cut short before runc started it may be made again, as with
+            // the kubelet)
+            if is_linux(&n) {
+                let id = p["status"]["containerStatuses"][0]["containerID"].as_str().unwrap_or("").to_string();
+                if let Some((was, count)) = linux_ids.get(&n) {
+                    assert_eq!((was, *count), (&id, r), "cycle {cycle}: Linux pod {n} was restarted: {}", p["status"]);
+                } else if state(p).0 == "running" {
+                    linux_ids.insert(n.clone(), (id, r));
+                }
+            }
         }
         // pods the apply did not acknowledge may exist (it may have been stored just before
         // the kill); they then count as acknowledged from here on
@@ -80,8 +100,42 @@ fn kill_9_during_churn_loses_and_duplicates_nothing() {
         }
     }
     // every surviving sleeper comes back to Running after the last restart
-    for name in acked.iter().filter(|n| n[1..].parse::<usize>().unwrap() % 4 != 3) {
-        agent.wait_pod(name, "Running again", |p| state(p).0 == "running");
+    let mut running_linux = BTreeSet::new();
+    for name in acked.iter().filter(|n| !is_crasher(n)) {
+        let p = agent.wait_pod(name, "Running again", |p| state(p).0 == "running");
+        if is_linux(name) {
+            let id = p["status"]["containerStatuses"][0]["containerID"].as_str().unwrap();
+            if let Some((was, count)) = linux_ids.get(name) {
+                assert_eq!((was.as_str(), *count), (id, restarts(&p)), "Linux pod {name} was restarted");
+            }
+            running_linux.insert(id.rsplit("://").next().unwrap().to_string());
+        }
     }
-    eprintln!("{cycles} kill -9 cycles: {} pods alive, {} deleted, 0 lost, 0 duplicated", acked.len(), deleted.len());
+    // no orphans: runc runs the containers of the live Linux pods, and nothing else
+    let out = Command::new("runc")
+        .arg("--root")
+        .arg(agent.state_dir().join("linux/runc"))
+        .args(["list", "-q"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "runc list: {}", String::from_utf8_lossy(&out.stderr));
+    let listed: BTreeSet<String> = String::from_utf8(out.stdout).unwrap().lines().map(str::to_string).collect();
+    assert_eq!(listed, running_linux, "runc's containers against the live Linux pods'");
+    eprintln!(
+        "{cycles} kill -9 cycles: {} pods alive ({} Linux), {} deleted, 0 lost, 0 duplicated, 0 orphaned, \
+         0 Linux restarts",
+        acked.len(),
+        running_linux.len(),
+        deleted.len()
+    );
+}
+
+/// Every fourth pod exits at once (and is restarted, with back-off).
+fn is_crasher(name: &str) -> bool {
+    name[1..].parse::<usize>().unwrap() % 4 == 3
+}
+
+/// Every fifth pod (not a crasher) is a busybox `sleep 3600` run by runc.
+fn is_linux(name: &str) -> bool {
+    !is_crasher(name) && name[1..].parse::<usize>().unwrap() % 5 == 4
 }

@@ -326,6 +326,8 @@ impl Manager {
             for i in 0..rec.status.containers.len() {
                 if matches!(rec.status.containers[i].state, state::State::Running { .. }) {
                     mgr.recover(&mut rec, i, now).await;
+                } else {
+                    mgr.adopt_unrecorded(&mut rec, i).await;
                 }
             }
             mgr.save(&rec)?;
@@ -378,6 +380,59 @@ impl Manager {
         }
         rec.status.apply(&plan, state::Event::Lost { container: i, at: now });
         self.event(rec, "Warning", "Lost", &format!("Container {name} was running when the agent stopped"));
+    }
+
+    /// A Linux container runc started just before the agent died, before the record said
+    /// it runs (the record names its instance as starting, or not yet even that): one
+    /// still running is adopted, as the kubelet adopts what its runtime runs, rather than
+    /// removed as an orphan and started again; one that exited meanwhile is reported
+    /// with its real status. One that was created and never started is left to
+    /// [`Self::remove_orphans`], and the worker starts the container again.
+    async fn adopt_unrecorded(&self, rec: &mut PodRecord, i: usize) {
+        if rec.runtimes.get(i).copied().flatten() == Some(RuntimeKind::Wasm) || !self.runtime.has(RuntimeKind::Linux) {
+            return;
+        }
+        let plan = rec.plan.clone();
+        let name = plan.containers[i].name.clone();
+        let recorded = rec.status.containers[i].instances;
+        for instance in [recorded, recorded + 1].into_iter().filter(|n| *n > 0) {
+            let id = worker::container_id(&rec.uid, &name, instance);
+            let Ok(found) = self.runtime.container_status(RuntimeKind::Linux, &id).await else { continue };
+            if matches!(rec.status.containers[i].state, state::State::Terminated(_)) && instance == recorded {
+                // its exit is on record already; only the container was left
+                let _ = self.runtime.remove_container(RuntimeKind::Linux, &id).await;
+                continue;
+            }
+            let start = |rec: &mut PodRecord, at: u64| {
+                if instance > recorded {
+                    rec.status.apply(&plan, state::Event::Starting { container: i, at });
+                }
+                rec.runtimes.resize(plan.containers.len(), None);
+                rec.runtimes[i] = Some(RuntimeKind::Linux);
+            };
+            match found {
+                ContainerState::Running { started_at } => {
+                    start(rec, started_at);
+                    rec.status.apply(&plan, state::Event::Started { container: i, at: started_at });
+                    tracing::info!(pod = %rec.key(), container = %name, "adopted a container started before the agent stopped");
+                    return;
+                }
+                ContainerState::Exited { exit_code, reason, message, started_at, finished_at } => {
+                    start(rec, started_at);
+                    let term = state::Terminated {
+                        exit_code,
+                        reason: reason.as_str().into(),
+                        message,
+                        started_at,
+                        finished_at,
+                    };
+                    rec.status.apply(&plan, state::Event::Exited { container: i, term });
+                    let _ = self.runtime.remove_container(RuntimeKind::Linux, &id).await;
+                    return;
+                }
+                ContainerState::Created => {}
+            }
+        }
     }
 
     /// Linux containers no stored pod runs (left by a crash between their creation and

@@ -337,6 +337,47 @@ fn after_a_crash_running_linux_containers_are_adopted_and_wasm_ones_restart() {
     });
 }
 
+/// The agent dies after runc started a container and before the record said it runs
+/// (it says the instance is starting, or, unflushed, nothing at all): the restarted agent
+/// adopts the running container rather than killing it as an orphan and starting another.
+#[test]
+fn a_linux_container_started_just_before_a_crash_is_adopted() {
+    for recorded_instances in [1, 0] {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeRuntime::new();
+        let first = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let uid = first.block_on(async {
+            let mgr = start(dir.path(), &fake, true).await;
+            mgr.apply(crate::spec::parse(&pod("late", "Always", &container("native", LINUX))).unwrap()).await.unwrap();
+            until(&mgr, "default/late", "running", running).await.uid
+        });
+        first.shutdown_timeout(Duration::from_secs(5));
+        // the record as the crash left it
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut rec: PodRecord = store.get(crate::store::Table::Pods, "default/late").unwrap().unwrap();
+            let c = &mut rec.status.containers[0];
+            c.state = State::Waiting { reason: "ContainerCreating".into(), message: String::new() };
+            c.instances = recorded_instances;
+            if recorded_instances == 0 {
+                rec.runtimes.clear();
+            }
+            store.put(crate::store::Table::Pods, "default/late", &rec).unwrap();
+            tokio::runtime::Runtime::new().unwrap().block_on(store.flush()).unwrap();
+        }
+        let native = super::worker::container_id(&uid, "native", 1);
+        let second = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        second.block_on(async {
+            let mgr = start(dir.path(), &fake, false).await;
+            let rec = until(&mgr, "default/late", "running again", running).await;
+            let c = &rec.status.containers[0];
+            assert_eq!((c.restart_count, c.instances), (0, 1), "recorded {recorded_instances}: adopted, not restarted");
+            assert_eq!(fake.starts("native"), 1, "recorded {recorded_instances}: started once");
+            assert!(fake.running().contains(&native));
+        });
+    }
+}
+
 /// A pod's worker task lives as long as the pod: its future's size is memory every idle pod
 /// holds, so the rarely taken paths (pull, start, stop) are boxed, not inlined into it.
 #[tokio::test]

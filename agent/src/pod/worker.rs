@@ -405,6 +405,8 @@ async fn start(mgr: &Arc<Core>, rec: &mut PodRecord, i: usize, tx: &mpsc::Unboun
         config.netns = netns;
     }
     let restarting = rec.status.containers[i].instances > 0;
+    // which runtime runs it is on record with the start: a restarted agent asks it
+    rec.runtimes[i] = Some(kind);
     apply(rec, Event::Starting { container: i, at: now_ms() });
     if !restarting {
         save(mgr, rec);
@@ -412,7 +414,6 @@ async fn start(mgr: &Arc<Core>, rec: &mut PodRecord, i: usize, tx: &mpsc::Unboun
         // the new instance and the advanced back-off are durable before it runs
         return start_failed(mgr, rec, i, "CreateContainerError", e);
     }
-    rec.runtimes[i] = Some(kind);
     let id = config.id.clone();
     if let Err(e) = mgr.runtime.create_container(kind, config).await {
         return start_failed(mgr, rec, i, "CreateContainerError", e.to_string());
