@@ -515,7 +515,9 @@ impl Runtime for AnyRuntime {
         each!(self, r => r.container_status(id).await)
     }
     async fn wait_container(&self, id: &str) -> Result<ContainerState> {
-        each!(self, r => r.wait_container(id).await)
+        // boxed: a wait lasts as long as the container, and the largest runtime's wait
+        // would otherwise be the size of every one
+        each!(self, r => Box::pin(r.wait_container(id)).await)
     }
     fn list_containers(&self) -> Vec<String> {
         each!(self, r => r.list_containers())

@@ -350,8 +350,10 @@ async fn run_guest(
         (Loaded::Module(pre), Ok(mut b)) => {
             let mut store = Store::new(pre.module().engine(), P1Host { wasi: b.build_p1(), cap });
             prepare(&mut store, |h| &mut h.cap);
+            // (instantiation's future is boxed: it is done with once the guest runs, and
+            // would otherwise stay in this one, which lives as long as the guest does)
             let r = async {
-                let instance = pre.instantiate_async(&mut store).await?;
+                let instance = Box::pin(pre.instantiate_async(&mut store)).await?;
                 let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
                 start.call_async(&mut store, ()).await
             }
@@ -370,7 +372,7 @@ async fn run_guest(
             let mut store = Store::new(pre.engine(), host);
             prepare(&mut store, |h| &mut h.cap);
             let r = async {
-                let command = pre.instantiate_async(&mut store).await?;
+                let command = Box::pin(pre.instantiate_async(&mut store)).await?;
                 command.wasi_cli_run().call_run(&mut store).await
             }
             .await;
