@@ -19,7 +19,7 @@ mod support;
 use std::process::{Child, Command};
 
 use std::time::{Duration, Instant};
-use support::{WASMLET, cli, rss_kib};
+use support::{WASMLET, cli, pss_kib, rss_kib};
 
 /// Every pod start latency the agent measured, in µs.
 fn start_samples(state: &std::path::Path) -> Vec<f64> {
@@ -103,7 +103,7 @@ fn main() {
     // warm-up: pull the image and compile it once; later starts are cached
     apply(state.path(), &pods_yaml("warm", 0, 1, &image, "[\"86400\"]"));
     wait_running(state.path(), 1);
-    let base = rss_kib(agent.id());
+    let (base, base_pss) = (rss_kib(agent.id()), pss_kib(agent.id()));
     assert_eq!(start_samples(state.path()).len(), 1, "the warm-up pod was timed");
 
     // pod start latency: START_PODS pods applied one at a time (no queueing)
@@ -159,7 +159,7 @@ fn main() {
         (fds, maps)
     };
     let (fds0, maps0) = counts(agent.id());
-    let mut rows = vec![(live, rss_kib(agent.id()), fds0, maps0, None)];
+    let mut rows = vec![(live, rss_kib(agent.id()), pss_kib(agent.id()), fds0, maps0, None)];
     for target in density.iter().copied() {
         if target < live + PROBES {
             continue;
@@ -171,7 +171,7 @@ fn main() {
         wait_running(state.path(), bulk);
         std::thread::sleep(Duration::from_secs(2));
         let (fds, maps) = counts(agent.id());
-        let rss = rss_kib(agent.id());
+        let (rss, pss) = (rss_kib(agent.id()), pss_kib(agent.id()));
         // starts with this many pods live: PROBES pods one at a time
         let before = start_samples(state.path()).len();
         for i in 0..PROBES {
@@ -181,18 +181,20 @@ fn main() {
         let mut starts: Vec<f64> = start_samples(state.path())[before..].iter().map(|us| us / 1e3).collect();
         starts.sort_by(|a, b| a.total_cmp(b));
         live = target;
-        rows.push((bulk, rss, fds, maps, Some((pct(&starts, 0.5), pct(&starts, 0.99)))));
+        rows.push((bulk, rss, pss, fds, maps, Some((pct(&starts, 0.5), pct(&starts, 0.99)))));
     }
     println!(
-        "  {:>8} {:>12} {:>14} {:>9} {:>9} {:>16}   (targets ≤ 64 KiB per pod, start p99 ≤ 1 ms)",
-        "pods", "agent RSS", "per pod", "open fds", "mappings", "start p50/p99"
+        "  {:>8} {:>12} {:>14} {:>14} {:>9} {:>9} {:>16}   (targets ≤ 64 KiB per pod, start p99 ≤ 1 ms)",
+        "pods", "agent RSS", "RSS per pod", "PSS per pod", "open fds", "mappings", "start p50/p99"
     );
-    for (n, rss, fds, maps, starts) in rows {
+    for (n, rss, pss, fds, maps, starts) in rows {
         let starts = starts.map_or("-".to_string(), |(p50, p99)| format!("{p50:.3}/{p99:.3} ms"));
+        let per = |now: u64, then: u64| now.saturating_sub(then) as f64 / (n - 1) as f64;
         println!(
-            "  {n:>8} {:>9.1} MiB {:>10.1} KiB {fds:>9} {maps:>9} {starts:>16}",
+            "  {n:>8} {:>9.1} MiB {:>10.1} KiB {:>10.1} KiB {fds:>9} {maps:>9} {starts:>16}",
             rss as f64 / 1024.0,
-            (rss.saturating_sub(base)) as f64 / (n - 1) as f64
+            per(rss, base),
+            per(pss, base_pss)
         );
     }
     // the node is full: one more pod, and what refused it

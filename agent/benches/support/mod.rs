@@ -7,6 +7,19 @@ use std::time::{Duration, Instant};
 pub const WASMLET: &str = env!("CARGO_BIN_EXE_wasmlet");
 
 /// The resident set of a process, in KiB.
+/// Proportional set size (KiB): resident memory with each shared page divided among
+/// its mappings, as `smem` reports it.
+#[allow(dead_code)]
+pub fn pss_kib(pid: u32) -> u64 {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    rollup
+        .lines()
+        .find(|l| l.starts_with("Pss:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
