@@ -6,28 +6,26 @@ use std::time::{Duration, Instant};
 
 pub const WASMLET: &str = env!("CARGO_BIN_EXE_wasmlet");
 
-/// The resident set of a process, in KiB.
-/// Proportional set size (KiB): resident memory with each shared page divided among
-/// its mappings, as `smem` reports it.
-#[allow(dead_code)]
-pub fn pss_kib(pid: u32) -> u64 {
-    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-    rollup
-        .lines()
-        .find(|l| l.starts_with("Pss:"))
+/// A `Key:  N kB` figure of a /proc file, in KiB (0 when missing).
+fn proc_kib(path: &str, key: &str) -> u64 {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with(key))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
 
+/// Proportional set size (KiB): resident memory with each shared page divided among
+/// its mappings, as `smem` reports it.
+#[allow(dead_code)]
+pub fn pss_kib(pid: u32) -> u64 {
+    proc_kib(&format!("/proc/{pid}/smaps_rollup"), "Pss:")
+}
+
+/// The resident set of a process, in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    proc_kib(&format!("/proc/{pid}/status"), "VmRSS:")
 }
 
 /// Runs the CLI against the agent of `state`; its stdout.

@@ -363,16 +363,8 @@ impl Manager {
                     tracing::info!(pod = %rec.key(), container = %name, "adopted a running container");
                     return;
                 }
-                Ok(ContainerState::Exited { exit_code, reason, message, started_at, finished_at }) => {
-                    let term = state::Terminated {
-                        exit_code,
-                        reason: reason.as_str().into(),
-                        message,
-                        started_at,
-                        finished_at,
-                    };
-                    rec.status.apply(&plan, state::Event::Exited { container: i, term });
-                    let _ = self.runtime.remove_container(RuntimeKind::Linux, &id).await;
+                Ok(exit @ ContainerState::Exited { .. }) => {
+                    self.record_exit(rec, &plan, i, &id, exit).await;
                     return;
                 }
                 _ => {}
@@ -417,22 +409,24 @@ impl Manager {
                     tracing::info!(pod = %rec.key(), container = %name, "adopted a container started before the agent stopped");
                     return;
                 }
-                ContainerState::Exited { exit_code, reason, message, started_at, finished_at } => {
+                exit @ ContainerState::Exited { started_at, .. } => {
                     start(rec, started_at);
-                    let term = state::Terminated {
-                        exit_code,
-                        reason: reason.as_str().into(),
-                        message,
-                        started_at,
-                        finished_at,
-                    };
-                    rec.status.apply(&plan, state::Event::Exited { container: i, term });
-                    let _ = self.runtime.remove_container(RuntimeKind::Linux, &id).await;
+                    self.record_exit(rec, &plan, i, &id, exit).await;
                     return;
                 }
                 ContainerState::Created => {}
             }
         }
+    }
+
+    /// A Linux container's exit, found after a restart, recorded; the container removed.
+    async fn record_exit(&self, rec: &mut PodRecord, plan: &state::Plan, i: usize, id: &str, exit: ContainerState) {
+        if let ContainerState::Exited { exit_code, reason, message, started_at, finished_at } = exit {
+            let term =
+                state::Terminated { exit_code, reason: reason.as_str().into(), message, started_at, finished_at };
+            rec.status.apply(plan, state::Event::Exited { container: i, term });
+        }
+        let _ = self.runtime.remove_container(RuntimeKind::Linux, id).await;
     }
 
     /// Linux containers no stored pod runs (left by a crash between their creation and
