@@ -169,7 +169,10 @@ fn main() {
             apply(state.path(), &pods_yaml("d", b, (b + 500).min(bulk), &image, "[\"86400\"]"));
         }
         wait_running(state.path(), bulk);
-        std::thread::sleep(Duration::from_secs(2));
+        // idle: past the agent's 30 s housekeeping, which returns the memory freed by
+        // the burst (the applies, and this bench's own `get pods` of every pod) to the
+        // system
+        std::thread::sleep(Duration::from_secs(35));
         let (fds, maps) = counts(agent.id());
         let (rss, pss) = (rss_kib(agent.id()), pss_kib(agent.id()));
         // starts with this many pods live: PROBES pods one at a time
