@@ -55,3 +55,8 @@ demo: wasm-apps
 # the kill -9 churn test in its long mode (not run by CI): CYCLES cycles, 1,000 by default
 churn CYCLES="1000": wasm-apps
     CRASH_CYCLES={{CYCLES}} cargo nextest run -p wasmlet --test e2e kill_9_during_churn --no-capture
+
+# run each cargo-fuzz target (fuzz/) for SECS seconds and print CPU time and findings
+# (not run by CI); TARGETS to pick some: just fuzz 600 layer_tar spdy_frames
+fuzz SECS="60" *TARGETS="":
+    scripts/fuzz.sh {{SECS}} {{TARGETS}}

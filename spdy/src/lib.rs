@@ -362,6 +362,10 @@ impl Codec {
         let mut block = Vec::with_capacity(data.len() * 4 + 64);
         let mut input = data;
         loop {
+            // a few bytes can inflate to gigabytes: a block is refused past the cap
+            if block.len() > MAX_HEADER_BLOCK {
+                return Err(Error(format!("header block over {MAX_HEADER_BLOCK} bytes")));
+            }
             let before = self.inflate.total_in();
             block.reserve(4096);
             let r = self.inflate.decompress_vec(input, &mut block, FlushDecompress::Sync);
@@ -380,6 +384,13 @@ impl Codec {
     }
 }
 
+/// The largest header block (inflated) a frame may carry, as Go's HTTP servers allow
+/// 1 MiB of headers.
+const MAX_HEADER_BLOCK: usize = 1 << 20;
+
+/// A header block's name/value pairs. Names must be non-empty and lowercase (SPDY/3
+/// §2.6.10: anything else is a protocol error), and both names and values UTF-8: a frame
+/// is refused rather than read as something it did not say.
 fn parse_block(b: &[u8]) -> Result<HeaderList, Error> {
     let short = || Error("header block ends early".into());
     let take = |at: &mut usize| -> Result<String, Error> {
@@ -388,9 +399,9 @@ fn parse_block(b: &[u8]) -> Result<HeaderList, Error> {
         }
         let n = u32_at(b, *at) as usize;
         *at += 4;
-        let s = b.get(*at..*at + n).ok_or_else(short)?;
+        let s = b.get(*at..at.saturating_add(n)).ok_or_else(short)?;
         *at += n;
-        Ok(String::from_utf8_lossy(s).into_owned())
+        String::from_utf8(s.to_vec()).map_err(|_| Error("a header that is not UTF-8".into()))
     };
     if b.len() < 4 {
         return Err(short());
@@ -400,6 +411,9 @@ fn parse_block(b: &[u8]) -> Result<HeaderList, Error> {
     let mut out = Vec::with_capacity(count.min(64));
     for _ in 0..count {
         let k = take(&mut at)?;
+        if k.is_empty() || k.bytes().any(|c| c.is_ascii_uppercase()) {
+            return Err(Error(format!("header name {k:?}: must be non-empty and lowercase")));
+        }
         let v = take(&mut at)?;
         out.push((k, v));
     }
@@ -485,5 +499,59 @@ mod tests {
         assert!(c.decode(&short_syn).is_err());
         let garbage_headers = [0x80, 0x03, 0x00, 0x02, 0, 0, 0, 8, 0, 0, 0, 1, 1, 2, 3, 4];
         assert!(c.decode(&garbage_headers).is_err());
+    }
+
+    /// A SYN_STREAM whose header block (written with the shared dictionary, as a peer
+    /// would) holds `block` as it is.
+    fn syn_stream_with_block(block: &[u8]) -> Vec<u8> {
+        let mut deflate = Compress::new(Compression::default(), true);
+        deflate.set_dictionary(&dictionary()).unwrap();
+        let mut z = Vec::with_capacity(block.len() + 64);
+        deflate.compress_vec(block, &mut z, flate2::FlushCompress::Sync).unwrap();
+        let mut body = vec![0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        body.extend(z);
+        let mut frame = vec![0x80, 0x03, 0x00, 0x01, 0];
+        frame.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+        frame.extend(body);
+        frame
+    }
+
+    fn block(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
+        let mut b = (pairs.len() as u32).to_be_bytes().to_vec();
+        for (k, v) in pairs {
+            b.extend_from_slice(&(k.len() as u32).to_be_bytes());
+            b.extend_from_slice(k);
+            b.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            b.extend_from_slice(v);
+        }
+        b
+    }
+
+    /// Found by the `spdy_frames` fuzz target: a name with capitals (and bytes that were
+    /// not UTF-8, read as U+FFFD) decoded to a header the frame did not carry.
+    #[test]
+    fn header_names_must_be_lowercase_utf8() {
+        let mut c = Codec::new();
+        let ok = syn_stream_with_block(&block(&[(b"streamtype", b"stdout")]));
+        assert!(c.decode(&ok).unwrap().is_some());
+        for bad in [
+            block(&[(b"streamO\xff\xfet", b"accept-charset")]),
+            block(&[(b"StreamType", b"stdout")]),
+            block(&[(b"", b"x")]),
+            block(&[(b"streamtype", b"\xff")]),
+        ] {
+            let mut c = Codec::new();
+            assert!(c.decode(&syn_stream_with_block(&bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    /// A few kilobytes that inflate past 1 MiB are refused, not inflated into memory.
+    #[test]
+    fn a_header_block_bomb_is_refused() {
+        let huge = vec![b'a'; 4 << 20];
+        let bomb = syn_stream_with_block(&block(&[(b"x", &huge)]));
+        assert!(bomb.len() < 64 << 10, "{}", bomb.len());
+        let err = Codec::new().decode(&bomb).unwrap_err();
+        assert!(err.to_string().contains("header block over"), "{err}");
     }
 }
