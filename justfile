@@ -56,7 +56,6 @@ demo: wasm-apps
 churn CYCLES="1000": wasm-apps
     CRASH_CYCLES={{CYCLES}} cargo nextest run -p wasmlet --test e2e kill_9_during_churn --no-capture
 
-# run each cargo-fuzz target (fuzz/) for SECS seconds and print CPU time and findings
-# (not run by CI); TARGETS to pick some: just fuzz 600 layer_tar spdy_frames
+# cargo-fuzz targets in fuzz/, SECS seconds each, CPU time and findings (not in CI): just fuzz 600 layer_tar
 fuzz SECS="60" *TARGETS="":
     scripts/fuzz.sh {{SECS}} {{TARGETS}}
