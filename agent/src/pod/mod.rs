@@ -322,6 +322,7 @@ impl Manager {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .extend(records.iter().filter_map(|(_, r)| r.userns));
+        let mut resumed = Vec::with_capacity(records.len());
         for (_, mut rec) in records {
             for i in 0..rec.status.containers.len() {
                 if matches!(rec.status.containers[i].state, state::State::Running { .. }) {
@@ -331,10 +332,15 @@ impl Manager {
                 }
             }
             mgr.save(&rec)?;
-            mgr.spawn(rec);
+            resumed.push(rec);
         }
         mgr.store.flush().await?;
+        // orphans go before any worker runs: a worker starting a container again makes
+        // one of the same id, which the sweep would otherwise take for the orphan
         mgr.remove_orphans().await;
+        for rec in resumed {
+            mgr.spawn(rec);
+        }
         tracing::info!("pods resumed");
         Ok(mgr)
     }
