@@ -256,8 +256,7 @@ where
         offset += fresh.len() as u64;
         partial.extend_from_slice(&fresh);
         let complete = partial.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        for record in partial[..complete].split(|&b| b == b'\n') {
-            let Some(r) = wasmlet_runtime::log::parse(record) else { continue };
+        for r in wasmlet_runtime::log::records(&partial[..complete]) {
             let kind = if r.stream == "stderr" && streams.contains_key("stderr") { "stderr" } else { "stdout" };
             if let Some(&id) = streams.get(kind) {
                 let mut data = r.line.to_vec();
