@@ -32,6 +32,10 @@ pub struct Config {
     pub platform: Platform,
     /// Token realms must be https unless the registry itself is plain HTTP.
     pub require_https_realm: bool,
+    /// Bytes a pull leaves free on the filesystems it writes (the blob store and the
+    /// unpacked layers): a blob or layer that would take one below it fails with
+    /// [`Error::NoSpace`](crate::Error::NoSpace), and what it wrote is removed. 0: no check.
+    pub keep_free: u64,
 }
 
 /// Exponential back-off with jitter for transient failures.
@@ -75,6 +79,7 @@ impl Default for Config {
             max_config_bytes: 8 << 20,
             platform: Platform::host(),
             require_https_realm: true,
+            keep_free: 0,
         }
     }
 }

@@ -76,6 +76,29 @@ pub enum Error {
 
     #[error("{context}: {reason}")]
     Invalid { context: String, reason: String },
+
+    /// Storing `what` would take the filesystem under `dir` below the free space the
+    /// caller keeps (or did: the device is full). What had been written of it is removed.
+    #[error(
+        "no space for {what} under {dir}: {free} bytes free{}, and {keep} are kept free; what was written of it is removed",
+        need_suffix(*.need),
+        dir = .dir.display()
+    )]
+    NoSpace { what: String, dir: PathBuf, free: u64, need: u64, keep: u64 },
+}
+
+fn need_suffix(need: u64) -> String {
+    if need == 0 { String::new() } else { format!(", it needs {need}") }
+}
+
+/// Whether an I/O error means the device (or the user's quota) is full.
+pub fn is_no_space(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
+}
+
+/// Free bytes for unprivileged writers on the filesystem holding `dir`, if it can be read.
+pub fn free_space(dir: &std::path::Path) -> Option<u64> {
+    rustix::fs::statvfs(dir).ok().map(|s| s.f_bavail.saturating_mul(s.f_frsize))
 }
 
 fn detail_suffix(detail: &str) -> String {

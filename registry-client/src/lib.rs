@@ -35,7 +35,7 @@ pub use auth::{Challenge, Credential, Keychain, key_matches, pull_secret_entries
 pub use client::Client;
 pub use config::{Config, Retry};
 pub use digest::{Algorithm, Digest, Hasher};
-pub use error::{Error, Result};
+pub use error::{Error, Result, free_space, is_no_space};
 pub use manifest::{Descriptor, ImageConfig, ImageKind, Manifest, WasmBinary, WasmForm};
 pub use platform::Platform;
 pub use pull::{Image, Layer, Progress, ProgressFn, PullOptions, select_platform, unpack_layer_dir};

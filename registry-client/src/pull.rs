@@ -306,7 +306,8 @@ impl Client {
                 }
             };
             if let Some(job) = plan {
-                let (options, progress) = (opts.unpack.clone(), opts.progress.clone());
+                let (mut options, progress) = (opts.unpack.clone(), opts.progress.clone());
+                options.limits.keep_free = options.limits.keep_free.max(self.config().keep_free);
                 unpacks.spawn(async move {
                     let _slot = slots.acquire_owned().await.expect("semaphore never closed");
                     let layer = job.layer.clone();
@@ -345,14 +346,30 @@ impl Client {
             return Ok(store.blob_path(&desc.digest));
         }
         let ctx = Ctx::of(r);
-        let ingest = tokio::sync::Mutex::new(store.ingest(&desc.digest, desc.size).await?);
+        let space = Space { dir: store.root().to_path_buf(), keep: self.config().keep_free };
+        let mut ingest = store.ingest(&desc.digest, desc.size).await?;
+        if let Err(e) = ingest.keep_free(space.keep) {
+            ingest.discard().await;
+            return Err(ingest_error(e, &ctx, desc, &space));
+        }
+        let ingest = tokio::sync::Mutex::new(ingest);
         let timeout = self.config().read_timeout;
-        self.call(session, r, Op::Pull, |_| async {
-            let mut w = ingest.lock().await;
-            stream_blob(session, r, desc, &mut w, &ctx, timeout, progress).await
-        })
-        .await?;
-        let path = ingest.into_inner().commit().await.map_err(|e| ingest_error(e, &ctx, desc))?;
+        let fetched = self
+            .call(session, r, Op::Pull, |_| async {
+                let mut w = ingest.lock().await;
+                let to = BlobTarget { ctx: &ctx, space: &space, timeout, progress };
+                stream_blob(session, r, desc, &mut w, to).await
+            })
+            .await;
+        let ingest = ingest.into_inner();
+        if let Err(e) = fetched {
+            if matches!(e, Error::NoSpace { .. }) {
+                // a partial blob kept for a resume would hold the space the node needs
+                ingest.discard().await;
+            }
+            return Err(e);
+        }
+        let path = ingest.commit().await.map_err(|e| ingest_error(e, &ctx, desc, &space))?;
         if let Some(p) = progress {
             p(Progress::BlobDone { digest: desc.digest.clone(), total: desc.size, cached: false });
         }
@@ -360,15 +377,23 @@ impl Client {
     }
 }
 
+/// Where a blob's bytes go and what a download reports: errors name `ctx`, writes keep
+/// `space` free, a silence of `timeout` is a stall.
+struct BlobTarget<'a> {
+    ctx: &'a Ctx,
+    space: &'a Space,
+    timeout: Duration,
+    progress: Option<&'a ProgressFn>,
+}
+
 async fn stream_blob(
     session: &Session,
     r: &Reference,
     desc: &Descriptor,
     w: &mut crate::store::Ingest,
-    ctx: &Ctx,
-    timeout: Duration,
-    progress: Option<&ProgressFn>,
+    to: BlobTarget<'_>,
 ) -> Result<()> {
+    let BlobTarget { ctx, space, timeout, progress } = to;
     let what = format!("blob {}", desc.digest);
     let digest = desc.digest.to_string();
     let layer = LayerDescriptor { digest: &digest, urls: &None };
@@ -389,7 +414,7 @@ async fn stream_blob(
     };
     let mut reported = w.offset();
     while let Some(chunk) = stream.try_next().await.map_err(|e| from_stream_io(e, ctx, &what, timeout))? {
-        w.write(&chunk).await.map_err(|e| ingest_error(e, ctx, desc))?;
+        w.write(&chunk).await.map_err(|e| ingest_error(e, ctx, desc, space))?;
         if let Some(p) = progress.filter(|_| w.offset() - reported >= 256 << 10) {
             reported = w.offset();
             p(Progress::Blob { digest: desc.digest.clone(), done: reported, total: desc.size });
@@ -406,8 +431,21 @@ async fn stream_blob(
     Ok(())
 }
 
-fn ingest_error(e: IngestError, ctx: &Ctx, desc: &Descriptor) -> Error {
+/// Where blobs are written and the free space a pull keeps there.
+struct Space {
+    dir: PathBuf,
+    keep: u64,
+}
+
+fn ingest_error(e: IngestError, ctx: &Ctx, desc: &Descriptor, space: &Space) -> Error {
     match e {
+        IngestError::NoSpace { free } => Error::NoSpace {
+            what: format!("blob {} of {}", desc.digest, ctx.reference),
+            dir: space.dir.clone(),
+            free,
+            need: desc.size,
+            keep: space.keep,
+        },
         IngestError::TooLong { expected } => Error::SizeMismatch {
             reference: ctx.reference.clone(),
             registry: ctx.registry.clone(),
@@ -471,8 +509,11 @@ pub fn unpack_layer_dir(
         unpack::unpack_blob(blob, &tmp, layer, Some(diff_id), &options)?;
         std::fs::rename(&tmp, &target).map_err(|e| Error::io("commit layer directory", &target, e))
     })();
-    if let Err(e) = result {
+    if let Err(mut e) = result {
         let _ = std::fs::remove_dir_all(&tmp);
+        if let Error::NoSpace { dir: at, .. } = &mut e {
+            dir.clone_into(at); // the layers' directory, not the removed temporary one
+        }
         if target.is_dir() {
             return Ok(target); // another pull finished the same layer first
         }

@@ -22,6 +22,9 @@ use crate::error::{Error, Result};
 
 const WRITE_BUFFER: usize = 1 << 20;
 
+/// How often (in bytes written) a blob being written checks the free space it must keep.
+const SPACE_CHECK_EVERY: u64 = 4 << 20;
+
 /// A directory of blobs named by digest.
 #[derive(Debug)]
 pub struct Store {
@@ -98,6 +101,8 @@ impl Store {
             file: tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file),
             partial: path,
             target: self.blob_path(digest),
+            keep_free: 0,
+            check_at: 0,
         })
     }
 
@@ -222,9 +227,29 @@ pub struct Ingest {
     file: tokio::io::BufWriter<tokio::fs::File>,
     partial: PathBuf,
     target: PathBuf,
+    keep_free: u64,
+    /// The offset at which free space is next checked.
+    check_at: u64,
 }
 
 impl Ingest {
+    /// Keeps `bytes` free on the store's filesystem: at once, the rest of the blob must
+    /// fit above it; while writing, a write that finds less free fails with
+    /// [`IngestError::NoSpace`]. 0 (the default): no check.
+    pub fn keep_free(&mut self, bytes: u64) -> Result<(), IngestError> {
+        self.keep_free = bytes;
+        self.check_at = self.written;
+        let rest = self.size - self.written;
+        match self.free() {
+            Some(free) if bytes > 0 && free < bytes.saturating_add(rest) => Err(IngestError::NoSpace { free }),
+            _ => Ok(()),
+        }
+    }
+
+    fn free(&self) -> Option<u64> {
+        crate::error::free_space(self.partial.parent().expect("ingest path has a parent"))
+    }
+
     /// Bytes already written (where a ranged request should resume).
     pub fn offset(&self) -> u64 {
         self.written
@@ -236,8 +261,14 @@ impl Ingest {
         if self.written + chunk.len() as u64 > self.size {
             return Err(IngestError::TooLong { expected: self.size });
         }
+        if self.keep_free > 0 && self.written >= self.check_at {
+            self.check_at = self.written + SPACE_CHECK_EVERY;
+            if let Some(free) = self.free().filter(|&f| f < self.keep_free) {
+                return Err(IngestError::NoSpace { free });
+            }
+        }
         self.hasher.update(chunk);
-        self.file.write_all(chunk).await.map_err(|e| IngestError::Io(Error::io("write blob", &self.partial, e)))?;
+        self.file.write_all(chunk).await.map_err(|e| io_error("write blob", &self.partial, e))?;
         self.written += chunk.len() as u64;
         Ok(())
     }
@@ -254,8 +285,18 @@ impl Ingest {
     /// Verifies size and digest, fsyncs, and renames the blob into place. On a mismatch
     /// the partial data is deleted (it can never become the right blob) and
     /// [`IngestError::Size`] / [`IngestError::Digest`] say what was wrong.
-    pub async fn commit(mut self) -> Result<PathBuf, IngestError> {
-        let io = |ctx: &str, p: &Path, e| IngestError::Io(Error::io(ctx, p, e));
+    /// A full device ([`IngestError::NoSpace`]) deletes the partial data too.
+    pub async fn commit(self) -> Result<PathBuf, IngestError> {
+        let partial = self.partial.clone();
+        let result = self.commit_inner().await;
+        if let Err(IngestError::NoSpace { .. }) = result {
+            let _ = tokio::fs::remove_file(&partial).await;
+        }
+        result
+    }
+
+    async fn commit_inner(mut self) -> Result<PathBuf, IngestError> {
+        let io = io_error;
         self.file.flush().await.map_err(|e| io("flush blob", &self.partial, e))?;
         if self.written != self.size {
             let (expected, actual) = (self.size, self.written);
@@ -291,10 +332,30 @@ impl Ingest {
 /// Why writing a blob failed; the caller turns it into an [`Error`] naming the reference.
 #[derive(Debug)]
 pub enum IngestError {
-    TooLong { expected: u64 },
-    Size { expected: u64, actual: u64 },
-    Digest { expected: Digest, actual: Digest },
+    TooLong {
+        expected: u64,
+    },
+    Size {
+        expected: u64,
+        actual: u64,
+    },
+    Digest {
+        expected: Digest,
+        actual: Digest,
+    },
+    /// The filesystem is full, or below the free space kept (see [`Ingest::keep_free`]).
+    NoSpace {
+        free: u64,
+    },
     Io(Error),
+}
+
+fn io_error(context: &str, path: &Path, e: std::io::Error) -> IngestError {
+    if crate::error::is_no_space(&e) {
+        IngestError::NoSpace { free: crate::error::free_space(path.parent().unwrap_or(path)).unwrap_or(0) }
+    } else {
+        IngestError::Io(Error::io(context, path, e))
+    }
 }
 
 pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
@@ -350,6 +411,26 @@ mod tests {
         assert!(matches!(w.commit().await, Err(IngestError::Digest { .. })));
         assert!(!store.contains(&digest, None));
         assert_eq!(std::fs::read_dir(store.root().join("ingest")).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_blob_that_does_not_fit_above_the_kept_space_is_refused_and_removed() {
+        let (_d, store) = tmp_store();
+        let data = vec![1u8; 10 << 20];
+        let digest = Digest::sha256_of(&data);
+        let free = crate::error::free_space(store.root()).unwrap();
+        let mut w = store.ingest(&digest, data.len() as u64).await.unwrap();
+        // the blob does not fit above what is kept: refused before a byte is written
+        assert!(matches!(w.keep_free(free), Err(IngestError::NoSpace { .. })));
+        // it fits, then the space kept grows past what is free (another writer): the next
+        // check stops the write, and a commit after a full device removes the partial
+        w.keep_free(1).unwrap();
+        w.write(&data[..5 << 20]).await.unwrap();
+        w.keep_free = u64::MAX;
+        assert!(matches!(w.write(&data[5 << 20..]).await, Err(IngestError::NoSpace { .. })));
+        w.discard().await;
+        assert_eq!(std::fs::read_dir(store.root().join("ingest")).unwrap().count(), 0);
+        assert!(!store.contains(&digest, None));
     }
 
     #[tokio::test]

@@ -62,11 +62,21 @@ pub struct Limits {
     pub ratio_floor: u64,
     pub max_entries: u64,
     pub max_path: usize,
+    /// Free bytes the destination's filesystem keeps: an unpack that finds less fails
+    /// with [`Error::NoSpace`]. 0: no check.
+    pub keep_free: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_bytes: 64 << 30, max_ratio: 100, ratio_floor: 512 << 20, max_entries: 2_000_000, max_path: 4096 }
+        Limits {
+            max_bytes: 64 << 30,
+            max_ratio: 100,
+            ratio_floor: 512 << 20,
+            max_entries: 2_000_000,
+            max_path: 4096,
+            keep_free: 0,
+        }
     }
 }
 
@@ -141,10 +151,17 @@ pub fn unpack_reader(
         .limits
         .max_bytes
         .min(options.limits.ratio_floor.max(compressed_size.saturating_mul(options.limits.max_ratio)));
-    let counted = Counted { inner: decoded, hasher: Hasher::new(algorithm), bytes: 0, limit, exceeded: false };
+    let space = (options.limits.keep_free > 0).then(|| Space {
+        dir: dest.to_path_buf(),
+        keep: options.limits.keep_free,
+        check_at: 0,
+        short: None,
+    });
+    let counted = Counted { inner: decoded, hasher: Hasher::new(algorithm), bytes: 0, limit, exceeded: false, space };
     let root = open_root(dest)?;
     let mut unpacker = Unpacker {
         root,
+        dest,
         label,
         options,
         report: Report::default(),
@@ -154,6 +171,15 @@ pub fn unpack_reader(
     let mut archive = tar::Archive::new(counted);
     let result = unpacker.run(&mut archive);
     let mut counted = archive.into_inner();
+    if let Some(Space { dir, keep, short: Some(free), .. }) = &counted.space {
+        return Err(Error::NoSpace {
+            what: format!("layer {label}"),
+            dir: dir.clone(),
+            free: *free,
+            need: 0,
+            keep: *keep,
+        });
+    }
     if counted.exceeded {
         return Err(Error::LayerLimit {
             digest: label.into(),
@@ -185,17 +211,37 @@ fn peek(r: &mut BufReader<impl Read>) -> io::Result<Vec<u8>> {
     Ok(r.fill_buf()?.iter().take(4).copied().collect())
 }
 
-/// Counts and hashes the uncompressed stream, failing past the limit.
+/// Counts and hashes the uncompressed stream, failing past the limit or when the
+/// destination runs short of the free space it keeps.
 struct Counted<R> {
     inner: R,
     hasher: Hasher,
     bytes: u64,
     limit: u64,
     exceeded: bool,
+    space: Option<Space>,
 }
+
+/// The free space an unpack keeps, checked every [`SPACE_CHECK_EVERY`] bytes.
+struct Space {
+    dir: std::path::PathBuf,
+    keep: u64,
+    check_at: u64,
+    /// The free bytes found when it fell short.
+    short: Option<u64>,
+}
+
+const SPACE_CHECK_EVERY: u64 = 4 << 20;
 
 impl<R: Read> Read for Counted<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(space) = self.space.as_mut().filter(|s| self.bytes >= s.check_at) {
+            space.check_at = self.bytes + SPACE_CHECK_EVERY;
+            if let Some(free) = crate::error::free_space(&space.dir).filter(|&f| f < space.keep) {
+                space.short = Some(free);
+                return Err(io::Error::from(io::ErrorKind::StorageFull));
+            }
+        }
         let n = self.inner.read(buf)?;
         self.bytes += n as u64;
         if self.bytes > self.limit {
@@ -214,6 +260,7 @@ fn open_root(dest: &Path) -> Result<OwnedFd> {
 
 struct Unpacker<'a> {
     root: OwnedFd,
+    dest: &'a Path,
     label: &'a str,
     options: &'a UnpackOptions,
     report: Report,
@@ -252,6 +299,19 @@ impl Unpacker<'_> {
             self.apply(parsed, &mut entry, &mut buf)?;
         }
         Ok(())
+    }
+
+    /// The device is full (or, if the stream reader found it short, below what is kept).
+    fn no_space(&self) -> Error {
+        let dir = self.dest.to_path_buf();
+        let free = crate::error::free_space(&dir).unwrap_or(0);
+        Error::NoSpace {
+            what: format!("layer {}", self.label),
+            dir,
+            free,
+            need: 0,
+            keep: self.options.limits.keep_free,
+        }
     }
 
     fn layer(&self, reason: String) -> Error {
@@ -329,7 +389,13 @@ impl Unpacker<'_> {
                     )
                 })?;
                 let mut file = std::fs::File::from(fd);
-                copy(data, &mut file, buf).map_err(|err| self.layer(format!("{}: write: {err}", display(&e.path))))?;
+                copy(data, &mut file, buf).map_err(|err| {
+                    if crate::error::is_no_space(&err) {
+                        self.no_space()
+                    } else {
+                        self.layer(format!("{}: write: {err}", display(&e.path)))
+                    }
+                })?;
                 self.finish_fd(file.as_fd(), &e).map_err(|err| io_err("metadata", err))?;
             }
             T::Directory => {

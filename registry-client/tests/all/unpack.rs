@@ -217,6 +217,29 @@ fn decompression_bombs_hit_the_size_and_ratio_caps() {
 }
 
 #[test]
+fn an_unpack_that_would_take_the_disk_below_what_is_kept_stops_and_leaves_nothing() {
+    let layer = tar(&[Entry::File("big", &vec![7u8; 8 << 20], 0o644)]);
+    let dir = tempfile::tempdir().unwrap();
+    let layers = dir.path().join("layers");
+    let blob = dir.path().join("blob");
+    std::fs::write(&blob, &layer).unwrap();
+    let diff_id = Digest::sha256_of(&layer);
+    let free = registry_client::free_space(dir.path()).unwrap();
+    // keep more than is free: the first check refuses
+    let opts =
+        UnpackOptions { limits: Limits { keep_free: free + (1 << 30), ..Limits::default() }, ..Default::default() };
+    let err = registry_client::unpack_layer_dir(&blob, &diff_id, &diff_id, &layers, &opts).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::NoSpace { .. }), "{msg}");
+    assert!(msg.starts_with(&format!("no space for layer {diff_id} under ")) && msg.contains("are kept free"), "{msg}");
+    assert_eq!(std::fs::read_dir(&layers).unwrap().count(), 0, "the partial layer directory is removed");
+    // with room, the same layer unpacks
+    let opts = UnpackOptions { limits: Limits { keep_free: 1 << 20, ..Limits::default() }, ..Default::default() };
+    let dir = registry_client::unpack_layer_dir(&blob, &diff_id, &diff_id, &layers, &opts).unwrap();
+    assert_eq!(std::fs::metadata(dir.join("big")).unwrap().len(), 8 << 20);
+}
+
+#[test]
 fn entry_count_is_capped() {
     let names: Vec<String> = (0..2000).map(|i| format!("f{i}")).collect();
     let entries: Vec<Entry> = names.iter().map(|n| Entry::File(n, b"", 0o644)).collect();
