@@ -1,11 +1,12 @@
 //! The CRI log: whatever a container writes, in whatever chunks, to either stream, is
 //! written as records that `logs` renders back byte for byte (a line cut into `P`
-//! records joined again); and any file, however damaged, renders without a panic.
+//! records joined again), across rotated files too; and any file, however damaged,
+//! renders without a panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use wasmlet::http::logs::Renderer;
-use wasmlet_runtime::log::{CriLog, Stream};
+use wasmlet_runtime::log::{CriLog, LogPolicy, Stream};
 
 fuzz_target!(|data: &[u8]| {
     // a damaged file
@@ -18,7 +19,12 @@ fuzz_target!(|data: &[u8]| {
     // a container's writes: the first byte of each chunk picks its length
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("0.log");
-    let log = CriLog::open(&path).unwrap();
+    // the second byte, when the first has bit 1 set, sets a tiny rotation size; every file is kept
+    let policy = match data {
+        [a, b, ..] if a & 2 == 2 => LogPolicy { max_size: 64 + u64::from(*b) * 8, max_files: u32::MAX, keep_free: 0 },
+        _ => LogPolicy::default(),
+    };
+    let log = CriLog::open(&path, policy).unwrap();
     let (mut rest, mut written) = (data, Vec::new());
     while let Some((&n, tail)) = rest.split_first() {
         let n = usize::from(n).min(tail.len());
@@ -27,7 +33,14 @@ fuzz_target!(|data: &[u8]| {
         rest = &tail[n..];
     }
     log.finish().unwrap();
-    let file = std::fs::read(&path).unwrap();
+    // the rotated files by name (oldest first), then the current one
+    let mut files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    // (no file at all when nothing was written: a log is made by its first write)
+    if !files.is_empty() {
+        files.rotate_left(1);
+    }
+    let file: Vec<u8> = files.iter().flat_map(|f| std::fs::read(f).unwrap()).collect();
     let mut out = Vec::new();
     let mut r = Renderer::default();
     assert_eq!(r.feed_file(&file, &mut out), file.len(), "every record ends in a newline");

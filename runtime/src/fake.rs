@@ -235,7 +235,7 @@ impl Runtime for FakeRuntime {
         if let Some(message) = &c.step.fail_start {
             return Err(Error::Tool { id: id.into(), tool: "fake", message: message.clone() });
         }
-        let log = CriLog::open(&c.config.log_path).map_err(|source| Error::Io {
+        let log = CriLog::open(&c.config.log_path, c.config.log).map_err(|source| Error::Io {
             context: "open container log".into(),
             path: c.config.log_path.clone(),
             source,

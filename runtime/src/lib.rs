@@ -240,6 +240,9 @@ pub struct ContainerConfig {
     pub memory_limit: Option<u64>,
     /// CRI-format log file for stdout and stderr.
     pub log_path: PathBuf,
+    /// How big the log may grow before it is rotated, and the free space it leaves.
+    #[serde(default)]
+    pub log: log::LogPolicy,
     /// Linux only: the working directory, `uid[:gid]`, the image's STOPSIGNAL and
     /// CPU limit and request in millicores.
     #[serde(default)]
@@ -309,6 +312,7 @@ impl ContainerConfig {
             mounts: Vec::new(),
             memory_limit: None,
             log_path,
+            log: log::LogPolicy::default(),
             working_dir: None,
             user: None,
             stop_signal: None,

@@ -57,6 +57,9 @@ pub struct LinuxConfig {
     pub network: NetworkConfig,
     /// Run a runc older than the fixes named in [`check_runc_version`].
     pub allow_vulnerable_runtime: bool,
+    /// How often running containers' logs are checked against their
+    /// [`LogPolicy`](crate::log::LogPolicy) and rotated (the kubelet checks every 10 s).
+    pub log_monitor_interval: Duration,
 }
 
 impl LinuxConfig {
@@ -75,6 +78,7 @@ impl LinuxConfig {
             },
             dir,
             allow_vulnerable_runtime: false,
+            log_monitor_interval: Duration::from_secs(10),
         }
     }
 }
@@ -105,6 +109,9 @@ struct Inner {
     network: Network,
     /// Sandboxes whose CNI ADD is still running, and its result (the pod IP).
     wiring: std::sync::Mutex<std::collections::HashMap<String, Wiring>>,
+    log_monitor_interval: Duration,
+    /// The log rotation task, started with the first container.
+    log_monitor: std::sync::OnceLock<()>,
 }
 
 type Wiring =
@@ -162,6 +169,8 @@ impl LinuxRuntime {
             sandboxes: config.dir.join("sandboxes"),
             network,
             wiring: Default::default(),
+            log_monitor_interval: config.log_monitor_interval,
+            log_monitor: std::sync::OnceLock::new(),
         };
         for d in [&inner.runc_root, &inner.containers, &inner.sandboxes] {
             std::fs::create_dir_all(d).map_err(|e| io_err("state directory", d, e))?;
@@ -177,6 +186,44 @@ impl LinuxRuntime {
 
     fn dir(&self, id: &str) -> PathBuf {
         self.inner.containers.join(id)
+    }
+
+    /// Starts, once, the task that rotates running containers' logs: conmon writes
+    /// them, so a full one is renamed (see [`crate::log::rotate`]) and conmon told to
+    /// reopen its file, as CRI-O's `ReopenContainerLog` does.
+    fn monitor_logs(&self) {
+        self.inner.log_monitor.get_or_init(|| {
+            let weak = Arc::downgrade(&self.inner);
+            let every = self.inner.log_monitor_interval;
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    let rt = LinuxRuntime { inner };
+                    let _ = tokio::task::spawn_blocking(move || rt.rotate_logs()).await;
+                }
+            });
+        });
+    }
+
+    fn rotate_logs(&self) {
+        for id in self.container_ids() {
+            let Ok(meta) = self.meta(&id) else { continue };
+            let (path, policy) = (&meta.config.log_path, meta.config.log);
+            let dir = self.dir(&id);
+            let ended = dir.join("state.json").exists() || dir.join("exit").join(&id).exists();
+            if meta.started_at.is_none() || policy.max_size == 0 || ended {
+                continue;
+            }
+            if std::fs::metadata(path).is_ok_and(|m| m.len() > policy.max_size) {
+                let rotated = crate::log::rotate(path, &policy).and_then(|()| reopen_log(&dir));
+                if let Err(e) = rotated {
+                    tracing::warn!(container = %id, log = %path.display(), error = %e, "cannot rotate the log");
+                }
+            }
+        }
     }
 
     /// A running container's CPU time and working set, from its cgroup.
@@ -549,6 +596,7 @@ impl Runtime for LinuxRuntime {
         self.wired(&meta.config.sandbox_id).await?;
         let started_at = now_ms();
         self.runc(id, &["start", id]).await?;
+        self.monitor_logs();
         meta.started_at = Some(started_at);
         meta.memory_cgroup = memory_cgroup(meta.pid);
         self.save_meta(id, &meta)
@@ -623,6 +671,7 @@ impl Runtime for LinuxRuntime {
     /// A pidfd on the container's init says when it ends; conmon writes the exit file
     /// right after it reaps it.
     async fn wait_container(&self, id: &str) -> Result<ContainerState> {
+        self.monitor_logs(); // a restarted agent waits on what runs without starting it
         loop {
             let meta = self.meta(id)?;
             if let Some(done) = self.exited(id, &meta) {
@@ -776,6 +825,17 @@ impl LinuxRuntime {
 }
 
 /// The pod's `/etc/hosts`: localhost, and the pod's name on its IP once it has one.
+/// Asks the conmon of the container in `dir` to reopen its log file: message 2 on its
+/// control FIFO (conmon's `REOPEN_LOGS_EVENT`), as CRI-O writes it.
+fn reopen_log(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut ctl = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(dir.join("ctl"))?;
+    std::io::Write::write_all(&mut ctl, b"2 0 0\n")
+}
+
 fn hosts_file(hostname: &str, ip: Option<&str>) -> String {
     let mut hosts = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     if let Some(ip) = ip {

@@ -26,12 +26,66 @@ impl Stream {
     }
 }
 
+/// How big a container's log may grow: the kubelet's `containerLogMaxSize` and
+/// `containerLogMaxFiles`, and the free space log writes leave on their filesystem.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LogPolicy {
+    /// The current file is rotated when a write would take it past this (0: never).
+    pub max_size: u64,
+    /// Files kept per container instance, the current one included (at least 2).
+    pub max_files: u32,
+    /// While the filesystem has less free than this, output is dropped (and counted)
+    /// rather than written, so that the agent's own state always finds room.
+    pub keep_free: u64,
+}
+
+impl Default for LogPolicy {
+    /// The kubelet's defaults: 10 MiB, 5 files.
+    fn default() -> Self {
+        LogPolicy { max_size: 10 << 20, max_files: 5, keep_free: 0 }
+    }
+}
+
+/// Renames a full log to `<path>.<UTC time>` (the kubelet's names, without its
+/// compression) and deletes the oldest rotated files beyond `max_files - 1`.
+pub fn rotate(path: &Path, policy: &LogPolicy) -> std::io::Result<()> {
+    let stamp = chrono::DateTime::<chrono::Utc>::from(SystemTime::now()).format("%Y%m%d-%H%M%S%.6f");
+    let mut rotated = path.as_os_str().to_owned();
+    rotated.push(format!(".{stamp}"));
+    // two rotations within a microsecond (tiny limits) must not overwrite each other;
+    // `name.1` sorts after `name`, as it was made after it
+    let mut n = 0;
+    let mut target = std::path::PathBuf::from(&rotated);
+    while target.exists() {
+        n += 1;
+        target = format!("{}.{n}", rotated.to_string_lossy()).into();
+    }
+    std::fs::rename(path, &target)?;
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return Ok(()) };
+    let prefix = format!("{}.", name.to_string_lossy());
+    let mut old: Vec<std::path::PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect();
+    old.sort(); // the time stamps sort as the files were made
+    let keep = policy.max_files.max(2) as usize - 1;
+    for p in &old[..old.len().saturating_sub(keep)] {
+        let _ = std::fs::remove_file(p);
+    }
+    Ok(())
+}
+
 /// One container's log file, shared by its stdout and stderr writers.
 ///
 /// The file is opened when there is something to write, not before: an idle guest holds
 /// no descriptor (thirty thousand sleeping pods would otherwise need thirty thousand).
 /// A writer keeps its file open between writes while fewer than [`KEEP_OPEN`] logs are
 /// open across the process, and closes it after each write beyond that.
+///
+/// As with the kubelet's runtimes, a container never sees its log fail: output that
+/// cannot be written (the disk is full, or below [`LogPolicy::keep_free`]) is dropped
+/// and counted, and once writes succeed again a record on stderr says how much was lost.
 #[derive(Debug, Clone)]
 pub struct CriLog {
     inner: Arc<Mutex<Inner>>,
@@ -42,6 +96,9 @@ pub const KEEP_OPEN: usize = 512;
 
 static OPEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// How often a log that writes checks its filesystem's free space.
+const SPACE_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[derive(Debug)]
 struct Inner {
     path: std::path::PathBuf,
@@ -49,16 +106,43 @@ struct Inner {
     pending: [Vec<u8>; 2],
     /// Records made and not yet written.
     out: Vec<u8>,
+    policy: LogPolicy,
+    /// Bytes in the current file.
+    size: u64,
+    /// Output dropped since the last successful write, and why.
+    dropped: Option<Box<Dropped>>,
+    /// When free space was last checked, and whether it was short then.
+    space: Option<(std::time::Instant, bool)>,
+}
+
+#[derive(Debug)]
+struct Dropped {
+    bytes: u64,
+    why: String,
 }
 
 impl CriLog {
-    /// Creates the log file (and its directory) if it is not there; later writes append.
-    pub fn open(path: &Path) -> std::io::Result<CriLog> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-        let inner = Inner { path: path.to_path_buf(), file: None, pending: [Vec::new(), Vec::new()], out: Vec::new() };
+    /// The log at `path`. Nothing is made until there is something to write: the file
+    /// and its directories are created by the first write (a file already there is
+    /// appended to), so starting a guest that never writes costs the filesystem nothing
+    /// (the directories and the file were half the start of a Wasm pod with 30,000 live).
+    /// Readers take a missing file for an empty log.
+    pub fn open(path: &Path, policy: LogPolicy) -> std::io::Result<CriLog> {
+        let size = match std::fs::metadata(path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e),
+        };
+        let inner = Inner {
+            path: path.to_path_buf(),
+            file: None,
+            pending: [Vec::new(), Vec::new()],
+            out: Vec::new(),
+            policy,
+            size,
+            dropped: None,
+            space: None,
+        };
         Ok(CriLog { inner: Arc::new(Mutex::new(inner)) })
     }
 
@@ -78,7 +162,8 @@ impl CriLog {
             let part = std::mem::replace(&mut inner.pending[slot], rest);
             inner.record(stream, &part, false);
         }
-        inner.flush()
+        inner.flush();
+        Ok(())
     }
 
     /// Writes what is left of unfinished lines as full records (the container ended),
@@ -91,9 +176,9 @@ impl CriLog {
                 inner.record(stream, &line, true);
             }
         }
-        let r = inner.flush();
+        inner.flush();
         inner.close();
-        r
+        Ok(())
     }
 }
 
@@ -105,21 +190,90 @@ impl Inner {
         self.out.push(b'\n');
     }
 
-    /// Writes the records made so far, opening the file for them if it is closed.
-    fn flush(&mut self) -> std::io::Result<()> {
+    /// Writes the records made so far, opening the file for them if it is closed, or
+    /// drops and counts them when they cannot be written.
+    fn flush(&mut self) {
         if self.out.is_empty() {
-            return Ok(());
-        }
-        if self.file.is_none() {
-            self.file = Some(std::fs::OpenOptions::new().append(true).open(&self.path)?);
-            OPEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return;
         }
         let out = std::mem::take(&mut self.out);
-        let r = self.file.as_mut().expect("opened above").write_all(&out);
-        if r.is_err() || OPEN.load(std::sync::atomic::Ordering::Relaxed) > KEEP_OPEN {
+        if let Err(why) = self.write_out(&out) {
+            self.close();
+            let dropped = self.dropped.get_or_insert_with(|| {
+                tracing::warn!(log = %self.path.display(), %why, "container output is dropped until it can be written");
+                Box::new(Dropped { bytes: 0, why: String::new() })
+            });
+            dropped.bytes += out.len() as u64;
+            dropped.why = why;
+        }
+        if OPEN.load(std::sync::atomic::Ordering::Relaxed) > KEEP_OPEN {
             self.close();
         }
-        r
+    }
+
+    fn write_out(&mut self, out: &[u8]) -> Result<(), String> {
+        self.check_space()?;
+        let mut notice = Vec::new();
+        if let Some(d) = &self.dropped {
+            let _ = writeln!(
+                notice,
+                "{} stderr F wasmlet: {} bytes of this container's output were dropped: {}",
+                rfc3339_nano(SystemTime::now()),
+                d.bytes,
+                d.why
+            );
+        }
+        let len = (notice.len() + out.len()) as u64;
+        if self.policy.max_size > 0 && self.size > 0 && self.size + len > self.policy.max_size {
+            self.close();
+            rotate(&self.path, &self.policy).map_err(|e| format!("rotating {}: {e}", self.path.display()))?;
+            self.size = 0;
+        }
+        if self.file.is_none() {
+            let open = || std::fs::OpenOptions::new().create(true).append(true).open(&self.path);
+            let file = match open() {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => match self.path.parent() {
+                    Some(dir) => std::fs::create_dir_all(dir).and_then(|()| open()),
+                    None => Err(e),
+                },
+                r => r,
+            };
+            self.file = Some(file.map_err(|e| format!("opening {}: {e}", self.path.display()))?);
+            OPEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let file = self.file.as_mut().expect("opened above");
+        file.write_all(&notice).and_then(|()| file.write_all(out)).map_err(|e| e.to_string())?;
+        self.size += len;
+        self.dropped = None;
+        Ok(())
+    }
+
+    /// Refuses writes while the filesystem is below the free space kept, checking at
+    /// most every [`SPACE_CHECK_EVERY`].
+    fn check_space(&mut self) -> Result<(), String> {
+        if self.policy.keep_free == 0 {
+            return Ok(());
+        }
+        let now = std::time::Instant::now();
+        let short = match self.space {
+            Some((at, short)) if now.duration_since(at) < SPACE_CHECK_EVERY => short,
+            _ => {
+                // the nearest directory there is: the log's own is made by its first write
+                let free = self
+                    .path
+                    .ancestors()
+                    .skip(1)
+                    .find_map(|dir| rustix::fs::statvfs(dir).ok())
+                    .map_or(u64::MAX, |s| s.f_bavail.saturating_mul(s.f_frsize));
+                let short = free < self.policy.keep_free;
+                self.space = Some((now, short));
+                short
+            }
+        };
+        if short {
+            return Err(format!("its log's filesystem has less than {} bytes free", self.policy.keep_free));
+        }
+        Ok(())
     }
 
     fn close(&mut self) {
@@ -214,7 +368,7 @@ mod tests {
     fn lines_become_records_and_long_lines_split() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c/0.log");
-        let log = CriLog::open(&path).unwrap();
+        let log = CriLog::open(&path, LogPolicy::default()).unwrap();
         log.write(Stream::Stdout, b"hello\nwor").unwrap();
         log.write(Stream::Stderr, b"oops\n").unwrap();
         log.write(Stream::Stdout, b"ld\n").unwrap();
@@ -242,11 +396,12 @@ mod tests {
     fn an_idle_log_holds_no_descriptor() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c/0.log");
-        let logs: Vec<CriLog> = (0..50).map(|_| CriLog::open(&path).unwrap()).collect();
-        assert!(path.exists(), "the file is there for `logs` to read");
+        let logs: Vec<CriLog> = (0..50).map(|_| CriLog::open(&path, LogPolicy::default()).unwrap()).collect();
+        assert!(!path.parent().unwrap().exists(), "nothing made before a write: not the file, not its directory");
         assert!(logs.iter().all(|l| l.inner.lock().unwrap().file.is_none()), "nothing open before a write");
         logs[0].write(Stream::Stdout, b"partial").unwrap();
         assert!(logs[0].inner.lock().unwrap().file.is_none(), "an unfinished line writes nothing");
+        assert!(!path.exists());
         logs[0].write(Stream::Stdout, b" line\n").unwrap();
         logs[0].finish().unwrap();
         assert!(logs[0].inner.lock().unwrap().file.is_none(), "closed when the container ends");
@@ -257,7 +412,7 @@ mod tests {
     fn what_a_container_writes_comes_back_byte_for_byte() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c/0.log");
-        let log = CriLog::open(&path).unwrap();
+        let log = CriLog::open(&path, LogPolicy::default()).unwrap();
         let written: &[u8] = b"\xff\xfe not UTF-8\r\nsplit \xe2\x82";
         log.write(Stream::Stdout, written).unwrap();
         log.write(Stream::Stdout, b"\xac euro\n").unwrap();
@@ -265,6 +420,69 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         let back: Vec<u8> = records(&bytes).flat_map(|r| [r.line, if r.full { b"\n" } else { b"" }].concat()).collect();
         assert_eq!(back, b"\xff\xfe not UTF-8\r\nsplit \xe2\x82\xac euro\n");
+    }
+
+    #[test]
+    fn a_log_rotates_at_its_max_size_and_keeps_max_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c/0.log");
+        let policy = LogPolicy { max_size: 1000, max_files: 3, keep_free: 0 };
+        let log = CriLog::open(&path, policy).unwrap();
+        for i in 0..60 {
+            log.write(Stream::Stdout, format!("line {i:03} {}\n", "x".repeat(80)).as_bytes()).unwrap();
+        }
+        log.finish().unwrap();
+        let mut files: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        assert_eq!(files.len(), 3, "the current file and two rotated ones: {files:?}");
+        assert_eq!(files[0], path);
+        assert!(files[1].to_string_lossy().starts_with(&format!("{}.", path.display())));
+        // every file within the limit, and together the newest lines in order, none cut
+        let mut lines = Vec::new();
+        for f in files[1..].iter().chain([&files[0]]) {
+            let bytes = std::fs::read(f).unwrap();
+            assert!(bytes.len() <= 1000, "{} is {} bytes", f.display(), bytes.len());
+            lines.extend(records(&bytes).map(|r| String::from_utf8_lossy(&r.line[..8]).into_owned()));
+        }
+        assert_eq!(lines.last().unwrap(), "line 059");
+        let first: usize = lines[0][5..].parse().unwrap();
+        assert_eq!(lines, (first..60).map(|i| format!("line {i:03}")).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn output_that_cannot_be_written_is_dropped_counted_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c/0.log");
+        let log = CriLog::open(&path, LogPolicy { keep_free: u64::MAX, ..LogPolicy::default() }).unwrap();
+        // below the free space kept: the container's writes succeed, nothing is written
+        log.write(Stream::Stdout, b"lost 1\n").unwrap();
+        log.write(Stream::Stderr, b"lost 2\n").unwrap();
+        assert!(!path.exists(), "nothing written");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"").unwrap();
+        // the file cannot be opened (a directory took its place): dropped too
+        {
+            let mut inner = log.inner.lock().unwrap();
+            inner.policy.keep_free = 0;
+            inner.space = None;
+        }
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        log.write(Stream::Stdout, b"lost 3\n").unwrap();
+        std::fs::remove_dir(&path).unwrap();
+        // writes resume, saying first what was lost
+        log.write(Stream::Stdout, b"kept\n").unwrap();
+        log.finish().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let got: Vec<(&str, String)> =
+            records(&bytes).map(|r| (r.stream, String::from_utf8_lossy(r.line).into_owned())).collect();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0].0, "stderr");
+        assert!(got[0].1.contains(" bytes of this container's output were dropped: "), "{}", got[0].1);
+        assert!(got[0].1.contains("were dropped: opening "), "the last reason: {}", got[0].1);
+        assert_eq!(got[1], ("stdout", "kept".to_string()));
+        let dropped: u64 = got[0].1["wasmlet: ".len()..].split(' ').next().unwrap().parse().unwrap();
+        assert_eq!(dropped, 3 * (30 + " stdout F lost 1\n".len() as u64), "every dropped record counted");
     }
 
     #[test]

@@ -78,8 +78,10 @@ impl std::fmt::Debug for WasmRuntime {
 
 struct Inner {
     engine: Engine,
-    p1: wasmtime::Linker<P1Host>,
-    p2: wasmtime::component::Linker<P2Host>,
+    /// The WASI (and wasi:http) host functions, made with the first guest of each kind:
+    /// an agent that runs none, or only Linux containers, never pays for them.
+    p1: std::sync::OnceLock<wasmtime::Linker<P1Host>>,
+    p2: std::sync::OnceLock<wasmtime::component::Linker<P2Host>>,
     cache_dir: PathBuf,
     compat: String,
     loaded: Mutex<HashMap<String, Loaded>>,
@@ -212,11 +214,6 @@ impl WasmRuntime {
             message: format!("{e:#}"),
         };
         let (engine, pool) = engine(&config).map_err(fail)?;
-        let mut p1 = wasmtime::Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_async(&mut p1, |h: &mut P1Host| &mut h.wasi).map_err(fail)?;
-        let mut p2 = wasmtime::component::Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut p2).map_err(fail)?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut p2).map_err(fail)?;
         std::fs::create_dir_all(&config.cache_dir).map_err(|source| Error::Io {
             context: "create compile cache".into(),
             path: config.cache_dir.clone(),
@@ -239,8 +236,8 @@ impl WasmRuntime {
         Ok(WasmRuntime {
             inner: Arc::new(Inner {
                 engine,
-                p1,
-                p2,
+                p1: std::sync::OnceLock::new(),
+                p2: std::sync::OnceLock::new(),
                 cache_dir: config.cache_dir,
                 compat,
                 loaded: Mutex::new(HashMap::new()),
@@ -261,15 +258,19 @@ impl WasmRuntime {
         self.inner.pool
     }
 
+    /// The module or component with this digest, if it is loaded.
+    fn memo(&self, digest: &str) -> Option<Loaded> {
+        self.inner.loaded.lock().unwrap_or_else(|e| e.into_inner()).get(digest).cloned()
+    }
+
     /// Compiles (or loads from the cache) and pre-links a module or component.
     fn load(&self, path: &Path, digest: &str) -> Result<Loaded> {
-        let memo = || self.inner.loaded.lock().unwrap_or_else(|e| e.into_inner()).get(digest).cloned();
-        if let Some(l) = memo() {
+        if let Some(l) = self.memo(digest) {
             return Ok(l);
         }
         // One loader at a time: two pods starting the same new module compile it once.
         let _loading = self.inner.loading.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(l) = memo() {
+        if let Some(l) = self.memo(digest) {
             return Ok(l);
         }
         let fail = |context: &'static str, message: String| Error::Wasm { id: digest.into(), context, message };
@@ -300,14 +301,16 @@ impl WasmRuntime {
                 #[allow(unsafe_code)]
                 let module = unsafe { Module::deserialize_file(&self.inner.engine, &cached) }
                     .map_err(|e| fail("load compiled code", format!("{e:#}")))?;
-                Loaded::Module(self.inner.p1.instantiate_pre(&module).map_err(|e| fail("link", format!("{e:#}")))?)
+                let linker = self.p1().map_err(|e| fail("link", format!("{e:#}")))?;
+                Loaded::Module(linker.instantiate_pre(&module).map_err(|e| fail("link", format!("{e:#}")))?)
             }
             WasmBinary::Component => {
                 // SAFETY: as above, written by `precompile_component` of a compatible engine.
                 #[allow(unsafe_code)]
                 let component = unsafe { Component::deserialize_file(&self.inner.engine, &cached) }
                     .map_err(|e| fail("load compiled code", format!("{e:#}")))?;
-                let pre = self.inner.p2.instantiate_pre(&component).map_err(|e| fail("link", format!("{e:#}")))?;
+                let linker = self.p2().map_err(|e| fail("link", format!("{e:#}")))?;
+                let pre = linker.instantiate_pre(&component).map_err(|e| fail("link", format!("{e:#}")))?;
                 match ProxyPre::new(pre.clone()) {
                     Ok(proxy) => Loaded::Http(proxy),
                     Err(_) => Loaded::Component(CommandPre::new(pre).map_err(|e| {
@@ -318,6 +321,27 @@ impl WasmRuntime {
         };
         self.inner.loaded.lock().unwrap_or_else(|e| e.into_inner()).insert(digest.to_string(), loaded.clone());
         Ok(loaded)
+    }
+
+    /// The WASI preview 1 host functions (built once; loads run under `loading`).
+    fn p1(&self) -> wasmtime::Result<&wasmtime::Linker<P1Host>> {
+        if let Some(l) = self.inner.p1.get() {
+            return Ok(l);
+        }
+        let mut l = wasmtime::Linker::new(&self.inner.engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut l, |h: &mut P1Host| &mut h.wasi)?;
+        Ok(self.inner.p1.get_or_init(|| l))
+    }
+
+    /// The WASI preview 2 and wasi:http host functions (built once, as [`Self::p1`]).
+    fn p2(&self) -> wasmtime::Result<&wasmtime::component::Linker<P2Host>> {
+        if let Some(l) = self.inner.p2.get() {
+            return Ok(l);
+        }
+        let mut l = wasmtime::component::Linker::new(&self.inner.engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut l)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut l)?;
+        Ok(self.inner.p2.get_or_init(|| l))
     }
 
     fn sink(&self) -> Option<EventSink> {
@@ -416,8 +440,13 @@ impl Runtime for WasmRuntime {
                 source: ConfigError::WrongArtifact("a filesystem image", RuntimeKind::Wasm),
             });
         };
-        let (this, path, digest) = (self.clone(), path.clone(), digest.clone());
-        tokio::task::spawn_blocking(move || this.load(&path, &digest)).await.expect("load task panicked")?;
+        // a module already loaded is ready; only reading and compiling one goes to a
+        // blocking thread (handing every start to one cost a thread's wake-up, and at
+        // times its creation: the slowest part of a start with 30,000 pods live)
+        if self.memo(digest).is_none() {
+            let (this, path, digest) = (self.clone(), path.clone(), digest.clone());
+            tokio::task::spawn_blocking(move || this.load(&path, &digest)).await.expect("load task panicked")?;
+        }
         let (state, _) = watch::channel(ContainerState::Created);
         let container = Arc::new(Container { config, state, task: Mutex::new(None), meter: Default::default() });
         self.inner.containers.lock().unwrap_or_else(|e| e.into_inner()).insert(container.config.id.clone(), container);
@@ -428,7 +457,7 @@ impl Runtime for WasmRuntime {
         let c = self.container(id)?;
         let crate::Artifact::Wasm { digest, path } = &c.config.artifact else { unreachable!("checked at create") };
         let loaded = self.load(path, digest)?;
-        let log = CriLog::open(&c.config.log_path).map_err(|source| Error::Io {
+        let log = CriLog::open(&c.config.log_path, c.config.log).map_err(|source| Error::Io {
             context: "open container log".into(),
             path: c.config.log_path.clone(),
             source,
