@@ -4,8 +4,9 @@
 //!   `wasmlet_pod_start_duration_seconds`), over `START_PODS` pods (default 1,000),
 //!   against `wasmtime run` of the same module as a process, from wasmtime's warm cache;
 //! - agent RSS, open files and mappings per idle (sleeping) Wasm pod, and pod start
-//!   p50/p99 with that many pods live, at 1,000, 5,000, 10,000, 20,000 and 30,000 pods
-//!   (`DENSITY`); then one pod past the pool, and what refused it;
+//!   p50/p99 with that many pods live (`DENSITY_PROBES` started one at a time, default
+//!   200), at 1,000, 5,000, 10,000, 20,000 and 30,000 pods (`DENSITY`); then one pod
+//!   past the pool, and what refused it;
 //! - agent idle RSS; release binary size.
 //!
 //! The peer is wasmtime-cli 48 (`scripts/setup-bench.sh` installs it under
@@ -21,15 +22,19 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 use support::{WASMLET, cli, pss_kib, rss_kib};
 
-/// Every pod start latency the agent measured, in µs.
-fn start_samples(state: &std::path::Path) -> Vec<f64> {
+/// The pod start latencies (µs) the agent measured after the first `since` of them (it
+/// keeps the last 65,536), and how many it measured in all.
+fn starts_since(state: &std::path::Path, since: u64) -> (Vec<f64>, u64) {
     let sock = state.join("wasmlet.sock");
     let out = Command::new("curl")
         .args(["-s", "--unix-socket", sock.to_str().unwrap(), "http://wasmlet/v1/stats/pod-starts"])
         .output()
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["microseconds"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    let recent: Vec<f64> = v["microseconds"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    let total = v["total"].as_u64().unwrap();
+    let new = (total.saturating_sub(since) as usize).min(recent.len());
+    (recent[recent.len() - new..].to_vec(), total)
 }
 
 fn pods_yaml(prefix: &str, from: usize, to: usize, image: &str, args: &str) -> String {
@@ -62,8 +67,11 @@ fn wait_running(state: &std::path::Path, n: usize) -> Duration {
     t.elapsed()
 }
 
-/// Pods started one at a time at each density step, for its start latencies.
-const PROBES: usize = 50;
+/// Pods started one at a time at each density step, for its start latencies
+/// (`DENSITY_PROBES`, default 200: the p99 of 200 is their third slowest, not the max).
+fn probes() -> usize {
+    std::env::var("DENSITY_PROBES").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(200)
+}
 
 fn pct(v: &[f64], p: f64) -> f64 {
     v[((v.len() as f64 * p).ceil() as usize).saturating_sub(1)]
@@ -76,6 +84,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let start_pods: usize = std::env::var("START_PODS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let per_step = probes();
     let density: Vec<usize> = std::env::var("DENSITY")
         .unwrap_or_else(|_| "1000,5000,10000,20000,30000".into())
         .split(',')
@@ -94,7 +103,7 @@ fn main() {
 
     let size = std::fs::metadata(WASMLET).unwrap().len();
     // a pool of exactly the largest density step: the pod after it is refused
-    let most = density.iter().copied().max().unwrap_or(0).max(2 * start_pods + 1 + PROBES);
+    let most = density.iter().copied().max().unwrap_or(0).max(2 * start_pods + 1 + per_step);
     let pool = most.to_string();
     let mut agent: Child = support::start_agent_with(state.path(), &["--max-wasm-instances", &pool]);
     std::thread::sleep(Duration::from_secs(1));
@@ -104,15 +113,15 @@ fn main() {
     apply(state.path(), &pods_yaml("warm", 0, 1, &image, "[\"86400\"]"));
     wait_running(state.path(), 1);
     let (base, base_pss) = (rss_kib(agent.id()), pss_kib(agent.id()));
-    assert_eq!(start_samples(state.path()).len(), 1, "the warm-up pod was timed");
+    assert_eq!(starts_since(state.path(), 0).1, 1, "the warm-up pod was timed");
 
     // pod start latency: START_PODS pods applied one at a time (no queueing)
     for i in 0..start_pods {
         apply(state.path(), &pods_yaml("s", i, i + 1, &image, "[\"86400\"]"));
     }
     wait_running(state.path(), start_pods + 1);
-    let samples = start_samples(state.path());
-    let mut one_by_one: Vec<f64> = samples[1..].iter().map(|us| us / 1e6).collect();
+    let (samples, _) = starts_since(state.path(), 1);
+    let mut one_by_one: Vec<f64> = samples.iter().map(|us| us / 1e6).collect();
     one_by_one.sort_by(|a, b| a.total_cmp(b));
     let (p50, p99) = (pct(&one_by_one, 0.5), pct(&one_by_one, 0.99));
     // throughput: a batch of START_PODS pods in one manifest
@@ -161,10 +170,10 @@ fn main() {
     let (fds0, maps0) = counts(agent.id());
     let mut rows = vec![(live, rss_kib(agent.id()), pss_kib(agent.id()), fds0, maps0, None)];
     for target in density.iter().copied() {
-        if target < live + PROBES {
+        if target < live + per_step {
             continue;
         }
-        let bulk = target - PROBES;
+        let bulk = target - per_step;
         for b in (live..bulk).step_by(500) {
             apply(state.path(), &pods_yaml("d", b, (b + 500).min(bulk), &image, "[\"86400\"]"));
         }
@@ -175,13 +184,13 @@ fn main() {
         std::thread::sleep(Duration::from_secs(35));
         let (fds, maps) = counts(agent.id());
         let (rss, pss) = (rss_kib(agent.id()), pss_kib(agent.id()));
-        // starts with this many pods live: PROBES pods one at a time
-        let before = start_samples(state.path()).len();
-        for i in 0..PROBES {
+        // starts with this many pods live: `per_step` pods one at a time
+        let before = starts_since(state.path(), 0).1;
+        for i in 0..per_step {
             apply(state.path(), &pods_yaml(&format!("p{target}-"), i, i + 1, &image, "[\"86400\"]"));
         }
         wait_running(state.path(), target);
-        let mut starts: Vec<f64> = start_samples(state.path())[before..].iter().map(|us| us / 1e3).collect();
+        let mut starts: Vec<f64> = starts_since(state.path(), before).0.iter().map(|us| us / 1e3).collect();
         starts.sort_by(|a, b| a.total_cmp(b));
         live = target;
         rows.push((bulk, rss, pss, fds, maps, Some((pct(&starts, 0.5), pct(&starts, 0.99)))));

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::common::free_port;
 use crate::control_plane::{BOOTSTRAP_TOKEN, ControlPlane, Partition};
-use crate::harness::{Agent, Apps, push_busybox};
+use crate::harness::{Agent, Apps, Tmpfs, fill, push_busybox};
 
 const NODE: &str = "edge-1";
 
@@ -30,6 +30,13 @@ struct Cluster {
     dir: tempfile::TempDir,
 }
 
+/// The hard eviction thresholds the tests' nodes run with, unless a test gives its own.
+/// With the kubelet's defaults a node on one disk is in DiskPressure below 15 % free
+/// (`imagefs.available`), and the disks of the shared machines the tests run on are
+/// often fuller than that: the control plane would taint the node and the scheduler keep
+/// every pod away, as it did in one CI run. Pressure itself is tested on a tmpfs.
+const TEST_EVICTION: &str = "memory.available<100Mi,nodefs.available<256Mi,imagefs.available<256Mi";
+
 /// `serve` flags for a node named `edge-1` on loopback, its kubelet API on `port`.
 fn node_flags(kubeconfig: &std::path::Path, port: u16, extra: &[&str]) -> Vec<String> {
     let mut flags: Vec<String> = ["--kubeconfig", kubeconfig.to_str().unwrap(), "--node-name", NODE]
@@ -38,6 +45,9 @@ fn node_flags(kubeconfig: &std::path::Path, port: u16, extra: &[&str]) -> Vec<St
         .map(String::from)
         .collect();
     flags.push(port.to_string());
+    if !extra.contains(&"--eviction-hard") {
+        flags.extend(["--eviction-hard".to_string(), TEST_EVICTION.to_string()]);
+    }
     flags.extend(extra.iter().map(|s| s.to_string()));
     flags
 }
@@ -51,6 +61,11 @@ impl Cluster {
     /// With `token`, the node's kubeconfig holds a bearer token for `system:node:edge-1`
     /// instead of a client certificate. `cm_flags` go to the controller-manager.
     async fn start_as(token: bool, cm_flags: &[&str]) -> Cluster {
+        Self::start_in(token, cm_flags, tempfile::tempdir().unwrap(), &[]).await
+    }
+
+    /// The agent on the state directory the test prepared, with `flags` added.
+    async fn start_in(token: bool, cm_flags: &[&str], state: tempfile::TempDir, flags: &[&str]) -> Cluster {
         let api = ControlPlane::start_with(cm_flags).await;
         let admin = api.admin().await;
         let net = Partition::start(api.api_port).await;
@@ -67,14 +82,10 @@ impl Cluster {
         tokio::task::block_in_place(|| api.apply(&rc.unwrap()));
         let port = free_port();
         let mut c = Cluster { api, net, admin, agent: None, port, dir };
-        c.start_agent(&kubeconfig);
-        c
-    }
-
-    fn start_agent(&mut self, kubeconfig: &std::path::Path) {
-        let flags = node_flags(kubeconfig, self.port, &["--node-labels", "site=lab"]);
+        let flags = node_flags(&kubeconfig, c.port, &[&["--node-labels", "site=lab"], flags].concat());
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-        self.agent = Some(tokio::task::block_in_place(|| Agent::start_with(&flags)));
+        c.agent = Some(tokio::task::block_in_place(|| Agent::start_in(state, &flags)));
+        c
     }
 
     fn agent(&self) -> &Agent {
@@ -84,7 +95,8 @@ impl Cluster {
     /// The end of the agent's log, for failure messages.
     fn log(&self) -> String {
         let log = std::fs::read_to_string(self.agent().state_dir().join("serve.log")).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        let lines = std::env::var("WASMLET_TEST_LOG_LINES").ok().and_then(|n| n.parse().ok()).unwrap_or(30);
+        let tail: Vec<&str> = log.lines().rev().take(lines).collect();
         tail.into_iter().rev().collect::<Vec<_>>().join("\n")
     }
 
@@ -1134,10 +1146,12 @@ async fn the_real_scheduler_and_controllers_run_deployments_and_jobs_here_and_ku
         }
         assert!(
             Instant::now() < deadline,
-            "deployment {} job {}\n{}",
+            "deployment {} job {}\n{}\nthe node: {}\n{}",
             d["status"],
             j["status"],
-            c.kubectl(&["get", "pods", "-o", "wide"])
+            c.kubectl(&["get", "pods", "-o", "wide"]),
+            c.kubectl(&["get", "node", NODE, "-o", "jsonpath={.spec.taints} {.status.conditions}"]),
+            c.kubectl(&["get", "events", "--field-selector", "reason=FailedScheduling"]),
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -1270,6 +1284,95 @@ async fn the_real_scheduler_and_controllers_run_deployments_and_jobs_here_and_ku
         assert!(Instant::now() < deadline, "{n} sleepers still on the node");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The node's DiskPressure as the kubelet's defaults have it, on a state directory the
+/// test fills: the real node lifecycle controller taints the node, the real scheduler
+/// keeps a new pod away, and both undo it once the space is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn disk_pressure_taints_the_node_against_new_pods_until_space_returns() {
+    let apps = tokio::task::block_in_place(|| Apps::push(&["sleep"]));
+    let state = tempfile::tempdir().unwrap();
+    // 1 GiB: imagefs.available<15% trips at 153 MiB free, well above the 64 MiB the
+    // agent keeps for its own state
+    let disk = Tmpfs::mount(state.path(), "1g");
+    let kubelet_defaults = "memory.available<100Mi,nodefs.available<10%,nodefs.inodesFree<5%,imagefs.available<15%";
+    let c = Cluster::start_in(false, &[], state, &["--eviction-hard", kubelet_defaults]).await;
+    c.wait_node_ready("True", Duration::from_secs(30)).await;
+    let nodes: Api<Node> = Api::all(c.admin.clone());
+    let wait_node = |what: &'static str, check: fn(&Node) -> bool| {
+        let nodes = nodes.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(45);
+            loop {
+                let n = nodes.get(NODE).await.unwrap();
+                if check(&n) {
+                    return n;
+                }
+                assert!(Instant::now() < deadline, "the node is not {what} within 45 s: {:?}", n.status);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    };
+    fn tainted(n: &Node) -> bool {
+        n.spec
+            .as_ref()
+            .and_then(|s| s.taints.as_ref())
+            .is_some_and(|t| t.iter().any(|t| t.key == "node.kubernetes.io/disk-pressure" && t.effect == "NoSchedule"))
+    }
+    assert_eq!(node_condition(&wait_node("registered", |_| true).await, "DiskPressure").as_deref(), Some("False"));
+
+    // 100 MiB left of 1 GiB
+    let filler = c.agent().state_dir().join("filler");
+    tokio::task::block_in_place(|| fill(&disk, &filler, 100 << 20));
+    let n = wait_node("in DiskPressure", |n| node_condition(n, "DiskPressure").as_deref() == Some("True")).await;
+    let cond = n.status.unwrap().conditions.unwrap().into_iter().find(|c| c.type_ == "DiskPressure").unwrap();
+    assert_eq!(cond.reason.as_deref(), Some("KubeletHasDiskPressure"));
+    wait_node("tainted node.kubernetes.io/disk-pressure:NoSchedule", tainted).await;
+    // the event is recorded on its own, after the status: it may come a moment later
+    let events: Api<Event> = Api::namespaced(c.admin.clone(), "default");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let node_events = events.list(&Default::default()).await.unwrap();
+        if node_events.items.iter().any(|e| e.reason.as_deref() == Some("NodeHasDiskPressure")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no NodeHasDiskPressure event within 15 s: {:?}",
+            node_events.items.iter().map(|e| e.reason.clone()).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // a new pod is kept away, naming the taint
+    c.api.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: waits\nspec:\n  runtimeClassName: wasmlet\n  containers:\n  - name: app\n    image: {}\n    args: [\"3600\"]\n",
+        apps.image("sleep", "v1")
+    ));
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let list = events.list(&Default::default()).await.unwrap();
+        let failed = list.items.iter().find(|e| {
+            e.involved_object.name.as_deref() == Some("waits") && e.reason.as_deref() == Some("FailedScheduling")
+        });
+        if let Some(e) = failed {
+            assert!(e.message.as_deref().unwrap_or("").contains("disk-pressure"), "{:?}", e.message);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no FailedScheduling for the pod:\n{}", c.kubectl(&["get", "events"]));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let p = c.pods().get("waits").await.unwrap();
+    assert_eq!(p.spec.unwrap().node_name, None, "not placed while the node is under pressure");
+
+    // the space comes back: the condition, the taint and the pod follow
+    std::fs::remove_file(&filler).unwrap();
+    wait_node("out of DiskPressure", |n| node_condition(n, "DiskPressure").as_deref() == Some("False")).await;
+    wait_node("untainted", |n| !tainted(n)).await;
+    c.wait_pod_for("waits", "Running once the taint is gone", Duration::from_secs(90), running).await;
+    drop(c);
+    drop(disk);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -73,7 +73,8 @@ impl Agent {
             .args(TEST_NETWORK)
             .args(&self.flags)
             .env("DOCKER_CONFIG", self.state_dir().join("no-docker-config"))
-            .env("WASMLET_LOG", "wasmlet=info")
+            // WASMLET_TEST_LOG=wasmlet=debug for more when a test fails
+            .env("WASMLET_LOG", std::env::var("WASMLET_TEST_LOG").unwrap_or_else(|_| "wasmlet=info".into()))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -199,7 +200,11 @@ impl Drop for Agent {
                     }
                 }
             }
-            for p in self.pods() {
+            // (no panic here: a panic while a failed test unwinds aborts, and the agent
+            // would be left running)
+            let out = self.cli(&["get", "pods", "-A", "-o", "json"]);
+            let list: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            for p in list["items"].as_array().into_iter().flatten() {
                 let (ns, name) = (p["metadata"]["namespace"].as_str(), p["metadata"]["name"].as_str());
                 if let (Some(ns), Some(name)) = (ns, name) {
                     let _ = self.cli(&["delete", "pod", name, "-n", ns, "--grace-period", "0"]);
@@ -213,16 +218,21 @@ impl Drop for Agent {
 /// A busybox image (static busybox, every applet linked) built with umoci and pushed
 /// to `registry` as `busybox:TAG`, for the given architecture.
 pub fn push_busybox(registry: &Registry, arch: &str, tag: &str) -> String {
-    push_busybox_image(registry, arch, tag, true)
+    push_busybox_image(registry, arch, tag, true, &|_| {})
+}
+
+/// busybox as [`push_busybox`] makes it, with what `extra` adds to its root filesystem.
+pub fn push_busybox_with(registry: &Registry, tag: &str, extra: &dyn Fn(&Path)) -> String {
+    push_busybox_image(registry, "amd64", tag, true, extra)
 }
 
 /// busybox as Docker Hub ships it: no ENTRYPOINT, `CMD ["sh"]`, for the pods people
 /// copy from the Kubernetes documentation.
 pub fn push_busybox_like_hub(registry: &Registry, tag: &str) -> String {
-    push_busybox_image(registry, "amd64", tag, false)
+    push_busybox_image(registry, "amd64", tag, false, &|_| {})
 }
 
-fn push_busybox_image(registry: &Registry, arch: &str, tag: &str, entrypoint: bool) -> String {
+fn push_busybox_image(registry: &Registry, arch: &str, tag: &str, entrypoint: bool, extra: &dyn Fn(&Path)) -> String {
     let umoci = crate::common::require("umoci", "umoci");
     let busybox = Path::new("/bin/busybox");
     assert!(busybox.is_file(), "/bin/busybox is missing: install it with `apt-get install -y busybox-static`");
@@ -260,6 +270,7 @@ fn push_busybox_image(registry: &Registry, arch: &str, tag: &str, entrypoint: bo
         .unwrap();
         std::fs::set_permissions(&printenv, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
+    extra(&rootfs);
     run(&["repack", "--image", &image, bundle.to_str().unwrap()]);
     if entrypoint {
         run(&["config", "--image", &image, "--os", "linux", "--architecture", arch, "--config.entrypoint", "/bin/sh"]);
@@ -397,4 +408,45 @@ impl Interactive {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// A tmpfs of `size` mounted on a directory, unmounted when dropped.
+pub struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("mount (util-linux) is needed");
+        assert!(status.success(), "mounting a tmpfs on {} (the tests run as root)", dir.display());
+        Tmpfs(dir.to_path_buf())
+    }
+
+    pub fn free(&self) -> u64 {
+        let fs = rustix::fs::statvfs(&self.0).unwrap();
+        fs.f_bavail * fs.f_frsize
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Writes a filler file until the filesystem has at most `free` bytes free (0: until a
+/// write fails for want of space).
+pub fn fill(disk: &Tmpfs, filler: &std::path::Path, free: u64) {
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(filler).unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    while disk.free() > free {
+        let n = if free == 0 { chunk.len() } else { chunk.len().min((disk.free() - free) as usize) };
+        if let Err(e) = f.write_all(&chunk[..n]) {
+            assert!(free == 0 && e.raw_os_error() == Some(28), "filling the disk: {e}");
+            break;
+        }
+    }
+    let _ = f.sync_all();
 }

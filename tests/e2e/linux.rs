@@ -313,12 +313,20 @@ fn images_show_size_and_last_use_and_unused_ones_are_pruned() {
     assert!(!agent.ok(&["images"]).contains("busybox"));
     assert_eq!(layers(), 0, "unpacked layers removed");
 
-    // under disk pressure (thresholds at 0 %) unused images go without being asked
+    // under disk pressure (thresholds at 0 %) unused images go without being asked; a
+    // finished pod still stored keeps its image, across a restart of the agent too
     agent.ok(&["pull", &apps.image("hello", "v1")]);
+    agent.apply(&sh_pod("done", &image, "Never", 0, "true", ""));
+    agent.wait_pod("done", "Succeeded", |p| phase(p) == "Succeeded");
     agent.flags = vec!["--image-gc-high-threshold".into(), "0".into(), "--image-gc-low-threshold".into(), "0".into()];
     agent.restart();
     crate::common::wait_until(Duration::from_secs(10), "disk-pressure GC", || {
         !agent.ok(&["images"]).contains("apps/hello")
+    });
+    assert!(agent.ok(&["images"]).contains("busybox"), "the finished pod's image is kept");
+    agent.ok(&["delete", "pod", "done"]);
+    crate::common::wait_until(Duration::from_secs(40), "GC of the deleted pod's image", || {
+        !agent.ok(&["images"]).contains("busybox")
     });
 }
 

@@ -81,5 +81,8 @@ pub fn node_flags(kubeconfig: &std::path::Path, node: &str, port: u16, max_pods:
     let kubeconfig = kubeconfig.to_str().unwrap();
     let (port, max_pods) = (port.to_string(), max_pods.to_string());
     let flags = ["--kubeconfig", kubeconfig, "--node-name", node, "--node-ip", "127.0.0.1", "--address", "127.0.0.1"];
-    flags.into_iter().chain(["--port", &port, "--max-pods", &max_pods]).map(String::from).collect()
+    // absolute thresholds: with the kubelet's percentages a node on a shared disk more
+    // than 85 % full is in DiskPressure, tainted, and the scheduler places nothing on it
+    let eviction = ["--eviction-hard", "memory.available<100Mi,nodefs.available<256Mi,imagefs.available<256Mi"];
+    flags.into_iter().chain(["--port", &port, "--max-pods", &max_pods]).chain(eviction).map(String::from).collect()
 }

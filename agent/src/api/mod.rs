@@ -16,7 +16,7 @@
 //! | `GET /v1/images` | pulled images |
 //! | `POST /v1/images/prune` | removes images no pod uses; returns them |
 //! | `GET /v1/metrics` | Prometheus text: pod start latency, HTTP requests refused over the cap |
-//! | `GET /v1/stats/pod-starts` | every pod start latency measured, in µs, in order |
+//! | `GET /v1/stats/pod-starts` | the last 65,536 pod start latencies, in µs, in order, and how many in all |
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -84,8 +84,9 @@ async fn handle(mgr: Arc<Manager>, req: Request<Incoming>) -> Result<Response<Bo
     match (req.method().clone(), parts.as_slice()) {
         (Method::GET, ["v1", "healthz"]) => Ok(json_response(StatusCode::OK, &json!({"ok": true}))),
         (Method::GET, ["v1", "stats", "pod-starts"]) => {
-            let micros: Vec<u128> = mgr.start_latencies().iter().map(|d| d.as_micros()).collect();
-            Ok(json_response(StatusCode::OK, &json!({"microseconds": micros})))
+            let (recent, total) = mgr.start_latencies();
+            let micros: Vec<u128> = recent.iter().map(|d| d.as_micros()).collect();
+            Ok(json_response(StatusCode::OK, &json!({"total": total, "microseconds": micros})))
         }
         (Method::GET, ["v1", "metrics"]) => Ok(Response::builder()
             .header("content-type", "text/plain; version=0.0.4")
@@ -162,9 +163,11 @@ async fn handle(mgr: Arc<Manager>, req: Request<Incoming>) -> Result<Response<Bo
     }
 }
 
-/// Prometheus text: pod start latency quantiles and the live pod count.
+/// Prometheus text: pod start latency quantiles (of the most recent starts) and the live
+/// pod count.
 fn metrics(mgr: &Manager) -> String {
-    let mut samples: Vec<f64> = mgr.start_latencies().iter().map(|d| d.as_secs_f64()).collect();
+    let (recent, _) = mgr.start_latencies();
+    let mut samples: Vec<f64> = recent.iter().map(|d| d.as_secs_f64()).collect();
     samples.sort_by(|a, b| a.total_cmp(b));
     let q =
         |p: f64| samples.get(((samples.len() as f64 * p).ceil() as usize).saturating_sub(1)).copied().unwrap_or(0.0);
@@ -174,8 +177,9 @@ fn metrics(mgr: &Manager) -> String {
     for p in [0.5, 0.9, 0.99] {
         out.push_str(&format!("wasmlet_pod_start_duration_seconds{{quantile=\"{p}\"}} {:.9}\n", q(p)));
     }
-    out.push_str(&format!("wasmlet_pod_start_duration_seconds_sum {:.9}\n", samples.iter().sum::<f64>()));
-    out.push_str(&format!("wasmlet_pod_start_duration_seconds_count {}\n", samples.len()));
+    let totals = mgr.start_totals();
+    out.push_str(&format!("wasmlet_pod_start_duration_seconds_sum {:.9}\n", totals.sum));
+    out.push_str(&format!("wasmlet_pod_start_duration_seconds_count {}\n", totals.count));
     out.push_str(
         "# HELP wasmlet_http_requests_rejected_total Requests refused with 503 for being over a container's http-max-concurrency.\n",
     );

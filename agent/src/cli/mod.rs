@@ -49,7 +49,7 @@ pub struct Global {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the agent: the local API, the pods, the image store.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Create or update Pods, ConfigMaps, Secrets, Deployments and Jobs from a manifest (multi-document YAML).
     Apply(apply::ApplyArgs),
     /// List pods, events, configmaps, secrets, deployments or jobs.
@@ -81,7 +81,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     rt.block_on(async {
         let g = &cli.global;
         match cli.command {
-            Command::Serve(args) => serve::run(g, args).await,
+            Command::Serve(args) => serve::run(g, *args).await,
             Command::Apply(args) => apply::run(g, args).await,
             Command::ExplainSupport => {
                 print!("{}", crate::spec::support::render());

@@ -69,6 +69,15 @@ pub struct ClusterArgs {
     /// …and the burst above that.
     #[arg(long, default_value_t = 400)]
     pub kube_api_burst: u32,
+    /// Hard eviction thresholds, SIGNAL<AMOUNT comma-separated, as the kubelet's: the
+    /// node reports MemoryPressure, DiskPressure or PIDPressure below them (the control
+    /// plane then taints it against new pods), and allocatable is capacity less them.
+    /// Signals: memory.available, nodefs.available, nodefs.inodesFree, imagefs.available,
+    /// imagefs.inodesFree (both filesystems are the state directory's), pid.available;
+    /// amounts are quantities or percentages. Given at all, a signal left out has none.
+    #[arg(long, default_value = crate::cluster::eviction::DEFAULT, value_name = "THRESHOLDS",
+          value_parser = crate::cluster::eviction::Thresholds::parse)]
+    pub eviction_hard: crate::cluster::eviction::Thresholds,
 }
 
 impl ClusterArgs {
@@ -103,6 +112,7 @@ impl ClusterArgs {
             serving_csr: self.rotate_server_certificates,
             qps: self.kube_api_qps,
             burst: self.kube_api_burst,
+            eviction: self.eviction_hard,
         }))
     }
 }
@@ -159,6 +169,37 @@ pub struct RuntimeArgs {
     /// …until usage is below this.
     #[arg(long, default_value_t = 80, value_name = "PERCENT")]
     pub image_gc_low_threshold: u64,
+    /// A container's log file is rotated when it would grow past this (the kubelet's
+    /// `containerLogMaxSize`)…
+    #[arg(long, default_value = "10Mi", value_name = "QUANTITY", value_parser = parse_log_size)]
+    pub container_log_max_size: u64,
+    /// …and this many files are kept per container, the current one included.
+    #[arg(long, default_value_t = 5, value_name = "N", value_parser = clap::value_parser!(u32).range(2..))]
+    pub container_log_max_files: u32,
+    /// How often Linux containers' logs (written by conmon) are checked for rotation;
+    /// Wasm containers' logs rotate as they are written.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_interval)]
+    pub container_log_monitor_interval: std::time::Duration,
+}
+
+fn parse_log_size(s: &str) -> Result<u64, String> {
+    crate::spec::quantity::parse_bytes(s)
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{s:?} is not a size such as 10Mi or 500Ki"))
+}
+
+/// `10s`, `500ms`, `2m`.
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("{s:?} is not a duration such as 10s or 500ms");
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let n: u64 = s[..split].parse().map_err(|_| bad())?;
+    let d = match &s[split..] {
+        "ms" => std::time::Duration::from_millis(n),
+        "s" => std::time::Duration::from_secs(n),
+        "m" => std::time::Duration::from_secs(n * 60),
+        _ => return Err(bad()),
+    };
+    if d.is_zero() { Err(bad()) } else { Ok(d) }
 }
 
 /// Builds the agent's parts over `global.state_dir` and resumes its pods.
@@ -185,6 +226,7 @@ pub async fn start_agent(global: &Global, max_wasm_instances: u32, rt: &RuntimeA
         linux.network.data_dir = d.clone();
     }
     linux.allow_vulnerable_runtime = rt.allow_vulnerable_runtime;
+    linux.log_monitor_interval = rt.container_log_monitor_interval;
     let linux = LinuxRuntime::new(linux);
     if let Err(why) = &linux {
         tracing::warn!("Linux containers are unavailable: {why}");
@@ -219,6 +261,10 @@ pub async fn start_agent(global: &Global, max_wasm_instances: u32, rt: &RuntimeA
     tracing::info!(pods = capacity.pods, limit = %capacity.limit, "pod capacity");
     tracing::info!("runtime ready; resuming pods");
     let mut policy = crate::node::Policy::new(dir);
+    policy.log.max_size = rt.container_log_max_size;
+    policy.log.max_files = rt.container_log_max_files;
+    // logs stop writing before the state database could run short
+    policy.log.keep_free = crate::store::FREE_FLOOR / 4;
     policy.capacity = capacity;
     policy.seccomp_default = rt.seccomp_default;
     policy.allow_privileged = rt.allow_privileged;
@@ -238,6 +284,8 @@ pub async fn start_agent(global: &Global, max_wasm_instances: u32, rt: &RuntimeA
     crate::workload::start(&mgr);
     let (gc, thresholds) = (Arc::downgrade(&mgr), (rt.image_gc_high_threshold, rt.image_gc_low_threshold));
     tokio::spawn(async move {
+        // the stored pods and resident memory after the last trim
+        let mut trimmed = None;
         // image garbage collection under disk pressure, as the kubelet's (every 5 min there)
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
         loop {
@@ -246,14 +294,57 @@ pub async fn start_agent(global: &Global, max_wasm_instances: u32, rt: &RuntimeA
             if let Err(e) = mgr.prune_images(Some(thresholds)).await {
                 tracing::warn!(error = %e, "image garbage collection failed");
             }
+            let pods = mgr.stored_pods();
             drop(mgr);
             // and memory freed by bursts (an apply of thousands of pods parses, saves
             // and answers them all at once) goes back to the system: glibc keeps freed
             // pages inside its arenas otherwise (3 KiB a pod after such a burst)
-            tokio::task::spawn_blocking(return_freed_memory);
+            let Some(resident) = resident_bytes() else { continue };
+            if worth_trimming(trimmed, (pods, resident)) {
+                let after = tokio::task::spawn_blocking(move || {
+                    let t0 = std::time::Instant::now();
+                    return_freed_memory();
+                    let after = resident_bytes().unwrap_or(resident);
+                    tracing::debug!(took_us = t0.elapsed().as_micros() as u64, before = resident, after, "malloc_trim");
+                    after
+                })
+                .await
+                .unwrap_or(resident);
+                trimmed = Some((pods, after));
+            }
+        }
+    });
+    let watched = Arc::downgrade(&mgr);
+    tokio::spawn(async move {
+        // a state database stopped by an I/O error (a disk filled from outside) is
+        // reopened as soon as space returns
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+        loop {
+            tick.tick().await;
+            let Some(mgr) = watched.upgrade() else { return };
+            if let Err(e) = mgr.recover_store().await {
+                tracing::warn!(error = %e, "cannot reopen the state database yet");
+            }
         }
     });
     Ok(mgr)
+}
+
+/// Whether a burst may have left freed pages behind since the last trim (`then`: the
+/// stored pods and resident bytes after it): memory grew, or pods came or went.
+/// `malloc_trim` walks every arena's free chunks under the arena's lock and madvises
+/// each one (milliseconds with thousands of pods, and starts wait on those locks), so an
+/// agent that has been steady since does not pay for it.
+fn worth_trimming(then: Option<(usize, u64)>, (pods, resident): (usize, u64)) -> bool {
+    let Some((pods_then, resident_then)) = then else { return true };
+    pods.abs_diff(pods_then) >= 64 || resident > resident_then + (resident_then / 16).max(8 << 20)
+}
+
+/// The agent's resident memory, from `/proc/self/statm`.
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * rustix::param::page_size() as u64)
 }
 
 /// Returns the free pages of every malloc arena to the system.
@@ -310,5 +401,21 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worth_trimming;
+
+    #[test]
+    fn memory_is_trimmed_after_bursts_not_every_time() {
+        const MI: u64 = 1 << 20;
+        assert!(worth_trimming(None, (0, 10 * MI)), "the first time");
+        assert!(!worth_trimming(Some((30_000, 1900 * MI)), (30_000, 1950 * MI)), "steady");
+        assert!(worth_trimming(Some((30_000, 1900 * MI)), (30_000, 2100 * MI)), "grew by more than 1/16");
+        assert!(worth_trimming(Some((30_000, 1900 * MI)), (29_000, 1900 * MI)), "pods went");
+        assert!(worth_trimming(Some((0, 10 * MI)), (0, 19 * MI)), "grew by more than 8 MiB");
+        assert!(!worth_trimming(Some((0, 10 * MI)), (10, 17 * MI)));
     }
 }

@@ -32,12 +32,6 @@ const AUTHN_TTL: Duration = Duration::from_secs(120);
 const ALLOWED_TTL: Duration = Duration::from_secs(300);
 const DENIED_TTL: Duration = Duration::from_secs(30);
 
-/// The Prometheus buckets of `kubelet_pod_start_sli_duration_seconds`.
-const SLI_BUCKETS: &[f64] = &[
-    0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 20.0, 30.0, 45.0, 60.0, 120.0, 180.0, 240.0, 300.0, 360.0, 480.0,
-    600.0, 900.0, 1200.0, 1800.0, 2700.0, 3600.0,
-];
-
 /// A caller, as authenticated.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct User {
@@ -570,18 +564,16 @@ impl KubeletApi {
 
     /// `/metrics`: the agent's own, with the kubelet's pod start SLI.
     fn metrics(&self) -> String {
-        let mut samples: Vec<f64> = self.mgr.start_latencies().iter().map(|d| d.as_secs_f64()).collect();
-        samples.sort_by(|a, b| a.total_cmp(b));
+        let totals = self.mgr.start_totals();
         let mut out = String::from(
             "# HELP kubelet_pod_start_sli_duration_seconds [BETA] Duration in seconds to start a pod, excluding time to pull images and run init containers, measured from pod creation timestamp to when all its containers are reported as started and observed via watch\n# TYPE kubelet_pod_start_sli_duration_seconds histogram\n",
         );
-        for b in SLI_BUCKETS {
-            let n = samples.partition_point(|s| s <= b);
+        for (b, n) in crate::pod::starts::SLI_BUCKETS.iter().zip(totals.buckets) {
             out.push_str(&format!("kubelet_pod_start_sli_duration_seconds_bucket{{le=\"{b}\"}} {n}\n"));
         }
-        out.push_str(&format!("kubelet_pod_start_sli_duration_seconds_bucket{{le=\"+Inf\"}} {}\n", samples.len()));
-        out.push_str(&format!("kubelet_pod_start_sli_duration_seconds_sum {}\n", samples.iter().sum::<f64>()));
-        out.push_str(&format!("kubelet_pod_start_sli_duration_seconds_count {}\n", samples.len()));
+        out.push_str(&format!("kubelet_pod_start_sli_duration_seconds_bucket{{le=\"+Inf\"}} {}\n", totals.count));
+        out.push_str(&format!("kubelet_pod_start_sli_duration_seconds_sum {}\n", totals.sum));
+        out.push_str(&format!("kubelet_pod_start_sli_duration_seconds_count {}\n", totals.count));
         let pods = self.mgr.list().unwrap_or_default();
         let running = pods.iter().filter(|r| r.status.phase == crate::pod::state::Phase::Running).count();
         let containers: usize = pods

@@ -20,6 +20,7 @@ use k8s_openapi::api::core::v1::Taint;
 use crate::pod::Manager;
 
 pub mod certs;
+pub mod eviction;
 pub mod kubelet;
 pub mod node;
 pub mod pods;
@@ -50,6 +51,8 @@ pub struct ClusterConfig {
     /// Status PATCHes per second, and the burst above it.
     pub qps: u32,
     pub burst: u32,
+    /// `--eviction-hard`: the node's pressure conditions and allocatable follow them.
+    pub eviction: eviction::Thresholds,
 }
 
 /// Joins the cluster and runs until the process ends. Everything that needs the API

@@ -16,6 +16,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use super::ClusterConfig;
+use super::eviction::{Observed, Pressure};
 use super::pods::PodSync;
 use crate::pod::Manager;
 
@@ -72,9 +73,6 @@ pub async fn bounded<T, E: std::fmt::Display>(f: impl std::future::Future<Output
         Err(_) => Err(format!("no answer within {REQUEST_TIMEOUT:?}")),
     }
 }
-
-/// The kubelet's hard eviction default `memory.available<100Mi`.
-const EVICTION_MEMORY: u64 = 100 << 20;
 
 /// Back-off for heartbeats: 200 ms doubling to 7 s, as the kubelet's lease controller.
 pub fn backoff(attempt: u32) -> Duration {
@@ -161,29 +159,9 @@ fn arch() -> String {
     }
 }
 
-/// The pressure conditions' inputs, read from the host.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Pressure {
-    pub memory: bool,
-    pub disk: bool,
-    pub pid: bool,
-}
-
-impl Pressure {
-    /// `memory.available<100Mi`, `nodefs.available<10%` (the state directory's
-    /// filesystem), and more than 95 % of `pid_max` in use.
-    pub fn read(state_dir: &std::path::Path) -> Pressure {
-        let available = crate::node::meminfo("MemAvailable").unwrap_or(u64::MAX);
-        let disk =
-            rustix::fs::statvfs(state_dir).map(|s| s.f_blocks > 0 && s.f_bavail * 10 < s.f_blocks).unwrap_or(false);
-        let (procs, pid_max) = crate::node::processes();
-        let pid_max = pid_max.unwrap_or(u64::MAX);
-        Pressure {
-            memory: available < EVICTION_MEMORY,
-            disk,
-            pid: procs.saturating_mul(100) > pid_max.saturating_mul(95),
-        }
-    }
+/// The pressure conditions on the host now, against the node's thresholds.
+fn pressure(cfg: &ClusterConfig) -> Pressure {
+    cfg.eviction.pressure(&Observed::read(&cfg.state_dir))
 }
 
 fn condition(kind: &str, status: bool, reason: &str, message: &str, now: &Time) -> NodeCondition {
@@ -211,8 +189,11 @@ pub fn status(mgr: &Manager, cfg: &ClusterConfig, pressure: Pressure, ready: Res
     ]);
     let allocatable = BTreeMap::from([
         ("cpu".to_string(), quantity(format!("{}m", node.cpu_millis))),
-        ("memory".to_string(), quantity(format!("{}Ki", node.memory_bytes.saturating_sub(EVICTION_MEMORY) / 1024))),
-        ("ephemeral-storage".to_string(), quantity(format!("{}Ki", node.ephemeral_bytes / 10 * 9 / 1024))),
+        ("memory".to_string(), quantity(format!("{}Ki", cfg.eviction.allocatable_memory(node.memory_bytes) / 1024))),
+        (
+            "ephemeral-storage".to_string(),
+            quantity(format!("{}Ki", cfg.eviction.allocatable_storage(node.ephemeral_bytes) / 1024)),
+        ),
         ("pods".to_string(), quantity(pods)),
     ]);
     let conditions = vec![
@@ -342,7 +323,7 @@ pub fn object(mgr: &Manager, cfg: &ClusterConfig, linux: bool) -> Node {
             ..Default::default()
         },
         spec: Some(NodeSpec { taints: Some(cfg.taints.clone()).filter(|t| !t.is_empty()), ..Default::default() }),
-        status: Some(status(mgr, cfg, Pressure::read(&cfg.state_dir), Ok(()))),
+        status: Some(status(mgr, cfg, pressure(cfg), Ok(()))),
     }
 }
 
@@ -445,7 +426,7 @@ pub async fn status_loop(client: kube::Client, mgr: Arc<Manager>, cfg: Arc<Clust
     let api: Api<Node> = Api::all(client.clone());
     let mut recovery = sync.reachable.subscribe();
     let events = NodeEvents::new(client, &cfg);
-    events.post("Normal", "Starting", "Starting wasmlet.").await;
+    events.post("Normal", "Starting", "Starting wasmlet.");
     let mut reported: Option<NodeStatus> = None;
     let mut last_sent: Option<std::time::Instant> = None;
     let mut failures = 0u32;
@@ -462,7 +443,7 @@ pub async fn status_loop(client: kube::Client, mgr: Arc<Manager>, cfg: Arc<Clust
         };
         // the Wasm runtime is in-process: the agent running is the runtime ready
         let ready = Ok(());
-        let mut now = status(&mgr, &cfg, Pressure::read(&cfg.state_dir), ready);
+        let mut now = status(&mgr, &cfg, pressure(&cfg), ready);
         carry_transitions(&mut now, &server);
         let due = meaningful(&now, &server) || last_sent.is_none_or(|t| t.elapsed() >= STATUS_REPORT);
         if due {
@@ -484,7 +465,7 @@ pub async fn status_loop(client: kube::Client, mgr: Arc<Manager>, cfg: Arc<Clust
         }
         failures = 0;
         for (reason, message) in transitions(reported.as_ref(), &now) {
-            events.post("Normal", reason, &message).await;
+            events.post("Normal", reason, &message);
         }
         reported = Some(now);
         tokio::time::sleep(STATUS_EVERY).await;
@@ -524,18 +505,45 @@ fn transitions(old: Option<&NodeStatus>, new: &NodeStatus) -> Vec<(&'static str,
 }
 
 /// Events about the Node itself, with the kubelet's source and its convention that the
-/// involved object's uid is the node's name.
+/// involved object's uid is the node's name. They are sent in order by a task of their
+/// own, so a slow or lost API server never holds up the status loop; a failed create is
+/// tried again as the kubelet's recorder does (12 tries, 10 s apart), and when more
+/// than `QUEUE` wait, the newest are dropped.
 struct NodeEvents {
-    api: Api<k8s_openapi::api::core::v1::Event>,
+    queue: tokio::sync::mpsc::Sender<k8s_openapi::api::core::v1::Event>,
     node: String,
 }
 
 impl NodeEvents {
+    const QUEUE: usize = 64;
+    const TRIES: u32 = 12;
+    const RETRY: Duration = Duration::from_secs(10);
+
     fn new(client: kube::Client, cfg: &ClusterConfig) -> NodeEvents {
-        NodeEvents { api: Api::namespaced(client, "default"), node: cfg.node_name.clone() }
+        let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client, "default");
+        let (queue, mut events) = tokio::sync::mpsc::channel::<k8s_openapi::api::core::v1::Event>(Self::QUEUE);
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                for attempt in 1..=Self::TRIES {
+                    let error =
+                        match tokio::time::timeout(REQUEST_TIMEOUT, api.create(&Default::default(), &event)).await {
+                            Ok(Ok(_)) => break,
+                            // made already by a try whose answer was lost
+                            Ok(Err(kube::Error::Api(e))) if e.code == 409 => break,
+                            Ok(Err(e)) => e.to_string(),
+                            Err(_) => format!("no answer within {REQUEST_TIMEOUT:?}"),
+                        };
+                    tracing::debug!(%error, reason = ?event.reason, attempt, "cannot record the node event");
+                    if attempt < Self::TRIES {
+                        tokio::time::sleep(Self::RETRY).await;
+                    }
+                }
+            }
+        });
+        NodeEvents { queue, node: cfg.node_name.clone() }
     }
 
-    async fn post(&self, kind: &str, reason: &str, message: &str) {
+    fn post(&self, kind: &str, reason: &str, message: &str) {
         let now = jiff::Timestamp::now();
         let name = format!("{}.{:x}", self.node, now.as_nanosecond());
         let event = k8s_openapi::api::core::v1::Event {
@@ -560,8 +568,8 @@ impl NodeEvents {
             reporting_instance: Some(self.node.clone()),
             ..Default::default()
         };
-        if let Err(e) = self.api.create(&PostParams::default(), &event).await {
-            tracing::debug!(error = %e, reason, "cannot record the node event");
+        if self.queue.try_send(event).is_err() {
+            tracing::debug!(reason, "node event dropped: too many wait to be sent");
         }
     }
 }

@@ -6,7 +6,8 @@
 //! dirty; a reporter sends each dirty pod's status once (later changes in the same
 //! moment ride along), through a token bucket and a bounded number of requests in
 //! flight; what fails stays dirty and is sent again, and a resync every 10 s catches
-//! anything that differs from what the API server was last told.
+//! anything that differs from what the API server was last told. Each batch is made
+//! durable before it is sent, so a status the API server has seen survives a kill -9.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -719,6 +720,17 @@ impl PodSync {
                 }
             }
             let keys = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()));
+            // what the API server is told must survive a kill -9: a first Wasm start is
+            // saved without a flush of its own, so the batch is made durable first
+            // (one flush for every status in it)
+            if !keys.is_empty()
+                && let Err(e) = self.mgr.flush().await
+            {
+                tracing::warn!(error = %e, "cannot make the pod states durable; their statuses wait");
+                self.dirty.lock().unwrap_or_else(|e| e.into_inner()).extend(keys);
+                tokio::time::sleep(RESYNC).await;
+                continue;
+            }
             for key in keys {
                 let Some(rec) = self.mgr.get(&key).ok().flatten() else { continue };
                 if !self.ours(&rec) {

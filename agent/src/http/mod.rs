@@ -30,7 +30,11 @@ impl From<crate::pod::Error> for ApiError {
         let status = match e {
             crate::pod::Error::NotFound(_) => StatusCode::NOT_FOUND,
             crate::pod::Error::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            crate::pod::Error::Store(crate::store::Error::Full { .. }) => StatusCode::INSUFFICIENT_STORAGE,
+            crate::pod::Error::Store(
+                crate::store::Error::Full { .. }
+                | crate::store::Error::Stopped { .. }
+                | crate::store::Error::Wedged { .. },
+            ) => StatusCode::INSUFFICIENT_STORAGE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())

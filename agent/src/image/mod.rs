@@ -95,7 +95,10 @@ type PullKey = (String, Option<registry_client::Credential>);
 const TOUCH_EVERY_MS: u64 = 60_000;
 
 impl ImageService {
-    pub fn open(state_dir: &Path, config: Config, keychain: Keychain, store: Store) -> Result<Self> {
+    /// Pulls keep [`crate::store::PULL_FLOOR`] free on the state filesystem: one that
+    /// would fill it fails, removes what it wrote, and leaves room for the node's state.
+    pub fn open(state_dir: &Path, mut config: Config, keychain: Keychain, store: Store) -> Result<Self> {
+        config.keep_free = config.keep_free.max(crate::store::PULL_FLOOR);
         let content = Arc::new(registry_client::Store::open(state_dir.join("content"))?);
         Ok(ImageService {
             client: Client::new(config, keychain, content),

@@ -344,14 +344,15 @@ pub(super) fn new_record(pod: Pod) -> PodRecord {
     PodRecord {
         uid,
         pod,
-        plan,
         status,
         created_at: crate::time::now_ms(),
         deleting: false,
-        runtimes: Vec::new(),
+        runtimes: vec![None; plan.containers.len()],
+        plan,
         network: false,
         pod_ip: None,
         userns: None,
+        saved: Default::default(),
     }
 }
 

@@ -26,6 +26,7 @@ pub mod env;
 mod events;
 mod probe;
 mod qos;
+pub mod starts;
 pub mod state;
 pub mod view;
 pub mod volume;
@@ -77,6 +78,36 @@ pub struct PodRecord {
     /// `hostUsers: false`: the first host uid/gid of the pod's range (its root).
     #[serde(default)]
     pub userns: Option<u32>,
+    /// What this copy last wrote to the store, so that an unchanged record is not
+    /// written again (not stored).
+    #[serde(skip)]
+    pub saved: SavedMark,
+}
+
+/// The hash of a record's last stored encoding (0: none); shared by the copy's clones,
+/// which hold the same content until changed.
+#[derive(Debug, Default)]
+pub struct SavedMark(std::sync::atomic::AtomicU64);
+
+impl Clone for SavedMark {
+    fn clone(&self) -> Self {
+        SavedMark(std::sync::atomic::AtomicU64::new(self.0.load(std::sync::atomic::Ordering::Relaxed)))
+    }
+}
+
+impl SavedMark {
+    fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set(&self, hash: u64) {
+        self.0.store(hash, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The next save writes whatever the record holds.
+    pub fn forget(&self) {
+        self.set(0);
+    }
 }
 
 /// The ids each `hostUsers: false` pod gets, as the kubelet gives them.
@@ -142,6 +173,8 @@ enum Msg {
     },
     /// A ConfigMap or Secret of the pod's namespace changed.
     ConfigChanged,
+    /// The state database was reopened: write the pod's record again.
+    Resave,
 }
 
 /// Why an exec could not start.
@@ -168,7 +201,7 @@ pub struct Core {
     /// When each pod accepted by this process was stored, to time its start.
     accepted: Mutex<HashMap<String, std::time::Instant>>,
     /// Pod start latencies: accepted (stored) to every container running.
-    start_latencies: Mutex<Vec<std::time::Duration>>,
+    starts: Mutex<starts::Starts>,
     node: Node,
     /// What pods may ask for (seccomp default, privileged, sysctls).
     policy: crate::node::Policy,
@@ -181,8 +214,12 @@ pub struct Core {
     volume_lock: Mutex<()>,
     /// Wakes the Deployment and Job controller.
     workloads: tokio::sync::Notify,
-    /// Pod keys by uid, for events the runtimes report by container id.
+    /// Pod keys by uid, for events the runtimes report by container id: every stored
+    /// pod from its first save to its teardown.
     keys: Mutex<HashMap<String, String>>,
+    /// How many stored pods' containers name each image (normalized reference): what
+    /// image garbage collection keeps, without reading every pod record.
+    image_refs: Mutex<HashMap<String, u32>>,
     /// Told of every change (cluster mode reports them to the API server).
     observer: std::sync::OnceLock<Arc<dyn Observer>>,
 }
@@ -224,9 +261,15 @@ impl std::ops::Deref for Manager {
 }
 
 impl Core {
+    /// Stores the record, unless it is what this copy of it stored last.
     fn save(&self, rec: &PodRecord) -> Result<()> {
         let key = rec.key();
-        self.store.put(Table::Pods, &key, rec)?;
+        let mut last = rec.saved.get();
+        if !self.store.put_changed(Table::Pods, &key, rec, &mut last)? {
+            return Ok(());
+        }
+        rec.saved.set(last);
+        self.track(rec);
         if let Some(o) = self.observer.get() {
             o.pod_changed(&key);
         }
@@ -254,7 +297,7 @@ impl Core {
         }
         self.workers.lock().unwrap_or_else(|e| e.into_inner()).remove(&rec.key());
         self.holding.lock().unwrap_or_else(|e| e.into_inner()).remove(&rec.key());
-        self.keys.lock().unwrap_or_else(|e| e.into_inner()).remove(&rec.uid);
+        self.untrack(rec);
         if rec.pod.metadata.owner_references.is_some() {
             self.workloads.notify_one();
         }
@@ -262,6 +305,42 @@ impl Core {
             o.pod_changed(&rec.key());
         }
         Ok(())
+    }
+
+    /// Notes a stored pod (once per uid): its key by uid, its images as in use.
+    fn track(&self, rec: &PodRecord) {
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        if keys.contains_key(&rec.uid) {
+            return;
+        }
+        keys.insert(rec.uid.clone(), rec.key());
+        let mut refs = self.image_refs.lock().unwrap_or_else(|e| e.into_inner());
+        for image in images_of(rec) {
+            *refs.entry(image).or_default() += 1;
+        }
+    }
+
+    /// Forgets a pod torn down (once, however often its teardown runs).
+    fn untrack(&self, rec: &PodRecord) {
+        self.accepted.lock().unwrap_or_else(|e| e.into_inner()).remove(&rec.uid);
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        if keys.remove(&rec.uid).is_none() {
+            return;
+        }
+        let mut refs = self.image_refs.lock().unwrap_or_else(|e| e.into_inner());
+        for image in images_of(rec) {
+            if let Some(n) = refs.get_mut(&image) {
+                *n -= 1;
+                if *n == 0 {
+                    refs.remove(&image);
+                }
+            }
+        }
+    }
+
+    /// The images stored pods name, as image garbage collection compares them.
+    fn images_in_use(&self) -> std::collections::HashSet<String> {
+        self.image_refs.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
     }
 
     fn pod_dir(&self, uid: &str) -> PathBuf {
@@ -276,9 +355,14 @@ impl Core {
     /// Called when a pod first has every container running.
     fn started(&self, uid: &str) {
         if let Some(t) = self.accepted.lock().unwrap_or_else(|e| e.into_inner()).remove(uid) {
-            self.start_latencies.lock().unwrap_or_else(|e| e.into_inner()).push(t.elapsed());
+            self.starts.lock().unwrap_or_else(|e| e.into_inner()).record(t.elapsed());
         }
     }
+}
+
+/// A pod's containers' images, normalized as the image store names them.
+fn images_of(rec: &PodRecord) -> impl Iterator<Item = String> + '_ {
+    rec.plan.containers.iter().filter_map(|c| c.image.parse::<registry_client::Reference>().ok().map(|r| r.to_string()))
 }
 
 impl Manager {
@@ -298,7 +382,7 @@ impl Manager {
             pods_dir: state_dir.join("pods"),
             workers: Mutex::new(HashMap::new()),
             accepted: Mutex::new(HashMap::new()),
-            start_latencies: Mutex::new(Vec::new()),
+            starts: Mutex::new(starts::Starts::default()),
             node: Node::detect(state_dir),
             policy,
             userns_ranges: Mutex::new(std::collections::BTreeSet::new()),
@@ -306,6 +390,7 @@ impl Manager {
             volume_lock: Mutex::new(()),
             workloads: tokio::sync::Notify::new(),
             keys: Mutex::new(HashMap::new()),
+            image_refs: Mutex::new(HashMap::new()),
             observer: std::sync::OnceLock::new(),
         });
         // refusals the Wasm runtime reports (a denied connect, say) become pod events
@@ -586,6 +671,32 @@ impl Manager {
         Ok(())
     }
 
+    /// Reopens the state database if its writes stopped and space has returned, then
+    /// has every pod write its record again (what was saved after the database's last
+    /// flush before the error is not in it). Returns whether it reopened.
+    pub async fn recover_store(&self) -> Result<bool> {
+        if !self.store.recover().await? {
+            return Ok(false);
+        }
+        // a worker that ended had torn its pod down, but the removal may not have reached
+        // the disk before the error: do it again
+        let ended: Vec<String> = {
+            let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+            for tx in workers.values() {
+                let _ = tx.send(Msg::Resave);
+            }
+            workers.iter().filter(|(_, tx)| tx.is_closed()).map(|(k, _)| k.clone()).collect()
+        };
+        for key in ended {
+            match self.store.get::<PodRecord>(Table::Pods, &key)? {
+                Some(rec) => self.teardown(&rec).await?,
+                None => drop(self.workers.lock().unwrap_or_else(|e| e.into_inner()).remove(&key)),
+            }
+        }
+        self.store.flush().await?;
+        Ok(true)
+    }
+
     pub fn get(&self, key: &str) -> Result<Option<PodRecord>> {
         Ok(self.store.get(Table::Pods, key)?)
     }
@@ -598,9 +709,16 @@ impl Manager {
         Ok(self.store.scan(Table::Events, uid_prefix)?.into_iter().map(|(_, e)| e).collect())
     }
 
-    /// Pod start latencies measured so far (accepted → all containers running).
-    pub fn start_latencies(&self) -> Vec<std::time::Duration> {
-        self.start_latencies.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// Pod start latencies (accepted → all containers running): the most recent ones,
+    /// oldest first, and how many there were in all.
+    pub fn start_latencies(&self) -> (Vec<std::time::Duration>, u64) {
+        let s = self.starts.lock().unwrap_or_else(|e| e.into_inner());
+        (s.recent(), s.totals.count)
+    }
+
+    /// Pod start latencies since the agent started, as the kubelet's SLI histogram.
+    pub fn start_totals(&self) -> starts::Totals {
+        self.starts.lock().unwrap_or_else(|e| e.into_inner()).totals
     }
 
     pub fn runtimes(&self) -> &Arc<Runtimes> {
@@ -651,12 +769,7 @@ impl Manager {
         {
             return Ok(Vec::new());
         }
-        let in_use: std::collections::HashSet<String> = self
-            .list()?
-            .iter()
-            .flat_map(|r| r.plan.containers.iter().map(|c| c.image.clone()))
-            .filter_map(|i| i.parse::<registry_client::Reference>().ok().map(|r| r.to_string()))
-            .collect();
+        let in_use = self.images_in_use();
         let images = self.images.clone();
         let enough = move || match thresholds {
             Some((_, low)) => images.disk_usage_percent().is_none_or(|u| u < low),
@@ -705,13 +818,18 @@ impl Manager {
         &self.node
     }
 
+    /// How many pods are stored, finished ones included.
+    pub fn stored_pods(&self) -> usize {
+        self.keys.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// How many pods the node takes, and what limits it.
     pub fn pod_capacity(&self) -> &crate::node::PodCapacity {
         &self.policy.capacity
     }
 
     fn spawn(&self, rec: PodRecord) {
-        self.keys.lock().unwrap_or_else(|e| e.into_inner()).insert(rec.uid.clone(), rec.key());
+        self.track(&rec);
         let (tx, rx) = mpsc::unbounded_channel();
         self.workers.lock().unwrap_or_else(|e| e.into_inner()).insert(rec.key(), tx.clone());
         let core = self.core.clone();

@@ -469,7 +469,14 @@ pub fn plan(plan: &Plan, status: &mut PodStatus, now: u64, present: impl Fn(usiz
             }
             match (c.pull_failed_at, c.pull_backoff) {
                 (Some(at), Some(b)) if now < at + b.delay_ms => {
-                    let msg = format!("Back-off pulling image \"{}\"", spec.image);
+                    // with the error that caused it, as the kubelet says it since 1.32
+                    let msg = match &c.state {
+                        State::Waiting { reason, message } if reason == "ImagePullBackOff" => message.clone(),
+                        State::Waiting { reason, message } if reason == "ErrImagePull" => {
+                            format!("Back-off pulling image {:?}: ErrImagePull: {message}", spec.image)
+                        }
+                        _ => format!("Back-off pulling image {:?}", spec.image),
+                    };
                     c.state = waiting("ImagePullBackOff", &msg);
                     actions.push(Action::WakeAt(at + b.delay_ms));
                 }
@@ -856,6 +863,11 @@ mod tests {
             assert_eq!(reason(&s), "ErrImagePull");
             let [Action::WakeAt(when)] = plan(&p, &mut s, t + 1, |_| false)[..] else { panic!() };
             assert_eq!(reason(&s), "ImagePullBackOff");
+            let State::Waiting { message, .. } = s.containers[0].state.clone() else { panic!() };
+            assert!(message.ends_with(": ErrImagePull: manifest not found"), "the cause stays in view: {message}");
+            plan(&p, &mut s, t + 2, |_| false);
+            let State::Waiting { message: again, .. } = &s.containers[0].state else { panic!() };
+            assert_eq!(again, &message);
             waits.push((when - t) / 1000);
             t = when;
         }

@@ -123,6 +123,11 @@ pub(super) async fn run(
                     probed(&mgr, &mut rec, container, instance, *outcome);
                 }
                 Some(Msg::ConfigChanged) => apply(&mut rec, Event::ConfigChanged),
+                Some(Msg::Resave) => {
+                    // the reopened database may lack what was written last
+                    rec.saved.forget();
+                    save(&mgr, &rec)
+                }
                 Some(Msg::Delete { done, grace }) => {
                     rec.deleting = true;
                     for (_, p) in probes.drain() {
@@ -409,7 +414,12 @@ async fn start(mgr: &Arc<Core>, rec: &mut PodRecord, i: usize, tx: &mpsc::Unboun
     rec.runtimes[i] = Some(kind);
     apply(rec, Event::Starting { container: i, at: now_ms() });
     if !restarting {
-        save(mgr, rec);
+        // a Linux container outlives the agent: a restarted one must know where to look
+        // for it. A Wasm guest does not, and is saved running in a moment (a write of the
+        // record fewer in every start)
+        if kind == RuntimeKind::Linux {
+            save(mgr, rec);
+        }
     } else if let Err(e) = persist(mgr, rec).await {
         // the new instance and the advanced back-off are durable before it runs
         return start_failed(mgr, rec, i, "CreateContainerError", e);
@@ -874,6 +884,7 @@ fn container_config(
         mounts,
         memory_limit,
         log_path: mgr.log_path(rec, &c.name, instance),
+        log: mgr.policy.log,
         working_dir: c.working_dir.clone().or_else(|| cfg.working_dir.clone()).filter(|w| !w.is_empty()),
         user,
         stop_signal: cfg.stop_signal.clone(),

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 pub mod annotations;
 mod pod;
-mod quantity;
+pub(crate) mod quantity;
 mod security;
 pub mod selector;
 pub mod support;
