@@ -344,7 +344,16 @@ fn worth_trimming(then: Option<(usize, u64)>, (pods, resident): (usize, u64)) ->
 fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * rustix::param::page_size() as u64)
+    Some(pages * page_size())
+}
+
+/// The page size, from libc (rustix's own reading of the auxiliary vector faults under
+/// valgrind, which `scripts/startup-order.sh` runs the agent in).
+fn page_size() -> u64 {
+    // SAFETY: sysconf reads a constant of the C library and takes no pointer.
+    #[allow(unsafe_code)]
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).ok().filter(|&s| s > 0).unwrap_or(4096)
 }
 
 /// Returns the free pages of every malloc arena to the system.
