@@ -319,6 +319,12 @@ fn config_error(mgr: &Core, rec: &mut PodRecord, i: usize, e: volume::VolumeErro
     save(mgr, rec);
 }
 
+/// How long a pod accepted by this process waited from its acceptance to `t0`.
+fn queued(mgr: &Core, uid: &str, t0: std::time::Instant) -> Duration {
+    let accepted = mgr.accepted.lock().unwrap_or_else(|e| e.into_inner()).get(uid).copied();
+    accepted.map_or(Duration::ZERO, |a| t0.saturating_duration_since(a))
+}
+
 fn config_failed(message: String) -> volume::VolumeError {
     volume::VolumeError { reason: "CreateContainerConfigError", event: "Failed", message }
 }
@@ -474,6 +480,8 @@ async fn start(mgr: &Arc<Core>, rec: &mut PodRecord, i: usize, tx: &mpsc::Unboun
         created_us = t_created.as_micros() as u64,
         started_us = t_started.as_micros() as u64,
         flushed_us = t0.elapsed().as_micros() as u64,
+        // from the pod's acceptance to this start (the worker's first passes, its pull step)
+        queued_us = queued(mgr, &rec.uid, t0).as_micros() as u64,
         "container start phases (cumulative)"
     );
     if rec.status.containers.iter().all(|c| matches!(c.state, state::State::Running { .. })) {
