@@ -188,18 +188,13 @@ fn parse_log_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is not a size such as 10Mi or 500Ki"))
 }
 
-/// `10s`, `500ms`, `2m`.
+/// `10s`, `500ms`, `2m`: the unit is required here.
 fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
     let bad = || format!("{s:?} is not a duration such as 10s or 500ms");
-    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let n: u64 = s[..split].parse().map_err(|_| bad())?;
-    let d = match &s[split..] {
-        "ms" => std::time::Duration::from_millis(n),
-        "s" => std::time::Duration::from_secs(n),
-        "m" => std::time::Duration::from_secs(n * 60),
-        _ => return Err(bad()),
-    };
-    if d.is_zero() { Err(bad()) } else { Ok(d) }
+    if !s.ends_with(|c: char| c.is_ascii_alphabetic()) {
+        return Err(bad());
+    }
+    crate::spec::annotations::duration_ms(s).filter(|&ms| ms > 0).map(std::time::Duration::from_millis).ok_or_else(bad)
 }
 
 /// Builds the agent's parts over `global.state_dir` and resumes its pods.

@@ -18,7 +18,8 @@ fn field(key: &str) -> String {
     format!("metadata.annotations[{key}]")
 }
 
-fn duration_ms(v: &str) -> Option<u64> {
+/// `250ms`, `5s`, `2m`, or a bare number of seconds, in milliseconds.
+pub(crate) fn duration_ms(v: &str) -> Option<u64> {
     let v = v.trim();
     let (n, unit) = match v.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => v.split_at(i),

@@ -200,7 +200,7 @@ impl Store {
     }
 
     fn free(&self) -> Option<u64> {
-        rustix::fs::statvfs(&self.shared.dir).ok().map(|fs| fs.f_bavail.saturating_mul(fs.f_frsize))
+        registry_client::free_space(&self.shared.dir)
     }
 
     /// Refuses new work while the state filesystem has less than [`FREE_FLOOR`] free,
