@@ -395,6 +395,10 @@ pub async fn run(global: &Global, args: ServeArgs) -> anyhow::Result<()> {
         _ = shutdown_signal() => eprintln!("wasmlet: shutting down"),
     }
     manager.release_secret_volumes();
+    // the events still queued, and whatever sled has not yet made durable
+    if let Err(e) = manager.flush().await {
+        tracing::warn!(error = %e, "cannot flush state at shutdown");
+    }
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }

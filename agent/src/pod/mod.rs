@@ -222,6 +222,8 @@ pub struct Core {
     image_refs: Mutex<HashMap<String, u32>>,
     /// Told of every change (cluster mode reports them to the API server).
     observer: std::sync::OnceLock<Arc<dyn Observer>>,
+    /// The events recently recorded, to count repeats up, and those not yet written.
+    event_log: events::Log,
 }
 
 /// Hears of pod changes and events as they are stored.
@@ -290,7 +292,7 @@ impl Core {
         volume::unmount_all(&self.pod_dir(&rec.uid).join("volumes"));
         let _ = std::fs::remove_dir_all(self.pod_dir(&rec.uid));
         self.store.remove(Table::Pods, &rec.key())?;
-        self.store.remove_prefix(Table::Events, &format!("{}/", rec.uid))?;
+        self.remove_events(&rec.uid)?;
         self.store.flush().await?;
         if let Some(base) = rec.userns {
             self.userns_ranges.lock().unwrap_or_else(|e| e.into_inner()).remove(&base);
@@ -392,7 +394,9 @@ impl Manager {
             keys: Mutex::new(HashMap::new()),
             image_refs: Mutex::new(HashMap::new()),
             observer: std::sync::OnceLock::new(),
+            event_log: events::Log::default(),
         });
+        tokio::spawn(events::write_in_background(Arc::downgrade(&core)));
         // refusals the Wasm runtime reports (a denied connect, say) become pod events
         let weak = Arc::downgrade(&core);
         core.runtime.set_event_sink(Arc::new(move |id: &str, reason: &str, message: &str| {
@@ -553,7 +557,7 @@ impl Manager {
         let Some(old) = self.objects.remove(kind, namespace, name)? else { return Ok(false) };
         self.store.flush().await?;
         if let Some(uid) = old["metadata"]["uid"].as_str() {
-            self.store.remove_prefix(Table::Events, &format!("{uid}/"))?;
+            self.remove_events(uid)?;
             let owned: Vec<String> = self
                 .list()?
                 .into_iter()
@@ -600,13 +604,14 @@ impl Manager {
             meta.name.as_deref().unwrap_or_default(),
         )?;
         if let Some(uid) = &meta.uid {
-            self.store.remove_prefix(Table::Events, &format!("{uid}/"))?;
+            self.remove_events(uid)?;
         }
         self.store.flush().await?;
         Ok(())
     }
 
     pub(crate) async fn flush(&self) -> Result<()> {
+        self.write_events();
         self.store.flush().await?;
         Ok(())
     }
@@ -706,6 +711,7 @@ impl Manager {
     }
 
     pub fn events(&self, uid_prefix: &str) -> Result<Vec<Event>> {
+        self.write_events();
         Ok(self.store.scan(Table::Events, uid_prefix)?.into_iter().map(|(_, e)| e).collect())
     }
 

@@ -400,3 +400,35 @@ async fn an_idle_pod_worker_is_small() {
     // its channel allocates messages 32 at a time
     assert!(std::mem::size_of::<super::Msg>() <= 32, "a worker message is {} bytes", std::mem::size_of::<super::Msg>());
 }
+
+#[tokio::test]
+async fn events_count_up_are_read_at_once_and_go_with_their_pod() {
+    let rig = rig().await;
+    let mgr = &rig.mgr;
+    mgr.apply(crate::spec::parse(&pod("noisy", "Always", &container("app", WASM))).unwrap()).await.unwrap();
+    let rec = until(mgr, "default/noisy", "running", running).await;
+    for _ in 0..3 {
+        mgr.event(&rec, "Warning", "Unhealthy", "Readiness probe failed");
+    }
+    // read straight after recording: what the background writer has not written yet
+    // is written by the read
+    let unhealthy = |mgr: &Manager| {
+        let found: Vec<_> = mgr.events(&rec.uid).unwrap().into_iter().filter(|e| e.reason == "Unhealthy").collect();
+        assert_eq!(found.len(), 1, "one event, counted up: {found:?}");
+        found[0].clone()
+    };
+    let e = unhealthy(mgr);
+    assert_eq!(e.count, 3);
+    assert!(e.first_seen <= e.last_seen);
+    // the background writer writes them too, unasked
+    mgr.event(&rec, "Warning", "Unhealthy", "Readiness probe failed");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !mgr.event_log_is_empty() {
+        assert!(Instant::now() < deadline, "the queued event was never written");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(unhealthy(mgr).count, 4);
+    mgr.delete("default/noisy").await.unwrap();
+    assert!(mgr.events(&rec.uid).unwrap().is_empty(), "the pod's events go with it");
+    assert!(mgr.events("").unwrap().iter().all(|e| e.pod != "default/noisy"));
+}

@@ -36,6 +36,11 @@ pub(super) async fn run(
     let span =
         tracing::info_span!("pod_sync", pod.namespace = rec.namespace(), pod.name = rec.name(), pod.uid = %rec.uid);
     async move {
+        // (the start's trace: from acceptance to the worker's first poll)
+        tracing::debug!(
+            queued_us = queued(&mgr, &rec.uid, std::time::Instant::now()).as_micros() as u64,
+            "worker runs"
+        );
         if rec.deleting {
             Box::pin(stop_and_teardown(&mgr, &mut rec)).await;
             return;
@@ -204,6 +209,10 @@ async fn pull(mgr: &Core, rec: &mut PodRecord, i: usize) {
     if let (Some(img), true) = (&stored, spec.pull_policy != PullPolicy::Always) {
         mgr.event(rec, "Normal", "Pulled", &format!("Container image \"{}\" already present on machine", spec.image));
         apply(rec, Event::Pulled { container: i, image_id: img.image_id() });
+        tracing::debug!(
+            queued_us = queued(mgr, &rec.uid, std::time::Instant::now()).as_micros() as u64,
+            "image present"
+        );
         return;
     }
     if spec.pull_policy == PullPolicy::Never {
