@@ -420,6 +420,7 @@ async fn events_count_up_are_read_at_once_and_go_with_their_pod() {
     let e = unhealthy(mgr);
     assert_eq!(e.count, 3);
     assert!(e.first_seen <= e.last_seen);
+    let first_seen = e.first_seen;
     // the background writer writes them too, unasked
     mgr.event(&rec, "Warning", "Unhealthy", "Readiness probe failed");
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -428,6 +429,12 @@ async fn events_count_up_are_read_at_once_and_go_with_their_pod() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(unhealthy(mgr).count, 4);
+    // one no longer remembered (forgotten, or from before a restart) counts up the
+    // stored one, so that counts go on across restarts
+    mgr.forget_recent_events();
+    mgr.event(&rec, "Warning", "Unhealthy", "Readiness probe failed");
+    let e = unhealthy(mgr);
+    assert_eq!((e.count, e.first_seen), (5, first_seen));
     mgr.delete("default/noisy").await.unwrap();
     assert!(mgr.events(&rec.uid).unwrap().is_empty(), "the pod's events go with it");
     assert!(mgr.events("").unwrap().iter().all(|e| e.pod != "default/noisy"));
