@@ -175,12 +175,12 @@ impl ImageService {
     /// The record for a reference, if it was pulled.
     pub fn get(&self, reference: &Reference) -> Result<Option<Arc<ImageRecord>>> {
         let key = reference.to_string();
-        if let Some(r) = self.records.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = records.get(&key) {
             return Ok(Some(r.clone()));
         }
-        let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
         let found: Option<ImageRecord> = self.store.get(Table::Images, &key)?;
-        Ok(found.map(|r| records.entry(key).or_insert_with(|| Arc::new(r)).clone()))
+        Ok(found.map(|r| records.entry(key).or_insert(Arc::new(r)).clone()))
     }
 
     /// Records that a container started from the image.

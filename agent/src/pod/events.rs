@@ -78,9 +78,9 @@ impl Recent {
     /// A repeat of a remembered event: its id, new count and first sighting.
     fn repeat(&mut self, uid: &str, reason: &str, message: &str) -> Option<Seen> {
         let k = (uid.to_string(), digest(reason, message));
+        let s = self.seen.get_mut(&k)?;
         self.tick += 1;
         let tick = self.tick;
-        let s = self.seen.get_mut(&k)?;
         self.order.remove(&s.tick);
         s.tick = tick;
         s.count = s.count.saturating_add(1);
