@@ -8,8 +8,9 @@ set -euo pipefail
 #   busybox-static   the busybox test image's content
 #   apache2-utils    htpasswd (bcrypt) for the registry with basic auth
 #   python3-grpcio   a real gRPC health server for the gRPC probe tests
+#   protobuf-compiler  protoc, which the CRI API crate (k8s-cri) runs at build time
 # runc, conmon, the CNI plugins, iptables (portmap) and iproute2 run Linux containers
-apt_packages=(docker-registry skopeo umoci busybox-static apache2-utils curl python3-grpcio
+apt_packages=(docker-registry skopeo umoci busybox-static apache2-utils curl python3-grpcio protobuf-compiler
     runc conmon containernetworking-plugins iptables iproute2)
 missing=()
 for p in "${apt_packages[@]}"; do

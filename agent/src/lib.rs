@@ -5,6 +5,7 @@
 pub mod api;
 pub mod cli;
 pub mod cluster;
+pub mod cri;
 pub mod http;
 pub mod image;
 pub mod node;
@@ -18,8 +19,9 @@ pub mod workload;
 /// The agent's modules import one way: each only from those after it in [`LAYERS`].
 #[cfg(test)]
 mod layering {
-    const LAYERS: &[&str] =
-        &["cli", "api", "cluster", "http", "workload", "pod", "image", "objects", "store", "spec", "node", "time"];
+    const LAYERS: &[&str] = &[
+        "cli", "cri", "api", "cluster", "http", "workload", "pod", "image", "objects", "store", "spec", "node", "time",
+    ];
 
     fn sources(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
         for e in std::fs::read_dir(dir).unwrap().flatten() {

@@ -442,6 +442,9 @@ pub trait Runtime {
     fn container_stats(&self, id: &str) -> Option<Usage>;
     async fn exec_sync(&self, id: &str, command: &[String]) -> Result<i32>;
     async fn exec(&self, id: &str, command: &[String], tty: bool) -> Result<ExecSession>;
+    /// Closes the container's log file and opens its path anew (CRI's
+    /// `ReopenContainerLog`: the caller has renamed the file to rotate it).
+    async fn reopen_log(&self, id: &str) -> Result<()>;
     fn set_event_sink(&self, sink: EventSink);
     fn metrics(&self) -> Metrics;
 }
@@ -534,6 +537,9 @@ impl Runtime for AnyRuntime {
     }
     async fn exec(&self, id: &str, command: &[String], tty: bool) -> Result<ExecSession> {
         each!(self, r => r.exec(id, command, tty).await)
+    }
+    async fn reopen_log(&self, id: &str) -> Result<()> {
+        each!(self, r => r.reopen_log(id).await)
     }
     fn set_event_sink(&self, sink: EventSink) {
         each!(self, r => r.set_event_sink(sink))
@@ -629,6 +635,9 @@ impl Runtimes {
     }
     pub async fn exec(&self, kind: RuntimeKind, id: &str, command: &[String], tty: bool) -> Result<ExecSession> {
         self.get(kind)?.exec(id, command, tty).await
+    }
+    pub async fn reopen_log(&self, kind: RuntimeKind, id: &str) -> Result<()> {
+        self.get(kind)?.reopen_log(id).await
     }
     pub fn container_stats(&self, kind: RuntimeKind, id: &str) -> Option<Usage> {
         self.get(kind).ok()?.container_stats(id)

@@ -732,6 +732,13 @@ impl Runtime for LinuxRuntime {
         self.exec_session(id, command, tty).await
     }
 
+    /// conmon writes the log: it is told to reopen its file.
+    async fn reopen_log(&self, id: &str) -> Result<()> {
+        self.meta(id)?;
+        let dir = self.dir(id);
+        reopen_log(&dir).map_err(|e| io_err("reopen the container log", &dir, e))
+    }
+
     /// runc containers report nothing to the sink: their refusals are the kernel's.
     fn set_event_sink(&self, _sink: EventSink) {}
 

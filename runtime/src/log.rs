@@ -166,6 +166,15 @@ impl CriLog {
         Ok(())
     }
 
+    /// Closes the file; the next write opens the path again (creating it when it was
+    /// renamed away) and counts its size from there.
+    pub fn reopen(&self) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.flush();
+        inner.close();
+        inner.size = std::fs::metadata(&inner.path).map_or(0, |m| m.len());
+    }
+
     /// Writes what is left of unfinished lines as full records (the container ended),
     /// and closes the file.
     pub fn finish(&self) -> std::io::Result<()> {

@@ -8,6 +8,7 @@ mod common;
 mod cluster;
 mod control_plane;
 mod crash;
+mod cri;
 mod docs;
 mod hardened;
 mod harness;

@@ -22,6 +22,21 @@ pub struct ServeArgs {
     pub runtime: RuntimeArgs,
     #[command(flatten)]
     pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub cri: CriArgs,
+}
+
+/// Container-runtime mode: serve CRI v1 to a kubelet or crictl.
+#[derive(Clone, Debug, Args)]
+pub struct CriArgs {
+    /// Serve CRI v1 (RuntimeService and ImageService) on this unix socket; given
+    /// without a path, on /run/wasmlet/cri.sock.
+    #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = crate::cri::DEFAULT_SOCKET)]
+    pub cri_socket: Option<std::path::PathBuf>,
+    /// Where the CRI streaming server (Exec, Attach, PortForward URLs) listens; port 0
+    /// picks a free one. The kubelet relays these streams, so loopback is enough.
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "IP:PORT")]
+    pub cri_streaming_address: String,
 }
 
 /// Cluster mode: join a Kubernetes cluster as a node.
@@ -383,6 +398,18 @@ pub async fn run(global: &Global, args: ServeArgs) -> anyhow::Result<()> {
     let socket = global.socket();
     tracing::info!(socket = %socket.display(), "serving");
     eprintln!("wasmlet: serving on {}", socket.display());
+    let cri_mode = async {
+        match &args.cri.cri_socket {
+            Some(path) => {
+                let cri = crate::cri::Cri::open(manager.clone(), &global.state_dir, &args.cri.cri_streaming_address)
+                    .await
+                    .context("starting the CRI server")?;
+                eprintln!("wasmlet: serving CRI on {}", path.display());
+                crate::cri::serve(path, cri).await.with_context(|| format!("serving CRI on {}", path.display()))
+            }
+            None => std::future::pending().await,
+        }
+    };
     let cluster_mode = async {
         match cluster {
             Some(cfg) => crate::cluster::run(manager.clone(), cfg).await,
@@ -392,6 +419,7 @@ pub async fn run(global: &Global, args: ServeArgs) -> anyhow::Result<()> {
     tokio::select! {
         r = crate::api::serve(&socket, manager.clone()) => r.with_context(|| format!("serving on {}", socket.display()))?,
         r = cluster_mode => r.context("cluster mode")?,
+        r = cri_mode => r?,
         _ = shutdown_signal() => eprintln!("wasmlet: shutting down"),
     }
     manager.release_secret_volumes();

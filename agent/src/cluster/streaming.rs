@@ -33,7 +33,7 @@ fn flag(query: &[(String, String)], key: &str) -> bool {
 }
 
 /// Checks the upgrade (SPDY/3.1, `v4.channel.k8s.io`) and reads which streams are asked for.
-fn negotiate(req: &Request<Incoming>, query: &[(String, String)]) -> Result<Wanted, ApiError> {
+pub(crate) fn negotiate(req: &Request<Incoming>, query: &[(String, String)]) -> Result<Wanted, ApiError> {
     let upgrade = req.headers().get(hyper::header::UPGRADE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !upgrade.eq_ignore_ascii_case("SPDY/3.1") {
         return Err(ApiError::new(
@@ -64,10 +64,10 @@ fn negotiate(req: &Request<Incoming>, query: &[(String, String)]) -> Result<Want
     })
 }
 
-type Upgraded = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;
+pub(crate) type Upgraded = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;
 
 /// Runs `session` on the connection once the 101 has gone out.
-fn upgrade<F, Fut>(req: Request<Incoming>, what: &'static str, session: F)
+pub(crate) fn upgrade<F, Fut>(req: Request<Incoming>, what: &'static str, session: F)
 where
     F: FnOnce(Upgraded) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = std::io::Result<()>> + Send,
@@ -85,7 +85,7 @@ where
 }
 
 /// The 101 that starts a SPDY session speaking `protocol`.
-fn switching(protocol: &str) -> Response<Body> {
+pub(crate) fn switching(protocol: &str) -> Response<Body> {
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(hyper::header::CONNECTION, "Upgrade")
@@ -141,17 +141,21 @@ pub async fn attach(
     if !matches!(status.state, crate::pod::state::State::Running { .. }) {
         return Err(bad(format!("container {container} is not running")));
     }
-    let target = Tail { key, idx, instance: status.instances, path: mgr.log_path(&rec, &container, status.instances) };
-    upgrade(req, "attach", move |io| run_attach(io, mgr, want, target));
+    let (instance, path) = (status.instances, mgr.log_path(&rec, &container, status.instances));
+    let running = Box::new(move || {
+        mgr.get(&key).ok().flatten().is_some_and(|r| {
+            let c = &r.status.containers[idx];
+            c.instances == instance && matches!(c.state, crate::pod::state::State::Running { .. })
+        })
+    });
+    upgrade(req, "attach", move |io| run_attach(io, want, Tail { path, running }));
     Ok(switching(PROTOCOL))
 }
 
-/// The container instance an attach follows, and its log.
-struct Tail {
-    key: String,
-    idx: usize,
-    instance: u32,
-    path: std::path::PathBuf,
+/// The log an attach follows, and whether its container instance still runs.
+pub(crate) struct Tail {
+    pub path: std::path::PathBuf,
+    pub running: Box<dyn Fn() -> bool + Send>,
 }
 
 type Writer = (tokio::sync::mpsc::Sender<Frame>, tokio::task::JoinHandle<()>);
@@ -228,7 +232,7 @@ async fn finish(out: &tokio::sync::mpsc::Sender<Frame>, streams: &HashMap<String
     let _ = out.send(Frame::GoAway { last_good, status: 0 }).await;
 }
 
-async fn run_attach<S>(io: S, mgr: Arc<Manager>, want: Wanted, t: Tail) -> std::io::Result<()>
+pub(crate) async fn run_attach<S>(io: S, want: Wanted, t: Tail) -> std::io::Result<()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -242,10 +246,7 @@ where
     let mut partial = Vec::new();
     let mut chunk = vec![0u8; 4096];
     loop {
-        let running = mgr.get(&t.key).ok().flatten().is_some_and(|r| {
-            let c = &r.status.containers[t.idx];
-            c.instances == t.instance && matches!(c.state, crate::pod::state::State::Running { .. })
-        });
+        let running = (t.running)();
         let mut fresh = Vec::new();
         if let Ok(mut f) = std::fs::File::open(&t.path) {
             use std::io::{Read, Seek};
@@ -290,11 +291,11 @@ where
 }
 
 #[derive(Clone, Copy, Debug)]
-struct Wanted {
-    stdin: bool,
-    stdout: bool,
-    stderr: bool,
-    tty: bool,
+pub(crate) struct Wanted {
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
 }
 
 impl Wanted {
@@ -323,7 +324,12 @@ pub fn exit_status(code: i32, command: &[String]) -> serde_json::Value {
     })
 }
 
-async fn run<S>(io: S, session: wasmlet_runtime::ExecSession, want: Wanted, command: Vec<String>) -> std::io::Result<()>
+pub(crate) async fn run<S>(
+    io: S,
+    session: wasmlet_runtime::ExecSession,
+    want: Wanted,
+    command: Vec<String>,
+) -> std::io::Result<()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -423,6 +429,19 @@ pub async fn port_forward(
     (ns, pod): (String, String),
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
+    negotiate_port_forward(&req)?;
+    let key = crate::pod::key(&ns, &pod);
+    let rec = mgr.get(&key)?.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("pod {key} not found")))?;
+    if rec.deleting || rec.status.phase.is_terminal() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("pod {pod} is not running")));
+    }
+    let host = rec.pod_ip.clone().unwrap_or_else(|| "127.0.0.1".into());
+    upgrade(req, "port-forward", move |io| run_port_forward(io, host));
+    Ok(switching(PORT_FORWARD))
+}
+
+/// Checks a port-forward upgrade: SPDY/3.1 speaking `portforward.k8s.io`.
+pub(crate) fn negotiate_port_forward(req: &Request<Incoming>) -> Result<(), ApiError> {
     let spdy = req.headers().get(hyper::header::UPGRADE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let offered = req
         .headers()
@@ -436,14 +455,7 @@ pub async fn port_forward(
             format!("unable to upgrade: port-forward speaks SPDY/3.1 with {PORT_FORWARD}"),
         ));
     }
-    let key = crate::pod::key(&ns, &pod);
-    let rec = mgr.get(&key)?.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("pod {key} not found")))?;
-    if rec.deleting || rec.status.phase.is_terminal() {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("pod {pod} is not running")));
-    }
-    let host = rec.pod_ip.clone().unwrap_or_else(|| "127.0.0.1".into());
-    upgrade(req, "port-forward", move |io| run_port_forward(io, host));
-    Ok(switching(PORT_FORWARD))
+    Ok(())
 }
 
 /// One forwarded connection's streams as they are opened.
@@ -454,7 +466,7 @@ struct Pair {
     port: u16,
 }
 
-async fn run_port_forward<S>(io: S, host: String) -> std::io::Result<()>
+pub(crate) async fn run_port_forward<S>(io: S, host: String) -> std::io::Result<()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {

@@ -234,6 +234,13 @@ impl ImageService {
         Ok(removed)
     }
 
+    /// Removes the image pulled as `reference`, and what no other image shares.
+    pub async fn remove(&self, reference: &str) -> Result<Option<ImageRecord>> {
+        let others: HashSet<String> =
+            self.list()?.into_iter().map(|r| r.reference).filter(|r| r != reference).collect();
+        Ok(self.prune(&others, || false).await?.pop())
+    }
+
     /// The share of the filesystem holding the state directory that is used, 0–100.
     pub fn disk_usage_percent(&self) -> Option<u64> {
         let st = rustix::fs::statvfs(self.layers.parent()?).ok()?;

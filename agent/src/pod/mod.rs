@@ -363,6 +363,12 @@ impl Core {
 }
 
 /// A pod's containers' images, normalized as the image store names them.
+/// Whether a runtime container id is one the CRI server made: 64 hex digits, as
+/// containerd's and CRI-O's (a pod's are `<uid>-<name>-<instance>`).
+pub fn is_cri_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 fn images_of(rec: &PodRecord) -> impl Iterator<Item = String> + '_ {
     rec.plan.containers.iter().filter_map(|c| c.image.parse::<registry_client::Reference>().ok().map(|r| r.to_string()))
 }
@@ -537,7 +543,8 @@ impl Manager {
             }
         }
         for id in linux.list_containers() {
-            if !known.contains(&id) {
+            // the CRI server's containers are its own to keep or sweep
+            if !known.contains(&id) && !is_cri_id(&id) {
                 tracing::warn!(container = %id, "removing a container no pod runs");
                 let _ = self.runtime.stop_container(RuntimeKind::Linux, &id, std::time::Duration::ZERO).await;
                 let _ = self.runtime.remove_container(RuntimeKind::Linux, &id).await;
@@ -801,6 +808,36 @@ impl Manager {
 
     pub fn images(&self) -> &Arc<ImageService> {
         &self.images
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn policy(&self) -> &crate::node::Policy {
+        &self.policy
+    }
+
+    /// Counts `reference` (normalized) as in use by one more container outside the
+    /// pods (the CRI server's), so that image garbage collection keeps it…
+    pub fn hold_image(&self, reference: &str) {
+        *self.image_refs.lock().unwrap_or_else(|e| e.into_inner()).entry(reference.to_string()).or_default() += 1;
+    }
+
+    /// …and one fewer.
+    pub fn release_image(&self, reference: &str) {
+        let mut refs = self.image_refs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = refs.get_mut(reference) {
+            *n -= 1;
+            if *n == 0 {
+                refs.remove(reference);
+            }
+        }
+    }
+
+    /// Whether a stored pod or a held container names the image.
+    pub fn image_in_use(&self, reference: &str) -> bool {
+        self.image_refs.lock().unwrap_or_else(|e| e.into_inner()).contains_key(reference)
     }
 
     /// What plan container `i` of a pod uses now, if it runs.

@@ -92,6 +92,7 @@ struct Db {
     images: sled::Tree,
     events: sled::Tree,
     objects: sled::Tree,
+    cri: sled::Tree,
 }
 
 impl Db {
@@ -108,6 +109,7 @@ impl Db {
             images: db.open_tree("images")?,
             events: db.open_tree("events")?,
             objects: db.open_tree("objects")?,
+            cri: db.open_tree("cri")?,
             db,
         })
     }
@@ -118,6 +120,7 @@ impl Db {
             Table::Images => &self.images,
             Table::Events => &self.events,
             Table::Objects => &self.objects,
+            Table::Cri => &self.cri,
         }
     }
 }
@@ -130,6 +133,8 @@ pub enum Table {
     Events,
     /// ConfigMaps, Secrets, Deployments and Jobs, keyed `<Kind>/<ns>/<name>` (see `objects`).
     Objects,
+    /// The CRI server's sandboxes and containers, keyed `s/<id>` and `c/<id>`.
+    Cri,
 }
 
 impl Table {
@@ -139,6 +144,7 @@ impl Table {
             Table::Images => "images",
             Table::Events => "events",
             Table::Objects => "objects",
+            Table::Cri => "cri",
         }
     }
 }
@@ -156,6 +162,11 @@ impl Store {
                 wedged: Default::default(),
             }),
         })
+    }
+
+    /// The state directory the database is in.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
     }
 
     fn db(&self) -> Result<Arc<Db>> {

@@ -111,6 +111,8 @@ struct Container {
     state: watch::Sender<ContainerState>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     meter: Arc<Meter>,
+    /// The log it writes, once started (to reopen it).
+    log: std::sync::OnceLock<CriLog>,
 }
 
 struct Ticker(Arc<std::sync::atomic::AtomicBool>);
@@ -448,7 +450,13 @@ impl Runtime for WasmRuntime {
             tokio::task::spawn_blocking(move || this.load(&path, &digest)).await.expect("load task panicked")?;
         }
         let (state, _) = watch::channel(ContainerState::Created);
-        let container = Arc::new(Container { config, state, task: Mutex::new(None), meter: Default::default() });
+        let container = Arc::new(Container {
+            config,
+            state,
+            task: Mutex::new(None),
+            meter: Default::default(),
+            log: Default::default(),
+        });
         self.inner.containers.lock().unwrap_or_else(|e| e.into_inner()).insert(container.config.id.clone(), container);
         Ok(())
     }
@@ -462,6 +470,7 @@ impl Runtime for WasmRuntime {
             path: c.config.log_path.clone(),
             source,
         })?;
+        let _ = c.log.set(log.clone());
         if let Loaded::Http(pre) = loaded {
             // served on its ports until stopped; a port that cannot be bound is a start error
             let listeners = http::bind(&c.config).await?;
@@ -552,6 +561,13 @@ impl Runtime for WasmRuntime {
 
     async fn exec(&self, _id: &str, _command: &[String], _tty: bool) -> Result<ExecSession> {
         Err(Error::Unsupported { what: "exec", runtime: RuntimeKind::Wasm })
+    }
+
+    async fn reopen_log(&self, id: &str) -> Result<()> {
+        if let Some(log) = self.container(id)?.log.get() {
+            log.reopen();
+        }
+        Ok(())
     }
 
     /// Sets where refused network uses are reported (once).

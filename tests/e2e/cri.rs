@@ -1,0 +1,680 @@
+//! CRI conformance, from the CRI API's documented behaviour: a generated CRI v1 client
+//! (`k8s-cri`) over the real agent's unix socket (`serve --cri-socket`), with images
+//! from the real registry, Wasm guests in wasmtime and Linux containers under runc.
+//! The streaming URLs Exec, Attach and PortForward return are driven with SPDY/3.1 as
+//! the kubelet's client speaks it.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::common::{PASSWORD, Registry, USER};
+use crate::harness::{Agent, Apps, WASMLET, push_busybox};
+
+/// A CRI client on the agent's socket, driven from a synchronous test.
+struct Cri {
+    rt: tokio::runtime::Runtime,
+    runtime: RuntimeServiceClient<Channel>,
+    images: ImageServiceClient<Channel>,
+}
+
+impl Cri {
+    fn connect(agent: &Agent) -> Cri {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let path = agent.state_dir().join("cri.sock");
+        let channel = rt.block_on(async {
+            tonic::transport::Endpoint::try_from("http://[::]:50051")
+                .unwrap()
+                .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                    let path = path.clone();
+                    async move {
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                            tokio::net::UnixStream::connect(path).await?,
+                        ))
+                    }
+                }))
+                .await
+                .expect("connect to the CRI socket")
+        });
+        Cri { rt, runtime: RuntimeServiceClient::new(channel.clone()), images: ImageServiceClient::new(channel) }
+    }
+
+    fn rs<T, F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>>(
+        &self,
+        call: impl FnOnce(RuntimeServiceClient<Channel>) -> F,
+    ) -> Result<T, tonic::Status> {
+        self.rt.block_on(call(self.runtime.clone())).map(tonic::Response::into_inner)
+    }
+
+    fn is<T, F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>>(
+        &self,
+        call: impl FnOnce(ImageServiceClient<Channel>) -> F,
+    ) -> Result<T, tonic::Status> {
+        self.rt.block_on(call(self.images.clone())).map(tonic::Response::into_inner)
+    }
+
+    fn pull(&self, image: &str) -> String {
+        let spec = v1::ImageSpec { image: image.into(), ..Default::default() };
+        self.is(
+            |mut c| async move { c.pull_image(v1::PullImageRequest { image: Some(spec), ..Default::default() }).await },
+        )
+        .unwrap_or_else(|e| panic!("pull {image}: {e}"))
+        .image_ref
+    }
+
+    fn run_sandbox(&self, config: v1::PodSandboxConfig, handler: &str) -> String {
+        let handler = handler.to_string();
+        self.rs(|mut c| async move {
+            c.run_pod_sandbox(v1::RunPodSandboxRequest { config: Some(config), runtime_handler: handler }).await
+        })
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}"))
+        .pod_sandbox_id
+    }
+
+    fn create(
+        &self,
+        sandbox: &str,
+        sb: &v1::PodSandboxConfig,
+        config: v1::ContainerConfig,
+    ) -> Result<String, tonic::Status> {
+        let req = v1::CreateContainerRequest {
+            pod_sandbox_id: sandbox.into(),
+            config: Some(config),
+            sandbox_config: Some(sb.clone()),
+        };
+        self.rs(|mut c| async move { c.create_container(req).await }).map(|r| r.container_id)
+    }
+
+    fn start(&self, id: &str) -> Result<(), tonic::Status> {
+        let id = id.to_string();
+        self.rs(|mut c| async move { c.start_container(v1::StartContainerRequest { container_id: id }).await })
+            .map(|_| ())
+    }
+
+    fn status(&self, id: &str) -> v1::ContainerStatus {
+        let id = id.to_string();
+        self.rs(|mut c| async move {
+            c.container_status(v1::ContainerStatusRequest { container_id: id, verbose: false }).await
+        })
+        .unwrap()
+        .status
+        .unwrap()
+    }
+
+    fn sandbox_status(&self, id: &str) -> Result<v1::PodSandboxStatus, tonic::Status> {
+        let id = id.to_string();
+        self.rs(|mut c| async move {
+            c.pod_sandbox_status(v1::PodSandboxStatusRequest { pod_sandbox_id: id, verbose: false }).await
+        })
+        .map(|r| r.status.unwrap())
+    }
+
+    fn wait_state(&self, id: &str, state: v1::ContainerState) -> v1::ContainerStatus {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = self.status(id);
+            if s.state == state as i32 {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "container {id} did not reach {state:?}: {s:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn containers(&self, filter: v1::ContainerFilter) -> Vec<v1::Container> {
+        self.rs(|mut c| async move { c.list_containers(v1::ListContainersRequest { filter: Some(filter) }).await })
+            .unwrap()
+            .containers
+    }
+
+    fn sandboxes(&self, filter: v1::PodSandboxFilter) -> Vec<v1::PodSandbox> {
+        self.rs(|mut c| async move { c.list_pod_sandbox(v1::ListPodSandboxRequest { filter: Some(filter) }).await })
+            .unwrap()
+            .items
+    }
+
+    fn exec_sync(&self, id: &str, cmd: &[&str], timeout: i64) -> Result<v1::ExecSyncResponse, tonic::Status> {
+        let req =
+            v1::ExecSyncRequest { container_id: id.into(), cmd: cmd.iter().map(|s| s.to_string()).collect(), timeout };
+        self.rs(|mut c| async move { c.exec_sync(req).await })
+    }
+
+    fn stop(&self, id: &str, timeout: i64) {
+        let id = id.to_string();
+        self.rs(|mut c| async move { c.stop_container(v1::StopContainerRequest { container_id: id, timeout }).await })
+            .unwrap();
+    }
+
+    fn remove(&self, id: &str) -> Result<(), tonic::Status> {
+        let id = id.to_string();
+        self.rs(|mut c| async move { c.remove_container(v1::RemoveContainerRequest { container_id: id }).await })
+            .map(|_| ())
+    }
+
+    fn stop_sandbox(&self, id: &str) -> Result<(), tonic::Status> {
+        let id = id.to_string();
+        self.rs(|mut c| async move { c.stop_pod_sandbox(v1::StopPodSandboxRequest { pod_sandbox_id: id }).await })
+            .map(|_| ())
+    }
+
+    fn remove_sandbox(&self, id: &str) -> Result<(), tonic::Status> {
+        let id = id.to_string();
+        self.rs(|mut c| async move { c.remove_pod_sandbox(v1::RemovePodSandboxRequest { pod_sandbox_id: id }).await })
+            .map(|_| ())
+    }
+}
+
+fn agent_with_cri(extra: &[&str]) -> Agent {
+    let state = tempfile::tempdir().unwrap();
+    let socket = state.path().join("cri.sock").display().to_string();
+    let mut flags = vec!["--cri-socket", socket.as_str()];
+    flags.extend_from_slice(extra);
+    let agent = Agent::start_in(state, &flags);
+    crate::common::wait_until(Duration::from_secs(10), "the CRI socket", || {
+        agent.state_dir().join("cri.sock").exists()
+    });
+    agent
+}
+
+fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn sandbox_config(name: &str, log_dir: &std::path::Path, pairs: &[(&str, &str)]) -> v1::PodSandboxConfig {
+    std::fs::create_dir_all(log_dir).unwrap();
+    v1::PodSandboxConfig {
+        metadata: Some(v1::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: log_dir.display().to_string(),
+        labels: labels(pairs),
+        ..Default::default()
+    }
+}
+
+fn container(name: &str, image: &str, command: &[&str], args: &[&str]) -> v1::ContainerConfig {
+    v1::ContainerConfig {
+        metadata: Some(v1::ContainerMetadata { name: name.into(), attempt: 0 }),
+        image: Some(v1::ImageSpec { image: image.into(), ..Default::default() }),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}/0.log"),
+        labels: labels(&[("container", name)]),
+        envs: vec![v1::KeyValue { key: "GREETING".into(), value: "from-cri".into() }],
+        ..Default::default()
+    }
+}
+
+/// The message bodies of a CRI log file (`TIME STREAM TAG MESSAGE` lines).
+fn log_lines(path: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines().filter_map(|l| l.splitn(4, ' ').nth(3).map(str::to_string)).collect()
+}
+
+#[test]
+fn wasm_sandboxes_and_containers_follow_the_cri_lifecycle() {
+    let apps = Apps::push(&["exit", "sleep", "hello", "chatty"]);
+    let agent = agent_with_cri(&[]);
+    let cri = Cri::connect(&agent);
+
+    let v = cri.rs(|mut c| async move { c.version(v1::VersionRequest { version: "v1".into() }).await }).unwrap();
+    assert_eq!((v.runtime_name.as_str(), v.runtime_api_version.as_str()), ("wasmlet", "v1"));
+    let status = cri.rs(|mut c| async move { c.status(v1::StatusRequest { verbose: false }).await }).unwrap();
+    let conditions = status.status.unwrap().conditions;
+    assert!(conditions.iter().any(|c| c.r#type == "RuntimeReady" && c.status), "{conditions:?}");
+    assert!(conditions.iter().any(|c| c.r#type == "NetworkReady"), "{conditions:?}");
+    let handlers: Vec<String> = status.runtime_handlers.iter().map(|h| h.name.clone()).collect();
+    assert!(handlers.contains(&"wasm".to_string()) && handlers.contains(&String::new()), "{handlers:?}");
+    let rc = cri.rs(|mut c| async move { c.runtime_config(v1::RuntimeConfigRequest {}).await }).unwrap();
+    assert_eq!(rc.linux.unwrap().cgroup_driver, v1::CgroupDriver::Cgroupfs as i32);
+
+    // images: absent is an empty status, not an error; pulled ones are listed by id
+    let exit_image = apps.image("exit", "v1");
+    let absent = cri
+        .is(|mut c| {
+            let image = Some(v1::ImageSpec { image: exit_image.clone(), ..Default::default() });
+            async move { c.image_status(v1::ImageStatusRequest { image, verbose: false }).await }
+        })
+        .unwrap();
+    assert!(absent.image.is_none());
+    let exit_id = cri.pull(&exit_image);
+    assert!(exit_id.starts_with("sha256:"), "{exit_id}");
+    let sleep_image = apps.image("sleep", "p2");
+    cri.pull(&sleep_image);
+    cri.pull(&apps.image("chatty", "v1"));
+    let listed = cri.is(|mut c| async move { c.list_images(v1::ListImagesRequest { filter: None }).await }).unwrap();
+    let exit = listed.images.iter().find(|i| i.id == exit_id).expect("the pulled image is listed");
+    assert_eq!(exit.repo_tags, vec![exit_image.clone()]);
+    assert!(exit.repo_digests[0].contains("@sha256:") && exit.size > 0, "{exit:?}");
+
+    // a sandbox for Wasm only: no network namespace
+    let logs = agent.state_dir().join("pod-logs");
+    let sb_config = sandbox_config("wasm-pod", &logs, &[("app", "demo")]);
+    let sb = cri.run_sandbox(sb_config.clone(), "wasm");
+    assert_eq!(sb.len(), 64);
+    let again = cri.rs(|mut c| {
+        let config = Some(sb_config.clone());
+        async move { c.run_pod_sandbox(v1::RunPodSandboxRequest { config, runtime_handler: "wasm".into() }).await }
+    });
+    assert_eq!(again.unwrap_err().code(), Code::AlreadyExists, "the same name and attempt twice");
+    let s = cri.sandbox_status(&sb).unwrap();
+    assert_eq!(s.state, v1::PodSandboxState::SandboxReady as i32);
+    assert_eq!(s.runtime_handler, "wasm");
+    assert_eq!(s.labels, labels(&[("app", "demo")]));
+
+    // a container that exits 3: its status, reason and CRI-format log where asked
+    let exit_c = cri.create(&sb, &sb_config, container("exiter", &exit_id, &[], &["3"])).unwrap();
+    assert_eq!(cri.status(&exit_c).state, v1::ContainerState::ContainerCreated as i32);
+    cri.start(&exit_c).unwrap();
+    let done = cri.wait_state(&exit_c, v1::ContainerState::ContainerExited);
+    assert_eq!((done.exit_code, done.reason.as_str()), (3, "Error"), "{done:?}");
+    assert!(done.started_at > 0 && done.finished_at >= done.started_at && done.created_at > 0, "{done:?}");
+    assert_eq!(done.log_path, logs.join("exiter/0.log").display().to_string());
+    assert!(!log_lines(&logs.join("exiter/0.log")).is_empty(), "the guest's line is in the log");
+    assert_eq!(
+        cri.start(&exit_c).unwrap_err().code(),
+        Code::FailedPrecondition,
+        "an exited container does not start again"
+    );
+    let dup = cri.create(&sb, &sb_config, container("exiter", &exit_id, &[], &["3"]));
+    assert_eq!(dup.unwrap_err().code(), Code::AlreadyExists);
+
+    // a long runner, with stats, a reopened log and filters
+    let sleeper = cri.create(&sb, &sb_config, container("sleeper", &sleep_image, &[], &["600"])).unwrap();
+    cri.start(&sleeper).unwrap();
+    cri.wait_state(&sleeper, v1::ContainerState::ContainerRunning);
+    let chatty =
+        cri.create(&sb, &sb_config, container("chatty", &apps.image("chatty", "v1"), &[], &["0", "8", "20"])).unwrap();
+    cri.start(&chatty).unwrap();
+    let running = v1::ContainerFilter {
+        state: Some(v1::ContainerStateValue { state: v1::ContainerState::ContainerRunning as i32 }),
+        ..Default::default()
+    };
+    let ids: Vec<String> = cri.containers(running).into_iter().map(|c| c.id).collect();
+    assert!(ids.contains(&sleeper) && ids.contains(&chatty) && !ids.contains(&exit_c), "{ids:?}");
+    let by_label = v1::ContainerFilter { label_selector: labels(&[("container", "exiter")]), ..Default::default() };
+    assert_eq!(cri.containers(by_label).into_iter().map(|c| c.id).collect::<Vec<_>>(), vec![exit_c.clone()]);
+    let by_sandbox = v1::ContainerFilter { pod_sandbox_id: sb[..12].into(), ..Default::default() };
+    assert_eq!(cri.containers(by_sandbox).len(), 3, "a sandbox id prefix selects its containers");
+    let stats = cri
+        .rs(|mut c| {
+            let id = chatty.clone();
+            async move { c.container_stats(v1::ContainerStatsRequest { container_id: id }).await }
+        })
+        .unwrap()
+        .stats
+        .unwrap();
+    assert!(stats.memory.unwrap().working_set_bytes.unwrap().value > 0, "a running guest has memory");
+    let pod_stats = cri
+        .rs(|mut c| {
+            let id = sb.clone();
+            async move { c.pod_sandbox_stats(v1::PodSandboxStatsRequest { pod_sandbox_id: id }).await }
+        })
+        .unwrap();
+    assert_eq!(pod_stats.stats.unwrap().linux.unwrap().containers.len(), 3);
+
+    // log rotation as the kubelet does it: rename, then ReopenContainerLog
+    let chatty_log = logs.join("chatty/0.log");
+    crate::common::wait_until(Duration::from_secs(10), "chatty's output", || chatty_log.exists());
+    let rotated = logs.join("chatty/0.log.20260101-000000");
+    std::fs::rename(&chatty_log, &rotated).unwrap();
+    cri.rs(|mut c| {
+        let id = chatty.clone();
+        async move { c.reopen_container_log(v1::ReopenContainerLogRequest { container_id: id }).await }
+    })
+    .unwrap();
+    crate::common::wait_until(Duration::from_secs(10), "a new log file after reopening", || {
+        !log_lines(&chatty_log).is_empty()
+    });
+
+    // exec is refused with a reason for a Wasm guest (no processes to run a command in)
+    let e = cri.exec_sync(&sleeper, &["ls"], 0).unwrap_err();
+    assert_eq!(e.code(), Code::Unimplemented, "{e}");
+
+    // stop and remove: a stop with a grace period ends it; removes are idempotent
+    let t0 = Instant::now();
+    cri.stop(&sleeper, 5);
+    assert!(t0.elapsed() < Duration::from_secs(5), "a Wasm guest stops at once");
+    let stopped = cri.status(&sleeper);
+    assert_eq!(stopped.state, v1::ContainerState::ContainerExited as i32, "{stopped:?}");
+    cri.stop(&sleeper, 5);
+    cri.remove(&sleeper).unwrap();
+    cri.remove(&sleeper).unwrap();
+    let gone = cri.rs(|mut c| async move {
+        c.container_status(v1::ContainerStatusRequest { container_id: "f".repeat(64), verbose: false }).await
+    });
+    assert_eq!(gone.unwrap_err().code(), Code::NotFound);
+
+    // an image in use cannot be removed; the sandbox stops and goes with its containers
+    let in_use = cri.is(|mut c| {
+        let image = Some(v1::ImageSpec { image: exit_id.clone(), ..Default::default() });
+        async move { c.remove_image(v1::RemoveImageRequest { image }).await }
+    });
+    assert_eq!(in_use.unwrap_err().code(), Code::FailedPrecondition);
+    cri.stop_sandbox(&sb).unwrap();
+    cri.stop_sandbox(&sb).unwrap();
+    assert_eq!(cri.sandbox_status(&sb).unwrap().state, v1::PodSandboxState::SandboxNotready as i32);
+    assert_eq!(cri.status(&chatty).state, v1::ContainerState::ContainerExited as i32);
+    let not_ready = v1::PodSandboxFilter {
+        state: Some(v1::PodSandboxStateValue { state: v1::PodSandboxState::SandboxNotready as i32 }),
+        ..Default::default()
+    };
+    assert_eq!(cri.sandboxes(not_ready).len(), 1);
+    cri.remove_sandbox(&sb).unwrap();
+    cri.remove_sandbox(&sb).unwrap();
+    assert_eq!(cri.sandbox_status(&sb).unwrap_err().code(), Code::NotFound);
+    assert!(cri.containers(v1::ContainerFilter::default()).is_empty());
+    cri.is(|mut c| {
+        let image = Some(v1::ImageSpec { image: exit_id.clone(), ..Default::default() });
+        async move { c.remove_image(v1::RemoveImageRequest { image }).await }
+    })
+    .unwrap();
+    let listed = cri.is(|mut c| async move { c.list_images(v1::ListImagesRequest { filter: None }).await }).unwrap();
+    assert!(!listed.images.iter().any(|i| i.id == exit_id), "removed");
+    let fs = cri.is(|mut c| async move { c.image_fs_info(v1::ImageFsInfoRequest {}).await }).unwrap();
+    let usage = &fs.image_filesystems[0];
+    assert!(usage.used_bytes.as_ref().unwrap().value > 0 && usage.inodes_used.as_ref().unwrap().value > 0, "{fs:?}");
+}
+
+#[test]
+fn a_wasm_and_a_linux_container_share_a_sandbox_exec_and_survive_a_restart() {
+    let apps = Apps::push(&["sleep"]);
+    let busybox = push_busybox(&apps.registry, "amd64", "latest");
+    let mut agent = agent_with_cri(&[]);
+    let cri = Cri::connect(&agent);
+    let bb = cri.pull(&busybox);
+    let sleep = cri.pull(&apps.image("sleep", "v1"));
+    let logs = agent.state_dir().join("pod-logs");
+    let mut sb_config = sandbox_config("mixed", &logs, &[]);
+    sb_config.port_mappings = vec![v1::PortMapping { container_port: 8080, ..Default::default() }];
+    let sb = cri.run_sandbox(sb_config.clone(), "");
+    let ip = cri.sandbox_status(&sb).unwrap().network.unwrap().ip;
+    assert!(ip.starts_with("10.89."), "a pod IP from the pod network: {ip:?}");
+
+    // a Linux runner serving a page on the pod IP, and a Wasm guest beside it
+    let script = "echo linux says $GREETING; mkdir -p /www; echo served > /www/index.html; httpd -f -p 8080 -h /www";
+    let web = cri.create(&sb, &sb_config, container("web", &bb, &["sh", "-c", script], &[])).unwrap();
+    let guest = cri.create(&sb, &sb_config, container("guest", &sleep, &[], &["600"])).unwrap();
+    cri.start(&web).unwrap();
+    cri.start(&guest).unwrap();
+    cri.wait_state(&web, v1::ContainerState::ContainerRunning);
+    cri.wait_state(&guest, v1::ContainerState::ContainerRunning);
+    crate::common::wait_until(Duration::from_secs(10), "the Linux container's log", || {
+        log_lines(&logs.join("web/0.log")).contains(&"linux says from-cri".to_string())
+    });
+
+    // ExecSync: output, exit code and a timeout
+    let r = cri.exec_sync(&web, &["sh", "-c", "echo out; echo err >&2; exit 7"], 10).unwrap();
+    assert_eq!((r.stdout.as_slice(), r.stderr.as_slice(), r.exit_code), (&b"out\n"[..], &b"err\n"[..], 7));
+    let t0 = Instant::now();
+    let slow = cri.exec_sync(&web, &["sleep", "30"], 1).unwrap_err();
+    assert_eq!(slow.code(), Code::DeadlineExceeded, "{slow}");
+    assert!(t0.elapsed() < Duration::from_secs(10));
+
+    // Exec and PortForward through the streaming server's URLs
+    let url = cri
+        .rs(|mut c| {
+            let id = web.clone();
+            async move {
+                c.exec(v1::ExecRequest {
+                    container_id: id,
+                    cmd: vec!["sh".into(), "-c".into(), "echo streamed; exit 3".into()],
+                    stdout: true,
+                    stderr: true,
+                    ..Default::default()
+                })
+                .await
+            }
+        })
+        .unwrap()
+        .url;
+    let out = cri.rt.block_on(spdy_exec(&url));
+    assert_eq!(out.stdout, "streamed\n", "{out:?}");
+    assert!(out.error.contains("exit code 3"), "the exit travels on the error stream: {out:?}");
+    let again = cri.rt.block_on(spdy_exec(&url));
+    assert_eq!(again.status, 404, "a URL is good for one session");
+    let url = cri
+        .rs(|mut c| {
+            let id = sb.clone();
+            async move { c.port_forward(v1::PortForwardRequest { pod_sandbox_id: id, port: vec![8080] }).await }
+        })
+        .unwrap()
+        .url;
+    let page = cri.rt.block_on(spdy_port_forward(&url, 8080, b"GET /index.html HTTP/1.0\r\n\r\n"));
+    assert!(page.contains("200 OK") && page.contains("served"), "{page}");
+
+    // kill -9: the Linux container runs on and is adopted; the Wasm guest died with the
+    // agent and is reported exited, for the kubelet to restart
+    let pid = std::fs::read_to_string(find_file(agent.state_dir(), "pidfile").expect("runc pidfile")).ok();
+    agent.kill9();
+    agent.restart();
+    crate::common::wait_until(Duration::from_secs(10), "the CRI socket", || {
+        agent.state_dir().join("cri.sock").exists()
+    });
+    let cri = Cri::connect(&agent);
+    let after = cri.sandboxes(v1::PodSandboxFilter::default());
+    assert_eq!(after.iter().map(|s| s.id.clone()).collect::<Vec<_>>(), vec![sb.clone()], "the same sandbox");
+    assert_eq!(cri.status(&web).state, v1::ContainerState::ContainerRunning as i32, "adopted, never restarted");
+    if let Some(pid) = pid {
+        assert!(std::path::Path::new(&format!("/proc/{}", pid.trim())).exists(), "the same process");
+    }
+    let lost = cri.status(&guest);
+    assert_eq!(lost.state, v1::ContainerState::ContainerExited as i32, "{lost:?}");
+    assert!(lost.message.contains("wasmlet"), "{lost:?}");
+    assert_eq!(cri.exec_sync(&web, &["cat", "/www/index.html"], 5).unwrap().stdout, b"served\n");
+
+    cri.stop_sandbox(&sb).unwrap();
+    assert_eq!(cri.status(&web).state, v1::ContainerState::ContainerExited as i32);
+    cri.remove_sandbox(&sb).unwrap();
+    assert!(cri.containers(v1::ContainerFilter::default()).is_empty());
+    let runc = std::process::Command::new("runc")
+        .args(["--root", &agent.state_dir().join("linux/runc").display().to_string(), "list", "-q"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&runc.stdout).trim().is_empty(), "runc holds nothing");
+}
+
+#[test]
+fn pulls_send_credentials_only_to_their_registry_and_bad_input_is_refused_by_name() {
+    let registry = Registry::start_with_auth();
+    let image = format!("{}/private/hello:v1", registry.host);
+    let wasm = crate::common::wasm_app("hello", "wasm32-wasip1");
+    let out = std::process::Command::new(WASMLET)
+        .args(["push", "--creds", &format!("{USER}:{PASSWORD}"), wasm.to_str().unwrap(), &image])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "push: {}", String::from_utf8_lossy(&out.stderr));
+    let agent = agent_with_cri(&[]);
+    let cri = Cri::connect(&agent);
+    let pull = |auth: Option<v1::AuthConfig>| {
+        let spec = Some(v1::ImageSpec { image: image.clone(), ..Default::default() });
+        cri.is(
+            |mut c| async move { c.pull_image(v1::PullImageRequest { image: spec, auth, sandbox_config: None }).await },
+        )
+    };
+    let denied = pull(None).unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied}");
+    let elsewhere = pull(Some(v1::AuthConfig {
+        username: USER.into(),
+        password: PASSWORD.into(),
+        server_address: "registry.example.com".into(),
+        ..Default::default()
+    }))
+    .unwrap_err();
+    assert_eq!(elsewhere.code(), Code::InvalidArgument, "{elsewhere}");
+    use base64::Engine;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    let pulled = pull(Some(v1::AuthConfig { auth, server_address: registry.host.clone(), ..Default::default() }));
+    assert!(pulled.unwrap().image_ref.starts_with("sha256:"));
+
+    // bad input names what is wrong
+    let logs = agent.state_dir().join("pod-logs");
+    let sb_config = sandbox_config("p", &logs, &[]);
+    let bad_handler = cri.rs(|mut c| {
+        let config = Some(sb_config.clone());
+        async move { c.run_pod_sandbox(v1::RunPodSandboxRequest { config, runtime_handler: "kata".into() }).await }
+    });
+    let e = bad_handler.unwrap_err();
+    assert!(e.code() == Code::InvalidArgument && e.message().contains("kata"), "{e}");
+    let sb = cri.run_sandbox(sb_config.clone(), "runc");
+    let wrong_kind = cri.create(&sb, &sb_config, container("hello", &image, &[], &[])).unwrap_err();
+    assert!(wrong_kind.message().contains("runc") && wrong_kind.message().contains("wasm"), "{wrong_kind}");
+    let missing = cri.create(&sb, &sb_config, container("x", "127.0.0.1:1/none:v1", &[], &[])).unwrap_err();
+    assert!(missing.code() == Code::NotFound && missing.message().contains("none:v1"), "{missing}");
+    let mut tty = container("t", &image, &[], &[]);
+    tty.tty = true;
+    let sb2 = cri.run_sandbox(sandbox_config("q", &logs, &[]), "");
+    let e = cri.create(&sb2, &sb_config, tty).unwrap_err();
+    assert!(e.code() == Code::InvalidArgument && e.message().contains("tty"), "{e}");
+    assert_eq!(cri.start(&"0".repeat(64)).unwrap_err().code(), Code::NotFound);
+}
+
+/// Finds a file named `name` under `root` (a few levels deep).
+fn find_file(root: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    for e in std::fs::read_dir(root).ok()?.flatten() {
+        let p = e.path();
+        if p.file_name().is_some_and(|n| n == name) {
+            return Some(p);
+        }
+        if p.is_dir()
+            && !p.is_symlink()
+            && let Some(f) = find_file(&p, name)
+        {
+            return Some(f);
+        }
+    }
+    None
+}
+
+#[derive(Debug, Default)]
+struct Streamed {
+    status: u16,
+    stdout: String,
+    stderr: String,
+    error: String,
+}
+
+/// Connects to a streaming URL and upgrades to SPDY/3.1 with `protocol`.
+async fn upgrade(url: &str, protocol: &str) -> (u16, tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
+    let req = format!(
+        "POST /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: {protocol}\r\nContent-Length: 0\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).await.unwrap() == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head);
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, s)
+}
+
+/// An exec session as the kubelet's client runs it: error, stdout and stderr streams.
+async fn spdy_exec(url: &str) -> Streamed {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (status, mut s) = upgrade(url, "v4.channel.k8s.io").await;
+    let mut out = Streamed { status, ..Default::default() };
+    if status != 101 {
+        return out;
+    }
+    let mut codec = spdy::Codec::new();
+    for (id, kind) in [(1u32, "error"), (5, "stdout"), (7, "stderr")] {
+        let f = spdy::Frame::SynStream {
+            id,
+            associated: 0,
+            priority: 0,
+            flags: 0,
+            headers: vec![("streamtype".into(), kind.into())],
+        };
+        s.write_all(&codec.encode(&f)).await.unwrap();
+    }
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    'read: loop {
+        let n = match tokio::time::timeout(Duration::from_secs(20), s.read(&mut chunk)).await {
+            Ok(Ok(n)) => n,
+            _ => 0,
+        };
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some((f, used)) = codec.decode(&buf).unwrap() {
+            buf.drain(..used);
+            match f {
+                spdy::Frame::Data { id: 1, data, .. } => out.error.push_str(&String::from_utf8_lossy(&data)),
+                spdy::Frame::Data { id: 5, data, .. } => out.stdout.push_str(&String::from_utf8_lossy(&data)),
+                spdy::Frame::Data { id: 7, data, .. } => out.stderr.push_str(&String::from_utf8_lossy(&data)),
+                spdy::Frame::GoAway { .. } => break 'read,
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// One forwarded connection, as `kubectl port-forward` opens it: an error and a data
+/// stream naming the port; `request` is written, and the reply read to its end.
+async fn spdy_port_forward(url: &str, port: u16, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (status, mut s) = upgrade(url, "portforward.k8s.io").await;
+    assert_eq!(status, 101, "port-forward upgrade");
+    let mut codec = spdy::Codec::new();
+    for (id, kind) in [(1u32, "error"), (3, "data")] {
+        let f = spdy::Frame::SynStream {
+            id,
+            associated: 0,
+            priority: 0,
+            flags: 0,
+            headers: vec![
+                ("streamtype".into(), kind.into()),
+                ("port".into(), port.to_string()),
+                ("requestid".into(), "0".into()),
+            ],
+        };
+        s.write_all(&codec.encode(&f)).await.unwrap();
+    }
+    s.write_all(&codec.encode(&spdy::Frame::Data { id: 3, flags: 0, data: request.to_vec() })).await.unwrap();
+    let mut page = String::new();
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        let n = match tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await {
+            Ok(Ok(n)) => n,
+            _ => 0,
+        };
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut fin = false;
+        while let Some((f, used)) = codec.decode(&buf).unwrap() {
+            buf.drain(..used);
+            if let spdy::Frame::Data { id: 3, data, flags } = f {
+                page.push_str(&String::from_utf8_lossy(&data));
+                fin |= flags & spdy::FLAG_FIN != 0;
+            }
+        }
+        if fin {
+            break;
+        }
+    }
+    page
+}
