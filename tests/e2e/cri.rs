@@ -387,15 +387,20 @@ fn wasm_sandboxes_and_containers_follow_the_cri_lifecycle() {
 
 #[test]
 fn a_wasm_and_a_linux_container_share_a_sandbox_exec_and_survive_a_restart() {
-    let apps = Apps::push(&["sleep"]);
+    let apps = Apps::push(&["sleep", "chatty", "http_hello"]);
     let busybox = push_busybox(&apps.registry, "amd64", "latest");
     let mut agent = agent_with_cri(&[]);
     let cri = Cri::connect(&agent);
     let bb = cri.pull(&busybox);
     let sleep = cri.pull(&apps.image("sleep", "v1"));
+    let chatty = cri.pull(&apps.image("chatty", "v1"));
+    let http = cri.pull(&apps.image("http_hello", "p2"));
     let logs = agent.state_dir().join("pod-logs");
     let mut sb_config = sandbox_config("mixed", &logs, &[]);
-    sb_config.port_mappings = vec![v1::PortMapping { container_port: 8080, ..Default::default() }];
+    sb_config.port_mappings = vec![
+        v1::PortMapping { container_port: 8080, ..Default::default() },
+        v1::PortMapping { container_port: 8081, ..Default::default() },
+    ];
     let sb = cri.run_sandbox(sb_config.clone(), "");
     let ip = cri.sandbox_status(&sb).unwrap().network.unwrap().ip;
     assert!(ip.starts_with("10.89."), "a pod IP from the pod network: {ip:?}");
@@ -411,6 +416,32 @@ fn a_wasm_and_a_linux_container_share_a_sandbox_exec_and_survive_a_restart() {
     crate::common::wait_until(Duration::from_secs(10), "the Linux container's log", || {
         log_lines(&logs.join("web/0.log")).contains(&"linux says from-cri".to_string())
     });
+
+    // a Wasm HTTP component serves on its own declared port (the kubelet's
+    // io.kubernetes.container.ports annotation) at the sandbox's pod IP
+    let mut hello = container("hello", &http, &[], &[]);
+    hello.annotations.insert("io.kubernetes.container.ports".into(), r#"[{"containerPort":8081,"protocol":"TCP"}]"#.into());
+    let hello = cri.create(&sb, &sb_config, hello).unwrap();
+    cri.start(&hello).unwrap();
+    cri.wait_state(&hello, v1::ContainerState::ContainerRunning);
+    let page = http_get(&format!("{ip}:8081"), "/cri");
+    assert!(page.contains("200 OK") && page.contains("/cri"), "{page}");
+
+    // Attach follows a container's output from now on
+    let talker = cri.create(&sb, &sb_config, container("talker", &chatty, &[], &["0", "8", "20"])).unwrap();
+    cri.start(&talker).unwrap();
+    let url = cri
+        .rs(|mut c| {
+            let id = talker.clone();
+            async move {
+                c.attach(v1::AttachRequest { container_id: id, stdout: true, stderr: true, ..Default::default() }).await
+            }
+        })
+        .unwrap()
+        .url;
+    let attached = cri.rt.block_on(spdy_stream(&url, Some("\n")));
+    assert_eq!(attached.status, 101, "{attached:?}");
+    assert!(attached.stdout.lines().count() >= 1, "lines arrive while it runs: {attached:?}");
 
     // ExecSync: output, exit code and a timeout
     let r = cri.exec_sync(&web, &["sh", "-c", "echo out; echo err >&2; exit 7"], 10).unwrap();
@@ -437,10 +468,10 @@ fn a_wasm_and_a_linux_container_share_a_sandbox_exec_and_survive_a_restart() {
         })
         .unwrap()
         .url;
-    let out = cri.rt.block_on(spdy_exec(&url));
+    let out = cri.rt.block_on(spdy_stream(&url, None));
     assert_eq!(out.stdout, "streamed\n", "{out:?}");
     assert!(out.error.contains("exit code 3"), "the exit travels on the error stream: {out:?}");
-    let again = cri.rt.block_on(spdy_exec(&url));
+    let again = cri.rt.block_on(spdy_stream(&url, None));
     assert_eq!(again.status, 404, "a URL is good for one session");
     let url = cri
         .rs(|mut c| {
@@ -586,8 +617,9 @@ async fn upgrade(url: &str, protocol: &str) -> (u16, tokio::net::TcpStream) {
     (status, s)
 }
 
-/// An exec session as the kubelet's client runs it: error, stdout and stderr streams.
-async fn spdy_exec(url: &str) -> Streamed {
+/// An exec or attach session as the kubelet's client runs it: error, stdout and stderr
+/// streams; with `until`, the client hangs up once stdout holds that text.
+async fn spdy_stream(url: &str, until: Option<&str>) -> Streamed {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (status, mut s) = upgrade(url, "v4.channel.k8s.io").await;
     let mut out = Streamed { status, ..Default::default() };
@@ -626,7 +658,21 @@ async fn spdy_exec(url: &str) -> Streamed {
                 _ => {}
             }
         }
+        if until.is_some_and(|u| out.stdout.contains(u)) {
+            break;
+        }
     }
+    out
+}
+
+/// A plain HTTP/1.0 GET: the whole response.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
     out
 }
 

@@ -254,18 +254,7 @@ impl Cri {
                 image_groups: sc.supplemental_groups_policy != v1::SupplementalGroupsPolicy::Strict as i32,
                 proc_unmasked: false,
                 apparmor_profile: apparmor,
-                ports: sb
-                    .config
-                    .port_mappings
-                    .iter()
-                    .filter(|p| p.protocol == v1::Protocol::Tcp as i32)
-                    .filter_map(|p| {
-                        Some(ServePort {
-                            container_port: u16::try_from(p.container_port).ok()?,
-                            host_port: u16::try_from(p.host_port).ok().filter(|&h| h > 0),
-                        })
-                    })
-                    .collect(),
+                ports: serve_ports(&sb.config, c),
                 http,
                 netns: if kind == RuntimeKind::Wasm { sb.netns.clone() } else { None },
             },
@@ -450,6 +439,39 @@ impl Cri {
             }),
             windows: None,
         }
+    }
+}
+
+/// The ports a Wasm HTTP component serves on. CRI gives a sandbox every container's
+/// ports at once; the kubelet names each container's own in its
+/// `io.kubernetes.container.ports` annotation (JSON), which is preferred, with the
+/// sandbox's `hostPort` for each. Without it, every TCP port of the sandbox.
+fn serve_ports(sb: &v1::PodSandboxConfig, c: &v1::ContainerConfig) -> Vec<ServePort> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Declared {
+        container_port: i32,
+        #[serde(default)]
+        protocol: Option<String>,
+    }
+    let tcp: Vec<&v1::PortMapping> = sb.port_mappings.iter().filter(|p| p.protocol == v1::Protocol::Tcp as i32).collect();
+    let host_port = |port: i32| {
+        tcp.iter().find(|p| p.container_port == port).and_then(|p| u16::try_from(p.host_port).ok()).filter(|&h| h > 0)
+    };
+    let own: Option<Vec<Declared>> =
+        c.annotations.get("io.kubernetes.container.ports").and_then(|j| serde_json::from_str(j).ok());
+    match own {
+        Some(declared) => declared
+            .into_iter()
+            .filter(|d| d.protocol.as_deref().unwrap_or("TCP") == "TCP")
+            .filter_map(|d| {
+                Some(ServePort { container_port: u16::try_from(d.container_port).ok()?, host_port: host_port(d.container_port) })
+            })
+            .collect(),
+        None => tcp
+            .iter()
+            .filter_map(|p| Some(ServePort { container_port: u16::try_from(p.container_port).ok()?, host_port: host_port(p.container_port) }))
+            .collect(),
     }
 }
 
