@@ -420,7 +420,9 @@ fn a_wasm_and_a_linux_container_share_a_sandbox_exec_and_survive_a_restart() {
     // a Wasm HTTP component serves on its own declared port (the kubelet's
     // io.kubernetes.container.ports annotation) at the sandbox's pod IP
     let mut hello = container("hello", &http, &[], &[]);
-    hello.annotations.insert("io.kubernetes.container.ports".into(), r#"[{"containerPort":8081,"protocol":"TCP"}]"#.into());
+    hello
+        .annotations
+        .insert("io.kubernetes.container.ports".into(), r#"[{"containerPort":8081,"protocol":"TCP"}]"#.into());
     let hello = cri.create(&sb, &sb_config, hello).unwrap();
     cri.start(&hello).unwrap();
     cri.wait_state(&hello, v1::ContainerState::ContainerRunning);
@@ -473,6 +475,27 @@ fn a_wasm_and_a_linux_container_share_a_sandbox_exec_and_survive_a_restart() {
     assert!(out.error.contains("exit code 3"), "the exit travels on the error stream: {out:?}");
     let again = cri.rt.block_on(spdy_stream(&url, None));
     assert_eq!(again.status, 404, "a URL is good for one session");
+    // the same over WebSocket (v5.channel.k8s.io), with stdin closed by the v5 signal
+    let url = cri
+        .rs(|mut c| {
+            let id = web.clone();
+            async move {
+                c.exec(v1::ExecRequest {
+                    container_id: id,
+                    cmd: vec!["sh".into(), "-c".into(), "cat; echo oops >&2; exit 2".into()],
+                    stdin: true,
+                    stdout: true,
+                    stderr: true,
+                    ..Default::default()
+                })
+                .await
+            }
+        })
+        .unwrap()
+        .url;
+    let ws = cri.rt.block_on(websocket_exec(&url, b"piped\n"));
+    assert_eq!((ws.stdout.as_str(), ws.stderr.as_str()), ("piped\n", "oops\n"), "{ws:?}");
+    assert!(ws.error.contains("exit code 2"), "{ws:?}");
     let url = cri
         .rs(|mut c| {
             let id = sb.clone();
@@ -673,6 +696,71 @@ fn http_get(addr: &str, path: &str) -> String {
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// An exec as a WebSocket client (`v5.channel.k8s.io`) runs it: `stdin` on channel 0,
+/// then the close signal `[255, 0]`; output read by channel until the server closes.
+async fn websocket_exec(url: &str, stdin: &[u8]) -> Streamed {
+    use base64::Engine;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
+    let key = base64::engine::general_purpose::STANDARD.encode(fastrand::u128(..).to_be_bytes());
+    let req = format!(
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Protocol: v5.channel.k8s.io, v4.channel.k8s.io\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_ne!(s.read(&mut byte).await.unwrap(), 0, "the server hung up in the handshake");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    let expected = {
+        let mut input = key.as_bytes().to_vec();
+        input.extend_from_slice(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+        base64::engine::general_purpose::STANDARD
+            .encode(ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &input).as_ref())
+    };
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains(&format!("sec-websocket-accept: {}", expected.to_lowercase())), "{head}");
+    assert!(head.contains("sec-websocket-protocol: v5.channel.k8s.io"), "{head}");
+    // client frames are masked
+    let frame = |payload: &[u8]| {
+        let mask = fastrand::u32(..).to_be_bytes();
+        let mut f = vec![0x82, 0x80 | payload.len() as u8];
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        f
+    };
+    let mut data = vec![0u8];
+    data.extend_from_slice(stdin);
+    s.write_all(&frame(&data)).await.unwrap();
+    s.write_all(&frame(&[255, 0])).await.unwrap();
+    let mut out = Streamed { status: 101, ..Default::default() };
+    loop {
+        let mut h = [0u8; 2];
+        if tokio::time::timeout(Duration::from_secs(20), s.read_exact(&mut h)).await.is_err() {
+            break;
+        }
+        let len = match h[1] & 0x7F {
+            126 => s.read_u16().await.unwrap() as usize,
+            127 => s.read_u64().await.unwrap() as usize,
+            n => n as usize,
+        };
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).await.unwrap();
+        match (h[0] & 0x0F, payload.split_first()) {
+            (0x8, _) => break,
+            (0x2, Some((1, d))) => out.stdout.push_str(&String::from_utf8_lossy(d)),
+            (0x2, Some((2, d))) => out.stderr.push_str(&String::from_utf8_lossy(d)),
+            (0x2, Some((3, d))) => out.error.push_str(&String::from_utf8_lossy(d)),
+            _ => {}
+        }
+    }
     out
 }
 

@@ -25,6 +25,7 @@ pub mod kubelet;
 pub mod node;
 pub mod pods;
 pub mod streaming;
+pub mod websocket;
 
 /// The Kubernetes version this node reports: inside the version-skew window of current
 /// API servers (a kubelet may be up to three minors older than its API server).

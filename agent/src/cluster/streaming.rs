@@ -56,12 +56,17 @@ pub(crate) fn negotiate(req: &Request<Incoming>, query: &[(String, String)]) -> 
             ),
         ));
     }
-    Ok(Wanted {
+    Ok(wanted(query))
+}
+
+/// Which streams the request's query asks for.
+fn wanted(query: &[(String, String)]) -> Wanted {
+    Wanted {
         stdin: flag(query, "input") || flag(query, "stdin"),
         stdout: flag(query, "output") || flag(query, "stdout"),
         stderr: flag(query, "error") || flag(query, "stderr"),
         tty: flag(query, "tty"),
-    })
+    }
 }
 
 pub(crate) type Upgraded = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;
@@ -107,6 +112,13 @@ pub async fn exec(
     if command.is_empty() {
         return Err(bad("you must specify at least 1 command".into()));
     }
+    if super::websocket::is_websocket(&req) {
+        let (switching, proto) = super::websocket::accept(&req)?;
+        let want = wanted(query);
+        let session = mgr.exec(&crate::pod::key(&ns, &pod), Some(&container), &command, want.tty).await?;
+        upgrade(req, "exec", move |io| super::websocket::run_exec(io, proto, session, want, command));
+        return Ok(switching);
+    }
     let want = negotiate(&req, query)?;
     let session = mgr.exec(&crate::pod::key(&ns, &pod), Some(&container), &command, want.tty).await?;
     upgrade(req, "exec", move |io| run(io, session, want, command));
@@ -122,7 +134,8 @@ pub async fn attach(
     query: &[(String, String)],
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let want = negotiate(&req, query)?;
+    let ws = super::websocket::is_websocket(&req);
+    let want = if ws { wanted(query) } else { negotiate(&req, query)? };
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
     if want.stdin || want.tty {
         return Err(bad(format!(
@@ -148,14 +161,20 @@ pub async fn attach(
             c.instances == instance && matches!(c.state, crate::pod::state::State::Running { .. })
         })
     });
-    upgrade(req, "attach", move |io| run_attach(io, want, Tail { path, running }));
+    let tail = Tail { path, running };
+    if ws {
+        let (switching, proto) = super::websocket::accept(&req)?;
+        upgrade(req, "attach", move |io| super::websocket::run_attach(io, proto, want, tail));
+        return Ok(switching);
+    }
+    upgrade(req, "attach", move |io| run_attach(io, want, tail));
     Ok(switching(PROTOCOL))
 }
 
 /// The log an attach follows, and whether its container instance still runs.
 pub(crate) struct Tail {
     pub path: std::path::PathBuf,
-    pub running: Box<dyn Fn() -> bool + Send>,
+    pub running: Box<dyn Fn() -> bool + Send + Sync>,
 }
 
 type Writer = (tokio::sync::mpsc::Sender<Frame>, tokio::task::JoinHandle<()>);
@@ -241,10 +260,43 @@ where
     let (out, writer) = spawn_writer(wr, codec.clone());
     let mut buf = Vec::new();
     let Some((streams, _)) = open_streams(&mut rd, &codec, &out, want, &mut buf).await? else { return Ok(()) };
+    let detached = async move {
+        let mut chunk = vec![0u8; 4096];
+        while matches!(rd.read(&mut chunk).await, Ok(n) if n > 0) {}
+    };
+    let emit = |stderr: bool, data: Vec<u8>| {
+        let kind = if stderr && streams.contains_key("stderr") { "stderr" } else { "stdout" };
+        let (out, id) = (out.clone(), streams.get(kind).copied());
+        async move {
+            if let Some(id) = id {
+                let _ = out.send(Frame::Data { id, flags: 0, data }).await;
+            }
+        }
+    };
+    if follow(&t, emit, detached).await
+        && let Some(&id) = streams.get("error")
+    {
+        let status = exit_status(0, &[]).to_string().into_bytes();
+        let _ = out.send(Frame::Data { id, flags: 0, data: status }).await;
+    }
+    finish(&out, &streams).await;
+    drop(out);
+    let _ = writer.await;
+    Ok(())
+}
+
+/// Follows a container's log from its current end, handing each line to `emit`
+/// (whether it is stderr, and the bytes) until the container stops running (true) or
+/// `detached` resolves (false).
+pub(crate) async fn follow<F, Fut>(t: &Tail, mut emit: F, detached: impl std::future::Future<Output = ()>) -> bool
+where
+    F: FnMut(bool, Vec<u8>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    tokio::pin!(detached);
     // output from the moment of attaching: what the log gains from its current end
     let mut offset = std::fs::metadata(&t.path).map(|m| m.len()).unwrap_or(0);
     let mut partial = Vec::new();
-    let mut chunk = vec![0u8; 4096];
     loop {
         let running = (t.running)();
         let mut fresh = Vec::new();
@@ -258,36 +310,21 @@ where
         partial.extend_from_slice(&fresh);
         let complete = partial.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
         for r in wasmlet_runtime::log::records(&partial[..complete]) {
-            let kind = if r.stream == "stderr" && streams.contains_key("stderr") { "stderr" } else { "stdout" };
-            if let Some(&id) = streams.get(kind) {
-                let mut data = r.line.to_vec();
-                if r.full {
-                    data.push(b'\n');
-                }
-                let _ = out.send(Frame::Data { id, flags: 0, data }).await;
+            let mut data = r.line.to_vec();
+            if r.full {
+                data.push(b'\n');
             }
+            emit(r.stream == "stderr", data).await;
         }
         partial.drain(..complete);
         if !running {
-            if let Some(&id) = streams.get("error") {
-                let status = exit_status(0, &[]).to_string().into_bytes();
-                let _ = out.send(Frame::Data { id, flags: 0, data: status }).await;
-            }
-            break;
+            return true;
         }
         tokio::select! {
-            r = rd.read(&mut chunk) => {
-                if matches!(r, Ok(0) | Err(_)) {
-                    break; // the client detached
-                }
-            }
+            _ = &mut detached => return false,
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }
-    finish(&out, &streams).await;
-    drop(out);
-    let _ = writer.await;
-    Ok(())
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -454,7 +454,8 @@ fn serve_ports(sb: &v1::PodSandboxConfig, c: &v1::ContainerConfig) -> Vec<ServeP
         #[serde(default)]
         protocol: Option<String>,
     }
-    let tcp: Vec<&v1::PortMapping> = sb.port_mappings.iter().filter(|p| p.protocol == v1::Protocol::Tcp as i32).collect();
+    let tcp: Vec<&v1::PortMapping> =
+        sb.port_mappings.iter().filter(|p| p.protocol == v1::Protocol::Tcp as i32).collect();
     let host_port = |port: i32| {
         tcp.iter().find(|p| p.container_port == port).and_then(|p| u16::try_from(p.host_port).ok()).filter(|&h| h > 0)
     };
@@ -465,12 +466,20 @@ fn serve_ports(sb: &v1::PodSandboxConfig, c: &v1::ContainerConfig) -> Vec<ServeP
             .into_iter()
             .filter(|d| d.protocol.as_deref().unwrap_or("TCP") == "TCP")
             .filter_map(|d| {
-                Some(ServePort { container_port: u16::try_from(d.container_port).ok()?, host_port: host_port(d.container_port) })
+                Some(ServePort {
+                    container_port: u16::try_from(d.container_port).ok()?,
+                    host_port: host_port(d.container_port),
+                })
             })
             .collect(),
         None => tcp
             .iter()
-            .filter_map(|p| Some(ServePort { container_port: u16::try_from(p.container_port).ok()?, host_port: host_port(p.container_port) }))
+            .filter_map(|p| {
+                Some(ServePort {
+                    container_port: u16::try_from(p.container_port).ok()?,
+                    host_port: host_port(p.container_port),
+                })
+            })
             .collect(),
     }
 }

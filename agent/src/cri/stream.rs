@@ -17,6 +17,7 @@ use wasmlet_runtime::RuntimeKind;
 
 use super::{Cri, Phase, lock};
 use crate::cluster::streaming::{self, Tail, Wanted};
+use crate::cluster::websocket;
 use crate::http::{ApiError, Body, error_response};
 
 /// How long a URL stays good.
@@ -101,6 +102,18 @@ async fn answer(cri: Arc<Cri>, req: Request<Incoming>) -> Result<Response<Body>,
         .take(token)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown or expired streaming token".to_string()))?;
     match (kind, what) {
+        ("exec", Pending::Exec { kind, id, cmd, want }) if websocket::is_websocket(&req) => {
+            let (switching, proto) = websocket::accept(&req)?;
+            let session = cri.mgr.runtimes().exec(kind, &id, &cmd, want.tty).await?;
+            streaming::upgrade(req, "exec", move |io| websocket::run_exec(io, proto, session, want, cmd));
+            Ok(switching)
+        }
+        ("attach", Pending::Attach { id, want }) if websocket::is_websocket(&req) => {
+            let (switching, proto) = websocket::accept(&req)?;
+            let tail = cri.tail(&id)?;
+            streaming::upgrade(req, "attach", move |io| websocket::run_attach(io, proto, want, tail));
+            Ok(switching)
+        }
         ("exec", Pending::Exec { kind, id, cmd, want }) => {
             // the request's own flags are CRI's, kept with the token
             let query = flags(want);
@@ -111,14 +124,7 @@ async fn answer(cri: Arc<Cri>, req: Request<Incoming>) -> Result<Response<Body>,
         }
         ("attach", Pending::Attach { id, want }) => {
             streaming::negotiate(&req, &flags(want))?;
-            let rec = cri
-                .container(&id)
-                .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("container {id} not found")))?;
-            let weak = Arc::downgrade(&cri);
-            let running = Box::new(move || {
-                weak.upgrade().and_then(|c| c.container(&id)).is_some_and(|c| matches!(c.state, Phase::Running { .. }))
-            });
-            let tail = Tail { path: rec.runtime.log_path.clone(), running };
+            let tail = cri.tail(&id)?;
             streaming::upgrade(req, "attach", move |io| streaming::run_attach(io, want, tail));
             Ok(streaming::switching(streaming::PROTOCOL))
         }
@@ -128,6 +134,20 @@ async fn answer(cri: Arc<Cri>, req: Request<Incoming>) -> Result<Response<Body>,
             Ok(streaming::switching(streaming::PORT_FORWARD))
         }
         _ => Err(ApiError::new(StatusCode::NOT_FOUND, format!("the token is not for {kind}"))),
+    }
+}
+
+impl Cri {
+    /// The log of container `id` and whether it still runs, for an attach.
+    fn tail(self: &Arc<Self>, id: &str) -> Result<Tail, ApiError> {
+        let rec = self
+            .container(id)
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("container {id} not found")))?;
+        let (weak, id) = (Arc::downgrade(self), id.to_string());
+        let running = Box::new(move || {
+            weak.upgrade().and_then(|c| c.container(&id)).is_some_and(|c| matches!(c.state, Phase::Running { .. }))
+        });
+        Ok(Tail { path: rec.runtime.log_path.clone(), running })
     }
 }
 
