@@ -35,7 +35,8 @@ lint:
     cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 # benchmarks with their peers measured in the same run (BIG_MB, RUNS tune the pull bench;
-# START_PODS, DENSITY the agent bench; SECS, HTTP_PODS the HTTP bench; CLUSTER_PODS,
+# START_PODS, DENSITY the agent bench; SECS, HTTP_PODS the HTTP bench; CRI_PODS the CRI
+# bench; CLUSTER_PODS,
 # CREATE_RATE the stand-in cluster bench; REAL_PODS, REAL_RATE, REAL_CUT the real control
 # plane's);
 # builds the wasmtime-cli peer once
@@ -45,6 +46,7 @@ bench: wasm-apps kube
     cargo bench -p wasmlet --bench agent
     cargo bench -p wasmlet --bench linux
     cargo bench -p wasmlet --bench http
+    cargo bench -p wasmlet --bench cri
     cargo bench -p wasmlet --bench cluster
     cargo bench -p wasmlet --bench cluster_real
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds a real Kubernetes control plane (kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl) from Debian's `kubernetes` source package, once per machine,
-# into a cache outside the clone. The cluster tests run wasmlet against it.
+# kube-scheduler, kubectl) and a kubelet from Debian's `kubernetes` source package, once
+# per machine, into a cache outside the clone. The cluster tests run wasmlet against it
+# as a node; the CRI test runs the kubelet with wasmlet as its container runtime.
 #
 #   scripts/setup-kube.sh          build if the cache lacks it, print the bin dir
 #
@@ -14,8 +15,8 @@
 set -euo pipefail
 
 cache=${WASMLET_KUBE_CACHE:-/var/cache/wasmlet/kubernetes}
-bins=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
-stamp="$cache/bin/.built-v1"
+bins=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet)
+stamp="$cache/bin/.built-v2"
 
 have_all() {
     [ -f "$stamp" ] || return 1
@@ -60,7 +61,7 @@ if systemctl is-active --quiet etcd 2>/dev/null; then $sudo systemctl disable --
 
 have_all && { echo "$cache/bin"; exit 0; }
 
-echo "setup-kube: building kube-apiserver, controller-manager, scheduler and kubectl from Debian's kubernetes source (about 5 minutes, once per machine)" >&2
+echo "setup-kube: building kube-apiserver, controller-manager, scheduler, kubectl and kubelet from Debian's kubernetes source (about 8 minutes, once per machine)" >&2
 DEBIAN_FRONTEND=noninteractive $sudo apt-get build-dep -y -qq kubernetes >/dev/null
 
 $sudo mkdir -p "$cache"
@@ -83,14 +84,14 @@ cp -a "$fixed"/. "$vendored"/
 (
     cd "$src"
     export CGO_ENABLED=0 GOFLAGS=
-    make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler cmd/kubectl" >"$work/build.log" 2>&1 \
+    make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler cmd/kubectl cmd/kubelet" >"$work/build.log" 2>&1 \
         || { tail -40 "$work/build.log" >&2; exit 1; }
 )
 out=$(find "$src/_output" -type d -path '*/bin' | head -1)
 mkdir -p "$cache/bin.new"
 for b in "${bins[@]}"; do cp "$out/$b" "$cache/bin.new/$b"; done
 "$cache/bin.new/kube-apiserver" --version >"$cache/bin.new/VERSION"
-touch "$cache/bin.new/.built-v1"
+touch "$cache/bin.new/.built-v2"
 rm -rf "$cache/bin"
 mv "$cache/bin.new" "$cache/bin"
 echo "$cache/bin"

@@ -25,14 +25,7 @@ use support::{WASMLET, cli, pss_kib, rss_kib};
 /// The pod start latencies (µs) the agent measured after the first `since` of them (it
 /// keeps the last 65,536), and how many it measured in all.
 fn starts_since(state: &std::path::Path, since: u64) -> (Vec<f64>, u64) {
-    let sock = state.join("wasmlet.sock");
-    let out = Command::new("curl")
-        .args(["-s", "--unix-socket", sock.to_str().unwrap(), "http://wasmlet/v1/stats/pod-starts"])
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let recent: Vec<f64> = v["microseconds"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
-    let total = v["total"].as_u64().unwrap();
+    let (recent, total) = support::pod_starts(state);
     let new = (total.saturating_sub(since) as usize).min(recent.len());
     (recent[recent.len() - new..].to_vec(), total)
 }

@@ -21,7 +21,7 @@ pub fn bin_dir() -> PathBuf {
     PathBuf::from(cache).join("bin")
 }
 
-fn require_kube(name: &str) -> PathBuf {
+pub fn require_kube(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
     assert!(
         p.is_file(),

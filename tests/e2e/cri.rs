@@ -8,178 +8,11 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1;
-use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::Code;
-use tonic::transport::Channel;
 
 use crate::common::{PASSWORD, Registry, USER};
-use crate::harness::{Agent, Apps, WASMLET, push_busybox};
-
-/// A CRI client on the agent's socket, driven from a synchronous test.
-struct Cri {
-    rt: tokio::runtime::Runtime,
-    runtime: RuntimeServiceClient<Channel>,
-    images: ImageServiceClient<Channel>,
-}
-
-impl Cri {
-    fn connect(agent: &Agent) -> Cri {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let path = agent.state_dir().join("cri.sock");
-        let channel = rt.block_on(async {
-            tonic::transport::Endpoint::try_from("http://[::]:50051")
-                .unwrap()
-                .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                    let path = path.clone();
-                    async move {
-                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                            tokio::net::UnixStream::connect(path).await?,
-                        ))
-                    }
-                }))
-                .await
-                .expect("connect to the CRI socket")
-        });
-        Cri { rt, runtime: RuntimeServiceClient::new(channel.clone()), images: ImageServiceClient::new(channel) }
-    }
-
-    fn rs<T, F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>>(
-        &self,
-        call: impl FnOnce(RuntimeServiceClient<Channel>) -> F,
-    ) -> Result<T, tonic::Status> {
-        self.rt.block_on(call(self.runtime.clone())).map(tonic::Response::into_inner)
-    }
-
-    fn is<T, F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>>(
-        &self,
-        call: impl FnOnce(ImageServiceClient<Channel>) -> F,
-    ) -> Result<T, tonic::Status> {
-        self.rt.block_on(call(self.images.clone())).map(tonic::Response::into_inner)
-    }
-
-    fn pull(&self, image: &str) -> String {
-        let spec = v1::ImageSpec { image: image.into(), ..Default::default() };
-        self.is(
-            |mut c| async move { c.pull_image(v1::PullImageRequest { image: Some(spec), ..Default::default() }).await },
-        )
-        .unwrap_or_else(|e| panic!("pull {image}: {e}"))
-        .image_ref
-    }
-
-    fn run_sandbox(&self, config: v1::PodSandboxConfig, handler: &str) -> String {
-        let handler = handler.to_string();
-        self.rs(|mut c| async move {
-            c.run_pod_sandbox(v1::RunPodSandboxRequest { config: Some(config), runtime_handler: handler }).await
-        })
-        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}"))
-        .pod_sandbox_id
-    }
-
-    fn create(
-        &self,
-        sandbox: &str,
-        sb: &v1::PodSandboxConfig,
-        config: v1::ContainerConfig,
-    ) -> Result<String, tonic::Status> {
-        let req = v1::CreateContainerRequest {
-            pod_sandbox_id: sandbox.into(),
-            config: Some(config),
-            sandbox_config: Some(sb.clone()),
-        };
-        self.rs(|mut c| async move { c.create_container(req).await }).map(|r| r.container_id)
-    }
-
-    fn start(&self, id: &str) -> Result<(), tonic::Status> {
-        let id = id.to_string();
-        self.rs(|mut c| async move { c.start_container(v1::StartContainerRequest { container_id: id }).await })
-            .map(|_| ())
-    }
-
-    fn status(&self, id: &str) -> v1::ContainerStatus {
-        let id = id.to_string();
-        self.rs(|mut c| async move {
-            c.container_status(v1::ContainerStatusRequest { container_id: id, verbose: false }).await
-        })
-        .unwrap()
-        .status
-        .unwrap()
-    }
-
-    fn sandbox_status(&self, id: &str) -> Result<v1::PodSandboxStatus, tonic::Status> {
-        let id = id.to_string();
-        self.rs(|mut c| async move {
-            c.pod_sandbox_status(v1::PodSandboxStatusRequest { pod_sandbox_id: id, verbose: false }).await
-        })
-        .map(|r| r.status.unwrap())
-    }
-
-    fn wait_state(&self, id: &str, state: v1::ContainerState) -> v1::ContainerStatus {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let s = self.status(id);
-            if s.state == state as i32 {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "container {id} did not reach {state:?}: {s:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn containers(&self, filter: v1::ContainerFilter) -> Vec<v1::Container> {
-        self.rs(|mut c| async move { c.list_containers(v1::ListContainersRequest { filter: Some(filter) }).await })
-            .unwrap()
-            .containers
-    }
-
-    fn sandboxes(&self, filter: v1::PodSandboxFilter) -> Vec<v1::PodSandbox> {
-        self.rs(|mut c| async move { c.list_pod_sandbox(v1::ListPodSandboxRequest { filter: Some(filter) }).await })
-            .unwrap()
-            .items
-    }
-
-    fn exec_sync(&self, id: &str, cmd: &[&str], timeout: i64) -> Result<v1::ExecSyncResponse, tonic::Status> {
-        let req =
-            v1::ExecSyncRequest { container_id: id.into(), cmd: cmd.iter().map(|s| s.to_string()).collect(), timeout };
-        self.rs(|mut c| async move { c.exec_sync(req).await })
-    }
-
-    fn stop(&self, id: &str, timeout: i64) {
-        let id = id.to_string();
-        self.rs(|mut c| async move { c.stop_container(v1::StopContainerRequest { container_id: id, timeout }).await })
-            .unwrap();
-    }
-
-    fn remove(&self, id: &str) -> Result<(), tonic::Status> {
-        let id = id.to_string();
-        self.rs(|mut c| async move { c.remove_container(v1::RemoveContainerRequest { container_id: id }).await })
-            .map(|_| ())
-    }
-
-    fn stop_sandbox(&self, id: &str) -> Result<(), tonic::Status> {
-        let id = id.to_string();
-        self.rs(|mut c| async move { c.stop_pod_sandbox(v1::StopPodSandboxRequest { pod_sandbox_id: id }).await })
-            .map(|_| ())
-    }
-
-    fn remove_sandbox(&self, id: &str) -> Result<(), tonic::Status> {
-        let id = id.to_string();
-        self.rs(|mut c| async move { c.remove_pod_sandbox(v1::RemovePodSandboxRequest { pod_sandbox_id: id }).await })
-            .map(|_| ())
-    }
-}
-
-fn agent_with_cri(extra: &[&str]) -> Agent {
-    let state = tempfile::tempdir().unwrap();
-    let socket = state.path().join("cri.sock").display().to_string();
-    let mut flags = vec!["--cri-socket", socket.as_str()];
-    flags.extend_from_slice(extra);
-    let agent = Agent::start_in(state, &flags);
-    crate::common::wait_until(Duration::from_secs(10), "the CRI socket", || {
-        agent.state_dir().join("cri.sock").exists()
-    });
-    agent
-}
+use crate::cri_client::{Cri, agent_with_cri};
+use crate::harness::{Apps, WASMLET, push_busybox};
 
 fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
@@ -510,6 +343,8 @@ fn a_wasm_and_a_linux_container_share_a_sandbox_exec_and_survive_a_restart() {
     // agent and is reported exited, for the kubelet to restart
     let pid = std::fs::read_to_string(find_file(agent.state_dir(), "pidfile").expect("runc pidfile")).ok();
     agent.kill9();
+    // the killed agent's socket file stays; the new one binds it again
+    std::fs::remove_file(agent.state_dir().join("cri.sock")).unwrap();
     agent.restart();
     crate::common::wait_until(Duration::from_secs(10), "the CRI socket", || {
         agent.state_dir().join("cri.sock").exists()
@@ -811,4 +646,75 @@ async fn spdy_port_forward(url: &str, port: u16, request: &[u8]) -> String {
         }
     }
     page
+}
+
+#[test]
+fn a_kubelet_before_1_23_is_served_cri_v1alpha2() {
+    use k8s_cri::v1alpha2 as a2;
+    let apps = Apps::push(&["exit"]);
+    let agent = agent_with_cri(&[]);
+    let cri = Cri::connect(&agent);
+    let channel = cri.channel();
+    let mut rs = a2::runtime_service_client::RuntimeServiceClient::new(channel.clone());
+    let mut is = a2::image_service_client::ImageServiceClient::new(channel);
+    let logs = agent.state_dir().join("pod-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    cri.rt.block_on(async move {
+        let v = rs.version(a2::VersionRequest { version: "v1alpha2".into() }).await.unwrap().into_inner();
+        assert_eq!(v.runtime_name, "wasmlet");
+        let image = Some(a2::ImageSpec { image: apps.image("exit", "v1"), ..Default::default() });
+        let pulled = is.pull_image(a2::PullImageRequest { image, ..Default::default() }).await.unwrap().into_inner();
+        let config = a2::PodSandboxConfig {
+            metadata: Some(a2::PodSandboxMetadata {
+                name: "old".into(),
+                uid: "old-uid".into(),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            log_directory: logs.display().to_string(),
+            ..Default::default()
+        };
+        let sb = rs
+            .run_pod_sandbox(a2::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: "wasm".into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .pod_sandbox_id;
+        let c = a2::ContainerConfig {
+            metadata: Some(a2::ContainerMetadata { name: "x".into(), attempt: 0 }),
+            image: Some(a2::ImageSpec { image: pulled.image_ref, ..Default::default() }),
+            args: vec!["4".into()],
+            log_path: "x.log".into(),
+            ..Default::default()
+        };
+        let id = rs
+            .create_container(a2::CreateContainerRequest {
+                pod_sandbox_id: sb.clone(),
+                config: Some(c),
+                sandbox_config: Some(config),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .container_id;
+        rs.start_container(a2::StartContainerRequest { container_id: id.clone() }).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = rs
+                .container_status(a2::ContainerStatusRequest { container_id: id.clone(), verbose: false })
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+                .unwrap();
+            if s.state == a2::ContainerState::ContainerExited as i32 {
+                assert_eq!((s.exit_code, s.reason.as_str()), (4, "Error"));
+                assert_eq!(s.log_path, logs.join("x.log").display().to_string());
+                break;
+            }
+            assert!(Instant::now() < deadline, "{s:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        rs.remove_pod_sandbox(a2::RemovePodSandboxRequest { pod_sandbox_id: sb }).await.unwrap();
+    });
 }

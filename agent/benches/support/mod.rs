@@ -62,3 +62,17 @@ pub fn start_agent_with(state: &std::path::Path, flags: &[&str]) -> Child {
     }
     agent
 }
+
+/// The pod start latencies (µs) the agent measured, accepted → Running (it keeps the
+/// last 65,536), and how many it measured in all.
+#[allow(dead_code)] // not every bench reads them
+pub fn pod_starts(state: &std::path::Path) -> (Vec<f64>, u64) {
+    let sock = state.join("wasmlet.sock");
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--unix-socket", sock.to_str().unwrap(), "http://wasmlet/v1/stats/pod-starts"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let recent = v["microseconds"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    (recent, v["total"].as_u64().unwrap())
+}

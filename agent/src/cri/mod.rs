@@ -24,6 +24,8 @@ use wasmlet_runtime::{ContainerState, RuntimeKind};
 use crate::pod::Manager;
 use crate::store::Table;
 
+mod alpha;
+mod authority;
 mod images;
 mod runtime;
 mod stream;
@@ -277,27 +279,71 @@ impl Cri {
 
     /// The container whose id is `id` or begins with it (crictl's short ids).
     fn find_container(&self, id: &str) -> Option<ContainerRecord> {
-        let all = lock(&self.containers);
-        if let Some(c) = all.get(id) {
-            return Some(c.clone());
-        }
-        let mut matches = all.values().filter(|c| !id.is_empty() && c.id.starts_with(id));
-        match (matches.next(), matches.next()) {
-            (Some(c), None) => Some(c.clone()),
-            _ => None,
-        }
+        by_id(&lock(&self.containers), id)
     }
 
     fn find_sandbox(&self, id: &str) -> Option<SandboxRecord> {
-        let all = lock(&self.sandboxes);
-        if let Some(s) = all.get(id) {
-            return Some(s.clone());
+        by_id(&lock(&self.sandboxes), id)
+    }
+
+    /// The container a request names, or the status that says why there is none.
+    fn container_named(&self, id: &str) -> Result<ContainerRecord, tonic::Status> {
+        if id.is_empty() {
+            return Err(tonic::Status::invalid_argument("container id is empty"));
         }
-        let mut matches = all.values().filter(|s| !id.is_empty() && s.id.starts_with(id));
-        match (matches.next(), matches.next()) {
-            (Some(s), None) => Some(s.clone()),
-            _ => None,
+        self.find_container(id).ok_or_else(|| tonic::Status::not_found(format!("container {id} not found")))
+    }
+
+    fn sandbox_named(&self, id: &str) -> Result<SandboxRecord, tonic::Status> {
+        if id.is_empty() {
+            return Err(tonic::Status::invalid_argument("sandbox id is empty"));
         }
+        self.find_sandbox(id).ok_or_else(|| tonic::Status::not_found(format!("sandbox {id} not found")))
+    }
+
+    /// Containers by CRI's filter fields: an id and a sandbox id (each a prefix), a
+    /// state, labels that must all match.
+    fn containers_where(
+        &self,
+        id: &str,
+        sandbox: &str,
+        state: Option<i32>,
+        labels: &HashMap<String, String>,
+    ) -> Vec<ContainerRecord> {
+        let mut out: Vec<ContainerRecord> = lock(&self.containers)
+            .values()
+            .filter(|c| c.id.starts_with(id) && c.sandbox_id.starts_with(sandbox))
+            .filter(|c| state.is_none_or(|s| c.state.cri() as i32 == s))
+            .filter(|c| selected(&c.config.labels, labels))
+            .cloned()
+            .collect();
+        out.sort_by_key(|c| c.created_at);
+        out
+    }
+
+    /// Sandboxes by CRI's filter fields: an id prefix, a state, labels.
+    fn sandboxes_where(&self, id: &str, state: Option<i32>, labels: &HashMap<String, String>) -> Vec<SandboxRecord> {
+        let mut out: Vec<SandboxRecord> = lock(&self.sandboxes)
+            .values()
+            .filter(|s| s.id.starts_with(id))
+            .filter(|s| state.is_none_or(|st| (if s.ready { 0 } else { 1 }) == st))
+            .filter(|s| selected(&s.config.labels, labels))
+            .cloned()
+            .collect();
+        out.sort_by_key(|s| s.created_at);
+        out
+    }
+}
+
+/// The record whose id is `id`, or the one record whose id begins with it.
+fn by_id<T: Clone>(all: &HashMap<String, T>, id: &str) -> Option<T> {
+    if let Some(found) = all.get(id) {
+        return Some(found.clone());
+    }
+    let mut matches = all.iter().filter(|(k, _)| !id.is_empty() && k.starts_with(id));
+    match (matches.next(), matches.next()) {
+        (Some((_, found)), None) => Some(found.clone()),
+        _ => None,
     }
 }
 
@@ -325,13 +371,48 @@ pub async fn serve(path: &Path, cri: Arc<Cri>) -> anyhow::Result<()> {
                 .max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(
-            ImageServiceServer::new(service)
+            ImageServiceServer::new(service.clone())
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
-        .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
+        // kubelets before 1.23
+        .add_service(
+            k8s_cri::v1alpha2::runtime_service_server::RuntimeServiceServer::new(service.clone())
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            k8s_cri::v1alpha2::image_service_server::ImageServiceServer::new(service)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .serve_with_incoming(connections(listener))
         .await?;
     Ok(())
+}
+
+/// The socket's connections, each through the `:authority` relay (see `authority`). An
+/// error accepting one (out of descriptors, say) is logged and the next one waited for.
+fn connections(
+    listener: tokio::net::UnixListener,
+) -> impl tokio_stream::Stream<Item = Result<tokio::io::DuplexStream, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    if tx.send(Ok(authority::relay(stream))).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot accept a CRI connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// Both CRI services, over the shared state.

@@ -8,11 +8,9 @@ use k8s_cri::v1;
 use k8s_cri::v1::runtime_service_server::RuntimeService;
 use tokio::io::AsyncReadExt;
 use tonic::{Request, Response, Status};
-use wasmlet_runtime::{Artifact, Capabilities, Mount, RuntimeKind, SandboxConfig, Seccomp, ServePort};
+use wasmlet_runtime::{Capabilities, Mount, RuntimeKind, SandboxConfig, Seccomp, ServePort};
 
-use super::{
-    ContainerRecord, Cri, Phase, SandboxRecord, Service, lock, new_id, now_ns, selected, status, store_status,
-};
+use super::{ContainerRecord, Cri, Phase, SandboxRecord, Service, lock, new_id, now_ns, status, store_status};
 
 type Reply<T> = Result<Response<T>, Status>;
 
@@ -103,26 +101,7 @@ impl Cri {
         image: &crate::image::ImageRecord,
     ) -> Result<(RuntimeKind, wasmlet_runtime::ContainerConfig), Status> {
         let name = c.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
-        let (kind, artifact) = match (image.wasm_blob(), &image.kind) {
-            (Some((path, digest)), _) => (RuntimeKind::Wasm, Artifact::Wasm { path, digest: digest.to_string() }),
-            (None, registry_client::ImageKind::Linux) => {
-                let layers: Option<Vec<_>> =
-                    image.image.layers.iter().filter(|l| l.diff_id.is_some()).map(|l| l.unpacked.clone()).collect();
-                let layers = layers.ok_or_else(|| {
-                    Status::failed_precondition(format!(
-                        "image {} ({}) has a layer that is not unpacked",
-                        image.reference, image.digest
-                    ))
-                })?;
-                (RuntimeKind::Linux, Artifact::Rootfs { layers })
-            }
-            (None, _) => {
-                return Err(Status::invalid_argument(format!(
-                    "image {} ({}) keeps its Wasm module in a filesystem layer, which wasmlet does not run",
-                    image.reference, image.digest
-                )));
-            }
-        };
+        let (kind, artifact) = image.artifact().map_err(Status::failed_precondition)?;
         if !handler_allows(&sb.handler, kind)? {
             return Err(Status::invalid_argument(format!(
                 "image {} ({}) is a {} image; the sandbox's runtime handler {:?} does not run it",
@@ -181,6 +160,10 @@ impl Cri {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let mounts = match kind {
+            RuntimeKind::Wasm => self.file_mounts_as_dirs(id, mounts)?,
+            RuntimeKind::Linux => mounts,
+        };
         let linux = c.linux.clone().unwrap_or_default();
         let res = linux.resources.unwrap_or_default();
         let sc = linux.security_context.unwrap_or_default();
@@ -195,13 +178,19 @@ impl Cri {
                 .map(|p| (v1::security_profile::ProfileType::try_from(p.profile_type).ok(), p.localhost_ref.clone()))
         };
         use v1::security_profile::ProfileType;
-        let seccomp = match profile(&sc.seccomp) {
-            Some((Some(ProfileType::RuntimeDefault), _)) => Seccomp::RuntimeDefault,
-            Some((Some(ProfileType::Localhost), path)) => Seccomp::Localhost(path.into()),
+        // kubelets before 1.22 name profiles in the string fields alone
+        #[allow(deprecated)]
+        let (seccomp_path, apparmor_name) = (sc.seccomp_profile_path.clone(), sc.apparmor_profile.clone());
+        let seccomp = match (profile(&sc.seccomp), seccomp_path.as_str()) {
+            (Some((Some(ProfileType::RuntimeDefault), _)), _) => Seccomp::RuntimeDefault,
+            (Some((Some(ProfileType::Localhost), path)), _) => Seccomp::Localhost(path.into()),
+            (None, "runtime/default" | "docker/default") => Seccomp::RuntimeDefault,
+            (None, p) if p.starts_with("localhost/") => Seccomp::Localhost(p["localhost/".len()..].into()),
             _ => Seccomp::Unconfined,
         };
-        let apparmor = match profile(&sc.apparmor) {
-            Some((Some(ProfileType::Localhost), name)) => Some(name),
+        let apparmor = match (profile(&sc.apparmor), apparmor_name.as_str()) {
+            (Some((Some(ProfileType::Localhost), name)), _) => Some(name),
+            (None, p) if p.starts_with("localhost/") => Some(p["localhost/".len()..].to_string()),
             _ => None,
         };
         let user = match (&sc.run_as_user, &sc.run_as_group, sc.run_as_username.as_str()) {
@@ -259,6 +248,50 @@ impl Cri {
                 netns: if kind == RuntimeKind::Wasm { sb.netns.clone() } else { None },
             },
         ))
+    }
+
+    /// A Wasm guest's mounts are WASI preopens, which are directories; the kubelet also
+    /// mounts single files (`/etc/hosts`, `/dev/termination-log`, a ConfigMap key by
+    /// `subPath`). Each directory that such files go into becomes a directory of this
+    /// container's own (`STATE/cri/files/<id>/…`) holding a hard link to each file (so a
+    /// guest's write to `/dev/termination-log` is the kubelet's file), or a copy where
+    /// the file is on another filesystem, mounted read-only unless a file is writable.
+    fn file_mounts_as_dirs(&self, id: &str, mounts: Vec<Mount>) -> Result<Vec<Mount>, Status> {
+        let (files, mut out): (Vec<Mount>, Vec<Mount>) = mounts.into_iter().partition(|m| m.host_path.is_file());
+        let mut dirs: std::collections::BTreeMap<String, (std::path::PathBuf, bool)> = Default::default();
+        for f in files {
+            let (parent, name) = match f.container_path.trim_end_matches('/').rsplit_once('/') {
+                Some(("", name)) => ("/".to_string(), name.to_string()),
+                Some((parent, name)) => (parent.to_string(), name.to_string()),
+                None => {
+                    return Err(Status::invalid_argument(format!("mount path {:?} is not absolute", f.container_path)));
+                }
+            };
+            if out.iter().any(|m| m.container_path.trim_end_matches('/') == parent) {
+                return Err(Status::invalid_argument(format!(
+                    "file {} is mounted into {parent}, which is a mounted directory already: a Wasm guest's mounts are directories",
+                    f.container_path
+                )));
+            }
+            let n = dirs.len();
+            let (dir, writable) = dirs
+                .entry(parent.clone())
+                .or_insert_with(|| (self.dir.join("files").join(id).join(n.to_string()), false));
+            let made = std::fs::create_dir_all(&*dir).and_then(|()| {
+                let target = dir.join(&name);
+                std::fs::hard_link(&f.host_path, &target).or_else(|_| std::fs::copy(&f.host_path, &target).map(|_| ()))
+            });
+            made.map_err(|e| {
+                Status::internal(format!("file {} for {}: {e}", f.host_path.display(), f.container_path))
+            })?;
+            *writable |= !f.read_only;
+        }
+        out.extend(dirs.into_iter().map(|(container_path, (host_path, writable))| Mount {
+            host_path,
+            container_path,
+            read_only: !writable,
+        }));
+        Ok(out)
     }
 
     /// The container's state now: the runtime's, recorded if it changed.
@@ -356,6 +389,7 @@ impl Cri {
             self.mgr.release_image(&rec.image_ref);
         }
         lock(&self.cpu_samples).remove(&rec.id);
+        let _ = std::fs::remove_dir_all(self.dir.join("files").join(&rec.id));
         Ok(())
     }
 
@@ -604,8 +638,7 @@ impl RuntimeService for Service {
         req: Request<v1::PodSandboxStatusRequest>,
     ) -> Reply<v1::PodSandboxStatusResponse> {
         let cri = &self.0;
-        let id = need(&req.get_ref().pod_sandbox_id, "sandbox")?;
-        let sb = cri.find_sandbox(id).ok_or_else(|| Status::not_found(format!("sandbox {id} not found")))?;
+        let sb = cri.sandbox_named(&req.get_ref().pod_sandbox_id)?;
         let mut containers: Vec<ContainerRecord> =
             lock(&cri.containers).values().filter(|c| c.sandbox_id == sb.id).cloned().collect();
         for c in &mut containers {
@@ -625,11 +658,11 @@ impl RuntimeService for Service {
 
     async fn list_pod_sandbox(&self, req: Request<v1::ListPodSandboxRequest>) -> Reply<v1::ListPodSandboxResponse> {
         let filter = req.into_inner().filter.unwrap_or_default();
-        let mut items: Vec<v1::PodSandbox> = lock(&self.0.sandboxes)
-            .values()
-            .filter(|s| filter.id.is_empty() || s.id.starts_with(&filter.id))
-            .filter(|s| filter.state.as_ref().is_none_or(|st| (if s.ready { 0 } else { 1 }) == st.state))
-            .filter(|s| selected(&s.config.labels, &filter.label_selector))
+        let state = filter.state.map(|s| s.state);
+        let items = self
+            .0
+            .sandboxes_where(&filter.id, state, &filter.label_selector)
+            .iter()
             .map(|s| {
                 let st = Cri::sandbox_status(s);
                 v1::PodSandbox {
@@ -643,15 +676,13 @@ impl RuntimeService for Service {
                 }
             })
             .collect();
-        items.sort_by_key(|s| s.created_at);
         ok(v1::ListPodSandboxResponse { items })
     }
 
     async fn create_container(&self, req: Request<v1::CreateContainerRequest>) -> Reply<v1::CreateContainerResponse> {
         let cri = &self.0;
         let req = req.into_inner();
-        let sid = need(&req.pod_sandbox_id, "sandbox")?;
-        let sb = cri.find_sandbox(sid).ok_or_else(|| Status::not_found(format!("sandbox {sid} not found")))?;
+        let sb = cri.sandbox_named(&req.pod_sandbox_id)?;
         if !sb.ready {
             return Err(Status::failed_precondition(format!("sandbox {} is not ready", sb.id)));
         }
@@ -673,7 +704,9 @@ impl RuntimeService for Service {
             .find_image(&wanted)
             .ok_or_else(|| Status::not_found(format!("image {wanted:?} is not pulled (PullImage it first)")))?;
         let id = new_id();
-        let (kind, runtime) = cri.container_config(&id, &sb, &config, &image)?;
+        let (kind, runtime) = cri.container_config(&id, &sb, &config, &image).inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(cri.dir.join("files").join(&id));
+        })?;
         let rec = ContainerRecord {
             id: id.clone(),
             sandbox_id: sb.id.clone(),
@@ -701,8 +734,7 @@ impl RuntimeService for Service {
 
     async fn start_container(&self, req: Request<v1::StartContainerRequest>) -> Reply<v1::StartContainerResponse> {
         let cri = &self.0;
-        let id = need(&req.get_ref().container_id, "container")?;
-        let rec = cri.find_container(id).ok_or_else(|| Status::not_found(format!("container {id} not found")))?;
+        let rec = cri.container_named(&req.get_ref().container_id)?;
         if rec.state != Phase::Created {
             return Err(Status::failed_precondition(format!(
                 "container {} is {:?}, not created",
@@ -736,8 +768,7 @@ impl RuntimeService for Service {
 
     async fn stop_container(&self, req: Request<v1::StopContainerRequest>) -> Reply<v1::StopContainerResponse> {
         let cri = &self.0;
-        let id = need(&req.get_ref().container_id, "container")?;
-        let rec = cri.find_container(id).ok_or_else(|| Status::not_found(format!("container {id} not found")))?;
+        let rec = cri.container_named(&req.get_ref().container_id)?;
         let grace = Duration::from_secs(u64::try_from(req.get_ref().timeout).unwrap_or(0));
         let rt = cri.mgr.runtimes();
         if matches!(rec.state, Phase::Running { .. }) {
@@ -764,33 +795,30 @@ impl RuntimeService for Service {
 
     async fn list_containers(&self, req: Request<v1::ListContainersRequest>) -> Reply<v1::ListContainersResponse> {
         let filter = req.into_inner().filter.unwrap_or_default();
-        let mut containers: Vec<v1::Container> = lock(&self.0.containers)
-            .values()
-            .filter(|c| filter.id.is_empty() || c.id.starts_with(&filter.id))
-            .filter(|c| filter.pod_sandbox_id.is_empty() || c.sandbox_id.starts_with(&filter.pod_sandbox_id))
-            .filter(|c| filter.state.as_ref().is_none_or(|s| c.state.cri() as i32 == s.state))
-            .filter(|c| selected(&c.config.labels, &filter.label_selector))
+        let state = filter.state.map(|s| s.state);
+        let containers = self
+            .0
+            .containers_where(&filter.id, &filter.pod_sandbox_id, state, &filter.label_selector)
+            .into_iter()
             .map(|c| v1::Container {
-                id: c.id.clone(),
-                pod_sandbox_id: c.sandbox_id.clone(),
-                metadata: c.config.metadata.clone(),
-                image: c.config.image.clone(),
                 image_ref: c.repo_digest.clone(),
                 image_id: c.image_id.clone(),
                 state: c.state.cri() as i32,
+                metadata: c.config.metadata,
+                image: c.config.image,
+                labels: c.config.labels,
+                annotations: c.config.annotations,
+                id: c.id,
+                pod_sandbox_id: c.sandbox_id,
                 created_at: c.created_at,
-                labels: c.config.labels.clone(),
-                annotations: c.config.annotations.clone(),
             })
             .collect();
-        containers.sort_by_key(|c| c.created_at);
         ok(v1::ListContainersResponse { containers })
     }
 
     async fn container_status(&self, req: Request<v1::ContainerStatusRequest>) -> Reply<v1::ContainerStatusResponse> {
         let cri = &self.0;
-        let id = need(&req.get_ref().container_id, "container")?;
-        let mut rec = cri.find_container(id).ok_or_else(|| Status::not_found(format!("container {id} not found")))?;
+        let mut rec = cri.container_named(&req.get_ref().container_id)?;
         cri.refresh(&mut rec).await;
         let mut info = HashMap::new();
         if req.get_ref().verbose {
@@ -809,8 +837,7 @@ impl RuntimeService for Service {
     ) -> Reply<v1::UpdateContainerResourcesResponse> {
         let cri = &self.0;
         let req = req.into_inner();
-        let id = need(&req.container_id, "container")?;
-        let rec = cri.find_container(id).ok_or_else(|| Status::not_found(format!("container {id} not found")))?;
+        let rec = cri.container_named(&req.container_id)?;
         if matches!(rec.state, Phase::Running { .. }) {
             return Err(Status::unimplemented(format!(
                 "container {}: resources of a running container cannot be changed yet (in-place resize); \
@@ -830,8 +857,7 @@ impl RuntimeService for Service {
         req: Request<v1::ReopenContainerLogRequest>,
     ) -> Reply<v1::ReopenContainerLogResponse> {
         let cri = &self.0;
-        let id = need(&req.get_ref().container_id, "container")?;
-        let rec = cri.find_container(id).ok_or_else(|| Status::not_found(format!("container {id} not found")))?;
+        let rec = cri.container_named(&req.get_ref().container_id)?;
         if !matches!(rec.state, Phase::Running { .. }) {
             return Err(Status::failed_precondition(format!("container {} is not running", rec.id)));
         }
@@ -842,8 +868,7 @@ impl RuntimeService for Service {
     async fn exec_sync(&self, req: Request<v1::ExecSyncRequest>) -> Reply<v1::ExecSyncResponse> {
         let cri = &self.0;
         let req = req.into_inner();
-        let id = need(&req.container_id, "container")?;
-        let rec = cri.find_container(id).ok_or_else(|| Status::not_found(format!("container {id} not found")))?;
+        let rec = cri.container_named(&req.container_id)?;
         if req.cmd.is_empty() {
             return Err(Status::invalid_argument("the command is empty"));
         }
@@ -880,8 +905,7 @@ impl RuntimeService for Service {
     async fn exec(&self, req: Request<v1::ExecRequest>) -> Reply<v1::ExecResponse> {
         let cri = &self.0;
         let req = req.into_inner();
-        let id = need(&req.container_id, "container")?;
-        let rec = cri.find_container(id).ok_or_else(|| Status::not_found(format!("container {id} not found")))?;
+        let rec = cri.container_named(&req.container_id)?;
         if req.cmd.is_empty() {
             return Err(Status::invalid_argument("the command is empty"));
         }
@@ -911,8 +935,7 @@ impl RuntimeService for Service {
     async fn attach(&self, req: Request<v1::AttachRequest>) -> Reply<v1::AttachResponse> {
         let cri = &self.0;
         let req = req.into_inner();
-        let id = need(&req.container_id, "container")?;
-        let rec = cri.find_container(id).ok_or_else(|| Status::not_found(format!("container {id} not found")))?;
+        let rec = cri.container_named(&req.container_id)?;
         if req.stdin || req.tty {
             return Err(Status::invalid_argument(format!(
                 "container {} has no stdin or terminal to attach to (stdin is not supported)",
@@ -939,8 +962,7 @@ impl RuntimeService for Service {
 
     async fn port_forward(&self, req: Request<v1::PortForwardRequest>) -> Reply<v1::PortForwardResponse> {
         let cri = &self.0;
-        let id = need(&req.get_ref().pod_sandbox_id, "sandbox")?;
-        let sb = cri.find_sandbox(id).ok_or_else(|| Status::not_found(format!("sandbox {id} not found")))?;
+        let sb = cri.sandbox_named(&req.get_ref().pod_sandbox_id)?;
         if !sb.ready {
             return Err(Status::failed_precondition(format!("sandbox {} is not ready", sb.id)));
         }
@@ -951,8 +973,7 @@ impl RuntimeService for Service {
 
     async fn container_stats(&self, req: Request<v1::ContainerStatsRequest>) -> Reply<v1::ContainerStatsResponse> {
         let cri = &self.0;
-        let id = need(&req.get_ref().container_id, "container")?;
-        let rec = cri.find_container(id).ok_or_else(|| Status::not_found(format!("container {id} not found")))?;
+        let rec = cri.container_named(&req.get_ref().container_id)?;
         ok(v1::ContainerStatsResponse { stats: Some(cri.stats_of(&rec)) })
     }
 
@@ -962,20 +983,13 @@ impl RuntimeService for Service {
     ) -> Reply<v1::ListContainerStatsResponse> {
         let cri = &self.0;
         let filter = req.into_inner().filter.unwrap_or_default();
-        let recs: Vec<ContainerRecord> = lock(&cri.containers)
-            .values()
-            .filter(|c| filter.id.is_empty() || c.id.starts_with(&filter.id))
-            .filter(|c| filter.pod_sandbox_id.is_empty() || c.sandbox_id.starts_with(&filter.pod_sandbox_id))
-            .filter(|c| selected(&c.config.labels, &filter.label_selector))
-            .cloned()
-            .collect();
+        let recs = cri.containers_where(&filter.id, &filter.pod_sandbox_id, None, &filter.label_selector);
         ok(v1::ListContainerStatsResponse { stats: recs.iter().map(|c| cri.stats_of(c)).collect() })
     }
 
     async fn pod_sandbox_stats(&self, req: Request<v1::PodSandboxStatsRequest>) -> Reply<v1::PodSandboxStatsResponse> {
         let cri = &self.0;
-        let id = need(&req.get_ref().pod_sandbox_id, "sandbox")?;
-        let sb = cri.find_sandbox(id).ok_or_else(|| Status::not_found(format!("sandbox {id} not found")))?;
+        let sb = cri.sandbox_named(&req.get_ref().pod_sandbox_id)?;
         ok(v1::PodSandboxStatsResponse { stats: Some(cri.sandbox_stats(&sb)) })
     }
 
@@ -985,12 +999,7 @@ impl RuntimeService for Service {
     ) -> Reply<v1::ListPodSandboxStatsResponse> {
         let cri = &self.0;
         let filter = req.into_inner().filter.unwrap_or_default();
-        let sbs: Vec<SandboxRecord> = lock(&cri.sandboxes)
-            .values()
-            .filter(|s| filter.id.is_empty() || s.id.starts_with(&filter.id))
-            .filter(|s| selected(&s.config.labels, &filter.label_selector))
-            .cloned()
-            .collect();
+        let sbs = cri.sandboxes_where(&filter.id, None, &filter.label_selector);
         ok(v1::ListPodSandboxStatsResponse { stats: sbs.iter().map(|s| cri.sandbox_stats(s)).collect() })
     }
 

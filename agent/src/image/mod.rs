@@ -60,6 +60,27 @@ impl ImageRecord {
         out
     }
 
+    /// What a runtime runs of this image: the Wasm module or component file, or the
+    /// unpacked layers (lowest first); or why it cannot be run.
+    pub fn artifact(&self) -> Result<(wasmlet_runtime::RuntimeKind, wasmlet_runtime::Artifact), String> {
+        use wasmlet_runtime::{Artifact, RuntimeKind};
+        match (self.wasm_blob(), &self.kind) {
+            (Some((path, digest)), _) => Ok((RuntimeKind::Wasm, Artifact::Wasm { path, digest: digest.to_string() })),
+            (None, ImageKind::Linux) => {
+                let layers: Option<Vec<_>> =
+                    self.image.layers.iter().filter(|l| l.diff_id.is_some()).map(|l| l.unpacked.clone()).collect();
+                let layers = layers.ok_or_else(|| {
+                    format!("image {} ({}) has a layer that is not unpacked", self.reference, self.digest)
+                })?;
+                Ok((RuntimeKind::Linux, Artifact::Rootfs { layers }))
+            }
+            (None, _) => Err(format!(
+                "image {} ({}) keeps its Wasm module in a filesystem layer, which wasmlet does not run yet",
+                self.reference, self.digest
+            )),
+        }
+    }
+
     /// The blob holding the Wasm module or component, for Wasm artifacts.
     pub fn wasm_blob(&self) -> Option<(PathBuf, Digest)> {
         match &self.kind {

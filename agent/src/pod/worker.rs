@@ -791,23 +791,7 @@ fn image_of(mgr: &Core, c: &Container) -> Result<ImageParts, String> {
     let reference: registry_client::Reference =
         c.image.as_deref().unwrap_or_default().parse().map_err(|e| format!("{e}"))?;
     let image = mgr.images.get(&reference).map_err(|e| e.to_string())?.ok_or("image is not pulled")?;
-    let (kind, artifact) = match (image.wasm_blob(), &image.kind) {
-        (Some((path, digest)), _) => (RuntimeKind::Wasm, Artifact::Wasm { path, digest: digest.to_string() }),
-        (None, registry_client::ImageKind::Linux) => {
-            let layers: Option<Vec<_>> =
-                image.image.layers.iter().filter(|l| l.diff_id.is_some()).map(|l| l.unpacked.clone()).collect();
-            let layers = layers.ok_or_else(|| {
-                format!("image {} ({}) has a layer that is not unpacked", image.reference, image.digest)
-            })?;
-            (RuntimeKind::Linux, Artifact::Rootfs { layers })
-        }
-        (None, _) => {
-            return Err(format!(
-                "image {} ({}) keeps its Wasm module in a filesystem layer, which wasmlet does not run yet",
-                image.reference, image.digest
-            ));
-        }
-    };
+    let (kind, artifact) = image.artifact()?;
     let cfg = image.image.config.config.clone().unwrap_or_default();
     Ok((kind, artifact, cfg, image.reference.to_string()))
 }
