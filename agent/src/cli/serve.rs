@@ -428,6 +428,9 @@ pub async fn run(global: &Global, args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!(error = %e, "cannot flush state at shutdown");
     }
     let _ = std::fs::remove_file(&socket);
+    if let Some(cri) = &args.cri.cri_socket {
+        let _ = std::fs::remove_file(cri);
+    }
     Ok(())
 }
 
