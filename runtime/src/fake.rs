@@ -344,6 +344,10 @@ impl Runtime for FakeRuntime {
         Ok(ExecSession::new(None, Some(Box::pin(std::io::Cursor::new(echo))), None, async move { Ok(code) }))
     }
 
+    async fn update_resources(&self, id: &str, _resources: &crate::Resources) -> Result<()> {
+        self.container(id).map(|_| ())
+    }
+
     async fn reopen_log(&self, id: &str) -> Result<()> {
         self.container(id).map(|_| ())
     }

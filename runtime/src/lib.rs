@@ -364,6 +364,16 @@ impl Default for HttpOptions {
     }
 }
 
+/// New limits for a container that exists (CRI's UpdateContainerResources); `None`
+/// leaves a limit as it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    /// Bytes.
+    pub memory_limit: Option<u64>,
+    pub cpu_limit_millis: Option<u64>,
+    pub cpu_request_millis: Option<u64>,
+}
+
 /// The executable part of an image, as the image service stored it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Artifact {
@@ -445,6 +455,8 @@ pub trait Runtime {
     /// Closes the container's log file and opens its path anew (CRI's
     /// `ReopenContainerLog`: the caller has renamed the file to rotate it).
     async fn reopen_log(&self, id: &str) -> Result<()>;
+    /// Changes the limits of a created or running container in place.
+    async fn update_resources(&self, id: &str, resources: &Resources) -> Result<()>;
     fn set_event_sink(&self, sink: EventSink);
     fn metrics(&self) -> Metrics;
 }
@@ -540,6 +552,9 @@ impl Runtime for AnyRuntime {
     }
     async fn reopen_log(&self, id: &str) -> Result<()> {
         each!(self, r => r.reopen_log(id).await)
+    }
+    async fn update_resources(&self, id: &str, resources: &Resources) -> Result<()> {
+        each!(self, r => r.update_resources(id, resources).await)
     }
     fn set_event_sink(&self, sink: EventSink) {
         each!(self, r => r.set_event_sink(sink))
@@ -638,6 +653,9 @@ impl Runtimes {
     }
     pub async fn reopen_log(&self, kind: RuntimeKind, id: &str) -> Result<()> {
         self.get(kind)?.reopen_log(id).await
+    }
+    pub async fn update_resources(&self, kind: RuntimeKind, id: &str, resources: &Resources) -> Result<()> {
+        self.get(kind)?.update_resources(id, resources).await
     }
     pub fn container_stats(&self, kind: RuntimeKind, id: &str) -> Option<Usage> {
         self.get(kind).ok()?.container_stats(id)

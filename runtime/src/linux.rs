@@ -739,6 +739,24 @@ impl Runtime for LinuxRuntime {
         reopen_log(&dir).map_err(|e| io_err("reopen the container log", &dir, e))
     }
 
+    /// `runc update`: the container's cgroup limits, in place.
+    async fn update_resources(&self, id: &str, r: &crate::Resources) -> Result<()> {
+        self.meta(id)?;
+        let mut args = vec!["update".to_string()];
+        if let Some(bytes) = r.memory_limit {
+            args.push(format!("--memory={bytes}"));
+        }
+        if let Some(millis) = r.cpu_limit_millis {
+            args.extend(["--cpu-period=100000".to_string(), format!("--cpu-quota={}", millis * 100)]);
+        }
+        if let Some(millis) = r.cpu_request_millis {
+            args.push(format!("--cpu-share={}", (millis * 1024 / 1000).max(2)));
+        }
+        args.push(id.to_string());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.runc(id, &args).await.map(|_| ())
+    }
+
     /// runc containers report nothing to the sink: their refusals are the kernel's.
     fn set_event_sink(&self, _sink: EventSink) {}
 

@@ -278,6 +278,24 @@ fn a_wasm_and_a_linux_container_share_a_sandbox_exec_and_survive_a_restart() {
     assert_eq!(attached.status, 101, "{attached:?}");
     assert!(attached.stdout.lines().count() >= 1, "lines arrive while it runs: {attached:?}");
 
+    // UpdateContainerResources: a Linux container's memory limit changes in place (its
+    // cgroup says so from inside); a Wasm guest's cap is fixed, and the call says why
+    let update = |id: &str| v1::UpdateContainerResourcesRequest {
+        container_id: id.to_string(),
+        linux: Some(v1::LinuxContainerResources { memory_limit_in_bytes: 100 << 20, ..Default::default() }),
+        ..Default::default()
+    };
+    let req = update(&web);
+    cri.rs(|mut c| async move { c.update_container_resources(req).await }).unwrap();
+    let read = "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max";
+    let limit = cri.exec_sync(&web, &["sh", "-c", read], 5).unwrap().stdout;
+    assert_eq!(String::from_utf8_lossy(&limit).trim(), (100u64 << 20).to_string());
+    let shown = cri.status(&web).resources.and_then(|r| r.linux).map(|l| l.memory_limit_in_bytes);
+    assert_eq!(shown, Some(100 << 20));
+    let req = update(&guest);
+    let e = cri.rs(|mut c| async move { c.update_container_resources(req).await }).unwrap_err();
+    assert_eq!(e.code(), Code::Unimplemented, "{e}");
+
     // ExecSync: output, exit code and a timeout
     let r = cri.exec_sync(&web, &["sh", "-c", "echo out; echo err >&2; exit 7"], 10).unwrap();
     assert_eq!((r.stdout.as_slice(), r.stderr.as_slice(), r.exit_code), (&b"out\n"[..], &b"err\n"[..], 7));

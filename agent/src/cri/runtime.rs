@@ -838,12 +838,18 @@ impl RuntimeService for Service {
         let cri = &self.0;
         let req = req.into_inner();
         let rec = cri.container_named(&req.container_id)?;
-        if matches!(rec.state, Phase::Running { .. }) {
-            return Err(Status::unimplemented(format!(
-                "container {}: resources of a running container cannot be changed yet (in-place resize); \
-                 they apply from the next start",
-                rec.id
-            )));
+        // a container that exists in the runtime takes the new limits in place; an
+        // exited one keeps them on record
+        if let (Some(l), Phase::Created | Phase::Running { .. }) = (&req.linux, &rec.state) {
+            let positive = |n: i64| u64::try_from(n).ok().filter(|&n| n > 0);
+            let resources = wasmlet_runtime::Resources {
+                memory_limit: positive(l.memory_limit_in_bytes),
+                cpu_limit_millis: positive(l.cpu_quota)
+                    .zip(positive(l.cpu_period))
+                    .map(|(q, p)| (q * 1000).div_ceil(p)),
+                cpu_request_millis: positive(l.cpu_shares).map(|s| s * 1000 / 1024),
+            };
+            cri.mgr.runtimes().update_resources(rec.kind, &rec.id, &resources).await.map_err(status)?;
         }
         if let Some(r) = lock(&cri.containers).get_mut(&rec.id) {
             r.resources = req.linux;

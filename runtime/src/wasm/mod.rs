@@ -563,6 +563,12 @@ impl Runtime for WasmRuntime {
         Err(Error::Unsupported { what: "exec", runtime: RuntimeKind::Wasm })
     }
 
+    /// A guest's memory cap is fixed when its store is made.
+    async fn update_resources(&self, id: &str, _resources: &crate::Resources) -> Result<()> {
+        self.container(id)?;
+        Err(Error::Unsupported { what: "changing a guest's limits in place", runtime: RuntimeKind::Wasm })
+    }
+
     async fn reopen_log(&self, id: &str) -> Result<()> {
         if let Some(log) = self.container(id)?.log.get() {
             log.reopen();
