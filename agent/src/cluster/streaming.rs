@@ -33,7 +33,23 @@ fn flag(query: &[(String, String)], key: &str) -> bool {
 }
 
 /// Checks the upgrade (SPDY/3.1, `v4.channel.k8s.io`) and reads which streams are asked for.
-pub(crate) fn negotiate(req: &Request<Incoming>, query: &[(String, String)]) -> Result<Wanted, ApiError> {
+fn negotiate(req: &Request<Incoming>, query: &[(String, String)]) -> Result<Wanted, ApiError> {
+    check_spdy(req)?;
+    Ok(wanted(query))
+}
+
+/// The values of a header that lists protocols (repeated, or comma-separated).
+pub(crate) fn offered(req: &Request<Incoming>, header: &str) -> Vec<String> {
+    req.headers()
+        .get_all(header)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
+        .collect()
+}
+
+/// Checks that the request upgrades to SPDY/3.1 speaking `v4.channel.k8s.io`.
+pub(crate) fn check_spdy(req: &Request<Incoming>) -> Result<(), ApiError> {
     let upgrade = req.headers().get(hyper::header::UPGRADE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !upgrade.eq_ignore_ascii_case("SPDY/3.1") {
         return Err(ApiError::new(
@@ -41,13 +57,7 @@ pub(crate) fn negotiate(req: &Request<Incoming>, query: &[(String, String)]) -> 
             format!("unable to upgrade: the connection asks for {upgrade:?}; this node speaks SPDY/3.1"),
         ));
     }
-    let offered: Vec<String> = req
-        .headers()
-        .get_all("x-stream-protocol-version")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
-        .collect();
+    let offered = offered(req, "x-stream-protocol-version");
     if !offered.iter().any(|p| p == PROTOCOL) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -56,7 +66,7 @@ pub(crate) fn negotiate(req: &Request<Incoming>, query: &[(String, String)]) -> 
             ),
         ));
     }
-    Ok(wanted(query))
+    Ok(())
 }
 
 /// Which streams the request's query asks for.
@@ -480,12 +490,7 @@ pub async fn port_forward(
 /// Checks a port-forward upgrade: SPDY/3.1 speaking `portforward.k8s.io`.
 pub(crate) fn negotiate_port_forward(req: &Request<Incoming>) -> Result<(), ApiError> {
     let spdy = req.headers().get(hyper::header::UPGRADE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let offered = req
-        .headers()
-        .get_all("x-stream-protocol-version")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|p| p.trim() == PORT_FORWARD));
+    let offered = offered(req, "x-stream-protocol-version").iter().any(|p| p == PORT_FORWARD);
     if !spdy.eq_ignore_ascii_case("SPDY/3.1") || !offered {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,

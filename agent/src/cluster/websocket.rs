@@ -61,13 +61,7 @@ pub(crate) fn accept(req: &Request<Incoming>) -> Result<(Response<Body>, Proto),
         .get("sec-websocket-key")
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| bad("a WebSocket upgrade needs Sec-WebSocket-Key".into()))?;
-    let offered: Vec<String> = req
-        .headers()
-        .get_all("sec-websocket-protocol")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
-        .collect();
+    let offered = super::streaming::offered(req, "sec-websocket-protocol");
     let chosen = PROTOCOLS.iter().find(|p| offered.iter().any(|o| o == *p)).ok_or_else(|| {
         ApiError::new(
             StatusCode::FORBIDDEN,

@@ -115,15 +115,14 @@ async fn answer(cri: Arc<Cri>, req: Request<Incoming>) -> Result<Response<Body>,
             Ok(switching)
         }
         ("exec", Pending::Exec { kind, id, cmd, want }) => {
-            // the request's own flags are CRI's, kept with the token
-            let query = flags(want);
-            streaming::negotiate(&req, &query)?;
+            // the streams asked for are CRI's, kept with the token
+            streaming::check_spdy(&req)?;
             let session = cri.mgr.runtimes().exec(kind, &id, &cmd, want.tty).await?;
             streaming::upgrade(req, "exec", move |io| streaming::run(io, session, want, cmd));
             Ok(streaming::switching(streaming::PROTOCOL))
         }
         ("attach", Pending::Attach { id, want }) => {
-            streaming::negotiate(&req, &flags(want))?;
+            streaming::check_spdy(&req)?;
             let tail = cri.tail(&id)?;
             streaming::upgrade(req, "attach", move |io| streaming::run_attach(io, want, tail));
             Ok(streaming::switching(streaming::PROTOCOL))
@@ -149,9 +148,4 @@ impl Cri {
         });
         Ok(Tail { path: rec.runtime.log_path.clone(), running })
     }
-}
-
-fn flags(w: Wanted) -> Vec<(String, String)> {
-    let f = |k: &str, v: bool| (k.to_string(), if v { "1" } else { "0" }.to_string());
-    vec![f("stdin", w.stdin), f("stdout", w.stdout), f("stderr", w.stderr), f("tty", w.tty)]
 }
